@@ -14,7 +14,7 @@ _LAZY = {
     "load_config": "tunelab.config",
     "Config": "tunelab.config",
     "TunelabError": "tunelab.errors",
-    "prepare": "tunelab.data.prepare",
+    "prepare": "tunelab.data.pipeline",
 }
 
 __all__ = ["__version__", *_LAZY]

@@ -51,7 +51,7 @@ def config_schema() -> None:
 def prepare(config: Path = CONFIG, overrides: Optional[List[str]] = OVERRIDES,
             force: bool = typer.Option(False, "--force", help="Prepare again even if nothing changed.")) -> None:
     """Load, validate, clean and split the data; write runs/<name>/data/ and its report."""
-    from tunelab.data.prepare import prepare as run_prepare
+    from tunelab.data.pipeline import prepare as run_prepare
 
     prepared = run_prepare(_load(config, overrides), force=force)
     typer.echo(prepared.dir / "report.md")

@@ -1,5 +1,5 @@
 """The data stage: load, validate, clean, split and report labelled text."""
 
-from tunelab.data.prepare import Prepared, load_prepared, prepare
+from tunelab.data.pipeline import Prepared, load_prepared, prepare
 
 __all__ = ["Prepared", "load_prepared", "prepare"]

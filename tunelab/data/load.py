@@ -122,45 +122,37 @@ def _decode(path: Path, encoding: str) -> tuple[str, list[int], list[int]]:
 
 
 class _RowSink:
-    """Collects rows for `Columns`, checking each wanted field is present."""
+    """Appends rows to `Columns`, flagging rows that hold undecodable bytes."""
 
-    def __init__(self, cols: Columns, wanted: Wanted, bad_bytes: list[int], line_starts: list[int]):
+    def __init__(self, cols: Columns, wanted: Wanted, bad_bytes: list[int], line_starts: list[int], encoding: str):
         self.cols, self.wanted = cols, wanted
-        self.bad_bytes, self.line_starts = bad_bytes, line_starts
+        self.bad_bytes, self.line_starts, self.encoding = bad_bytes, line_starts, encoding
 
-    def add(self, where: int, get, last_line: int | None = None) -> None:
-        cols, w = self.cols, self.wanted
-        i = len(cols.text)
-        problems = []
-        values = []
-        for name in (w.text, w.text_pair, w.label, w.id):
-            if name is None:
-                values.append(None)
-                continue
-            present, value = get(name)
-            if not present:
-                problems.append(Problem(cols.file, where, name, "missing_field", f"field '{name}' is missing", cols.unit))
-            values.append(value)
-        text, pair, label, row_id = values
-        if self.bad_bytes:
-            strings = [v for v in values if isinstance(v, str)]
-            if any(_BAD_BYTE.search(s) for s in strings):
-                last = last_line or where
-                offsets = [b for b in self.bad_bytes
-                           if where <= bisect.bisect_right(self.line_starts, b) <= last]
-                at = ", ".join(str(b) for b in offsets[:3]) or "?"
-                problems.append(Problem(cols.file, where, None, "undecodable_bytes",
-                                        f"bytes that are not valid {self.encoding_name} at byte offset {at}; "
-                                        "re-save the file as UTF-8, or set data.encoding (e.g. latin-1)", cols.unit))
-        cols.where.append(where)
-        cols.text.append(text)
-        cols.text_pair.append(pair)
-        cols.label.append(label)
-        cols.ids.append(row_id)
+    def add(self, where: int, values: tuple, problems: list[Problem] | None = None, last_line: int | None = None) -> None:
+        """values: (text, text_pair, label, id) as read; problems: what the loader already found."""
+        cols = self.cols
+        if self.bad_bytes and any(isinstance(v, str) and _BAD_BYTE.search(v) for v in values):
+            last = last_line or where
+            offsets = [b for b in self.bad_bytes if where <= bisect.bisect_right(self.line_starts, b) <= last]
+            at = ", ".join(str(b) for b in offsets[:3]) or "?"
+            problems = (problems or []) + [Problem(
+                cols.file, where, None, "undecodable_bytes",
+                f"bytes that are not valid {self.encoding} at byte offset {at}; "
+                "re-save the file as UTF-8, or set data.encoding (e.g. latin-1)", cols.unit)]
         if problems:
-            cols.row_problems[i] = problems
+            cols.row_problems[len(cols.where)] = problems
+        cols.where.append(where)
+        cols.text.append(values[0])
+        cols.text_pair.append(values[1])
+        cols.label.append(values[2])
+        cols.ids.append(values[3])
 
-    encoding_name = "UTF-8"
+    def add_record(self, where: int, obj: dict) -> None:
+        """A JSON object: a wanted field missing from it is a problem of that row."""
+        names = (self.wanted.text, self.wanted.text_pair, self.wanted.label, self.wanted.id)
+        problems = [Problem(self.cols.file, where, n, "missing_field", f"field '{n}' is missing", self.cols.unit)
+                    for n in names if n is not None and n not in obj]
+        self.add(where, tuple(obj.get(n) if n else None for n in names), problems)
 
 
 # ------------------------------------------------------------------ loaders
@@ -177,8 +169,7 @@ def read_delimited(path: Path, wanted: Wanted, encoding: str, delimiter: str) ->
     file = str(path)
     text, bad, starts = _decode(path, encoding)
     cols = Columns(file, "line")
-    sink = _RowSink(cols, wanted, bad, starts)
-    sink.encoding_name = encoding
+    sink = _RowSink(cols, wanted, bad, starts, encoding)
     reader = csv.reader(io.StringIO(text, newline=""), delimiter=delimiter, strict=True)
     header, prev = None, 0
     while True:
@@ -200,7 +191,7 @@ def read_delimited(path: Path, wanted: Wanted, encoding: str, delimiter: str) ->
             if not any(header):
                 raise DataError(f"{file}: the first line is empty; it must be the header naming the columns")
             _missing_columns(file, header, wanted, 1, "line")
-            index = {name: header.index(name) for name in wanted.names()}
+            ti, pi, li, ii = (header.index(n) if n else None for n in (wanted.text, wanted.text_pair, wanted.label, wanted.id))
             continue
         if not row or all(not f.strip() for f in row):
             cols.empty_rows += 1
@@ -211,7 +202,8 @@ def read_delimited(path: Path, wanted: Wanted, encoding: str, delimiter: str) ->
                 f"malformed row: {len(row)} field{'s' if len(row) != 1 else ''}, but the header has {len(header)}"
                 + (" (an unquoted delimiter inside a text? quote the field)" if len(row) > len(header) else "")))
             continue
-        sink.add(start, lambda name: (True, row[index[name]]), last_line=prev)
+        sink.add(start, (row[ti], None if pi is None else row[pi], None if li is None else row[li],
+                         None if ii is None else row[ii]), last_line=prev)
     if header is None:
         raise DataError(f"{file}: the file is empty; expected a header line and rows")
     return cols
@@ -229,7 +221,7 @@ def read_jsonl(path: Path, wanted: Wanted, encoding: str) -> Columns:
     file = str(path)
     text, bad, starts = _decode(path, encoding)
     cols = Columns(file, "line")
-    sink = _RowSink(cols, wanted, bad, starts)
+    sink = _RowSink(cols, wanted, bad, starts, encoding)
     for number, line in enumerate(text.splitlines(), start=1):
         if not line.strip():
             cols.empty_rows += 1
@@ -244,7 +236,7 @@ def read_jsonl(path: Path, wanted: Wanted, encoding: str) -> Columns:
             cols.file_problems.append(Problem(file, number, None, "malformed",
                                               f"expected a JSON object per line, got {type(obj).__name__}"))
             continue
-        sink.add(number, lambda name: (name in obj, obj.get(name)))
+        sink.add_record(number, obj)
     _check_any_column(cols, wanted)
     return cols
 
@@ -261,13 +253,13 @@ def read_json(path: Path, wanted: Wanted, encoding: str) -> Columns:
     if not isinstance(data, list):
         raise DataError(f"{file}: expected a JSON array of objects (or use JSON Lines, one object per line)")
     cols = Columns(file, "item")
-    sink = _RowSink(cols, wanted, bad, starts)
+    sink = _RowSink(cols, wanted, bad, starts, encoding)
     for number, obj in enumerate(data, start=1):
         if not isinstance(obj, dict):
             cols.file_problems.append(Problem(file, number, None, "malformed",
                                               f"expected a JSON object, got {type(obj).__name__}", "item"))
             continue
-        sink.add(number, lambda name: (name in obj, obj.get(name)))
+        sink.add_record(number, obj)
     _check_any_column(cols, wanted)
     return cols
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 from collections import Counter
 
 import numpy as np
@@ -10,14 +11,26 @@ from tunelab.data.load import Problem
 
 
 def token_lengths(tokenizer, texts: list[str], pairs: list[str] | None, batch_size: int = 8192, progress=None) -> np.ndarray:
-    """Length in tokens (special tokens included, no truncation) of every text, with the fast tokenizer, batched."""
+    """Length in tokens (special tokens included, no truncation) of every text, with the fast tokenizer, batched.
+
+    Uses the Rust tokenizer directly (`encode_batch_fast`, no offsets), on a copy with padding and truncation
+    off: going through the transformers wrapper builds Python lists per text and takes ~2x as long.
+    """
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is not None:
+        backend = copy.deepcopy(backend)
+        backend.no_padding()
+        backend.no_truncation()
     out = np.zeros(len(texts), dtype=np.int32)
     for start in range(0, len(texts), batch_size):
         chunk = texts[start:start + batch_size]
         pair = pairs[start:start + batch_size] if pairs is not None else None
-        enc = tokenizer(chunk, pair, add_special_tokens=True, truncation=False, verbose=False,
-                        return_attention_mask=False, return_token_type_ids=False)
-        out[start:start + len(chunk)] = [len(ids) for ids in enc["input_ids"]]
+        if backend is not None:
+            batch = chunk if pair is None else list(zip(chunk, pair))
+            out[start:start + len(chunk)] = [len(e) for e in backend.encode_batch_fast(batch, add_special_tokens=True)]
+        else:  # a slow (Python) tokenizer
+            enc = tokenizer(chunk, pair, add_special_tokens=True, truncation=False, verbose=False)
+            out[start:start + len(chunk)] = [len(ids) for ids in enc["input_ids"]]
         if progress is not None:
             progress.update(len(chunk))
     return out

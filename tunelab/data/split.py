@@ -26,12 +26,16 @@ def stratified_split(keys: list, strata: list, fractions: dict[str, float], seed
     Rows with the same key (the same text) stay together; groups are stratified by the stratum of their
     first row (the label), so each split holds within ±1 group of its exact share of every stratum.
     """
-    groups: dict = {}
-    for i, key in enumerate(keys):
-        groups.setdefault(key, []).append(i)
     by_stratum: dict = defaultdict(list)
-    for members in groups.values():
-        by_stratum[strata[members[0]]].append(members)
+    if len(set(keys)) == len(keys):  # the usual case after deduplication: every row is its own group
+        for i, stratum in enumerate(strata):
+            by_stratum[stratum].append((i,))
+    else:
+        groups: dict = {}
+        for i, key in enumerate(keys):
+            groups.setdefault(key, []).append(i)
+        for members in groups.values():
+            by_stratum[strata[members[0]]].append(members)
     names = list(fractions)
     shares = [fractions[n] for n in names]
     rng = random.Random(seed)

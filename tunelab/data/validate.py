@@ -65,9 +65,22 @@ class LabelCheck:
         self.allowed = allowed
         self.multi_label, self.separator = multi_label, separator
         self.by_fold = {a.casefold(): a for a in allowed} if allowed else None
+        self._seen: dict = {}  # raw cell -> result: a label column repeats a few values many times
 
     def __call__(self, raw) -> tuple[object, str | None, str | None]:
         """Returns (label, problem reason, problem message)."""
+        key = (type(raw), tuple(raw) if isinstance(raw, list) else raw)
+        try:
+            found = self._seen.get(key)
+        except TypeError:  # unhashable cell (a dict, a nested list): no caching
+            return self._check(raw)
+        if found is None:
+            found = self._seen[key] = self._check(raw)
+        if isinstance(found[0], list):
+            return list(found[0]), found[1], found[2]
+        return found
+
+    def _check(self, raw):
         if raw is None or (isinstance(raw, float) and raw != raw) or (isinstance(raw, str) and not raw.strip()):
             return None, "missing_label", "label is missing"
         if self.multi_label:
