@@ -15,6 +15,7 @@ _LAZY = {
     "Config": "tunelab.config",
     "TunelabError": "tunelab.errors",
     "prepare": "tunelab.data.pipeline",
+    "train": "tunelab.train.loop",
 }
 
 __all__ = ["__version__", *_LAZY]

@@ -57,6 +57,46 @@ def prepare(config: Path = CONFIG, overrides: Optional[List[str]] = OVERRIDES,
     typer.echo(prepared.dir / "report.md")
 
 
+@app.command()
+def train(config: Path = CONFIG, overrides: Optional[List[str]] = OVERRIDES,
+          resume: bool = typer.Option(False, "--resume", help="Continue from the run's latest checkpoint."),
+          overwrite: bool = typer.Option(False, "--overwrite", help="Delete the run's checkpoints and model and start again.")) -> None:
+    """Fine-tune the model (prepares the data first if needed); writes runs/<name>/model."""
+    from tunelab.train import train as run_train
+
+    result = run_train(_load(config, overrides), resume=resume, overwrite=overwrite)
+    typer.echo(result.model_dir)
+
+
+RUN = typer.Argument(..., help="A run folder (runs/<name>) or its model folder.", metavar="RUN")
+
+
+@app.command()
+def evaluate(run: Path = RUN,
+             split: str = typer.Option("test", "--split", help="test, validation, train, or a labelled CSV/JSONL/Parquet file."),
+             batch_size: int = typer.Option(128, "--batch-size", min=1, help="Examples per forward pass.")) -> None:
+    """Metrics of a trained run on a split or file; writes eval/report.json, report.html and PNGs."""
+    from tunelab.evaluate import evaluate as run_evaluate, metrics_table
+
+    result = run_evaluate(run, split, batch_size)
+    typer.echo(f"{result.split}:\n{metrics_table(result.metrics)}")
+    typer.echo(f"report: {result.out_dir / 'report.html'}")
+
+
+@app.command()
+def predict(run: Path = RUN,
+            input: str = typer.Option(..., "--input", "-i", help="CSV/TSV/JSONL/Parquet file with a text column, or - for one text per line on stdin."),
+            output: Optional[str] = typer.Option(None, "--output", "-o", help="Output .csv or .jsonl (default: JSONL on stdout)."),
+            text_column: str = typer.Option("text", "--text-column", help="Column holding the text."),
+            top_k: Optional[int] = typer.Option(None, "--top-k", min=1, help="Also list the k best labels with scores.")) -> None:
+    """Predict labels and scores for every text of a file (or stdin)."""
+    from tunelab.models.predict_file import predict_file
+
+    n = predict_file(run, input, output, text_column, None, top_k)
+    if output and output != "-":
+        typer.echo(f"{n} predictions written to {output}", err=True)
+
+
 @app.callback(invoke_without_command=True)
 def _version(version: bool = typer.Option(False, "--version", help="Print the version and exit.")) -> None:
     if version:

@@ -76,6 +76,62 @@ class ModelConfig(Section):
     revision: str | None = Field(None, description="Hub revision (branch, tag or commit) when `name` is a hub id.")
     max_length: int = Field(256, ge=8, le=8192, description="Longest input in tokens; longer texts are truncated.")
     trust_remote_code: bool = Field(False, description="Allow model code from the hub (off: only transformers' own code runs).")
+    attention: Literal["auto", "eager", "sdpa"] = Field(
+        "auto", description="Attention kernel. 'auto': eager on CPU (its bf16 backward measured ~1.8x faster than SDPA's there), SDPA on GPU.")
+
+
+class TaskConfig(Section):
+    """What the model learns to do; the head, inputs and metrics follow from it."""
+
+    name: Literal["classification"] = Field(
+        "classification", description="Task type. 'classification': single-label, multi-label (data.multi_label) or sentence pairs (data.text_pair_column).")
+    multi_label_threshold: float | None = Field(
+        None, gt=0.0, lt=1.0, description="Multi-label decision threshold; none: chosen on validation to maximise micro-F1.")
+
+
+class TrainConfig(Section):
+    """The training loop: optimisation, schedule, regularisation, evaluation, checkpoints."""
+
+    epochs: float = Field(3.0, gt=0, description="Passes over the training data (ignored when max_steps is set).")
+    min_steps: int = Field(
+        1000, ge=0, description="Small data: train at least this many steps (more epochs), but at most max_epochs. 0 turns it off.")
+    max_epochs: float = Field(20.0, gt=0, description="Cap on the epochs that min_steps may add.")
+    max_steps: int | None = Field(None, ge=1, description="Train exactly this many optimizer steps (overrides the three above).")
+    batch_size: int = Field(32, ge=1, description="Examples per optimizer step and process group (global batch, split over processes).")
+    gradient_accumulation_steps: int = Field(1, ge=1, description="Micro-batches summed per optimizer step (memory: batch_size / this per micro-batch).")
+    learning_rate: float = Field(1e-4, gt=0, description="Peak learning rate.")
+    optimizer: Literal["adamw", "sgd"] = Field("adamw", description="Optimizer.")
+    weight_decay: float = Field(0.01, ge=0, description="Decoupled weight decay; never applied to biases and LayerNorm weights.")
+    adam_betas: tuple[float, float] = Field((0.9, 0.999), description="AdamW betas.")
+    adam_epsilon: float = Field(1e-8, gt=0, description="AdamW epsilon.")
+    sgd_momentum: float = Field(0.9, ge=0, lt=1, description="SGD momentum.")
+    scheduler: Literal["linear", "cosine", "constant"] = Field("linear", description="Learning-rate decay after warmup.")
+    warmup_ratio: float = Field(0.06, ge=0, lt=1, description="Share of the steps spent warming the learning rate up from 0.")
+    max_grad_norm: float | None = Field(1.0, gt=0, description="Clip the gradient norm to this; none: no clipping.")
+    dropout: float | None = Field(
+        0.0, ge=0, lt=1, description="Override the model's dropout (hidden and attention); none keeps the checkpoint's. 0 is faster on CPU and measured as accurate for short fine-tuning.")
+    label_smoothing: float = Field(0.0, ge=0, lt=1, description="Label smoothing of the cross-entropy loss.")
+    class_weights: Literal["none", "balanced"] | list[float] = Field(
+        "none", description="Loss weights per class: 'balanced' (inverse frequency) or one weight per label.")
+    precision: Literal["auto", "fp32", "bf16"] = Field(
+        "auto", description="'bf16': autocast matmuls to bfloat16; 'auto': bf16 where the CPU has AMX/AVX512-BF16 or the GPU supports it.")
+    group_by_length: bool = Field(True, description="Batch texts of similar length together (less padding), order still shuffled.")
+    eval_every: int | None = Field(None, ge=1, description="Evaluate on validation every N optimizer steps; none: once per epoch.")
+    checkpoint_every: int | None = Field(None, ge=1, description="Save a resumable checkpoint every N steps; none: at every evaluation.")
+    keep_checkpoints: int = Field(1, ge=1, description="How many recent checkpoints to keep.")
+    metric: str = Field("accuracy", description="Validation metric that picks the best model and drives early stopping.")
+    early_stopping_patience: int | None = Field(None, ge=1, description="Stop after this many evaluations without improvement; none: never.")
+    log_every: int = Field(10, ge=1, description="Log the training loss every N steps.")
+    trackers: list[Literal["tensorboard", "mlflow", "wandb"]] = Field(
+        ["tensorboard"], description="Experiment trackers (via accelerate). W&B runs offline unless WANDB_MODE says otherwise.")
+    seed: int = Field(42, description="Seed of initialisation, dropout and data order.")
+
+
+class EvaluateConfig(Section):
+    """Evaluation after training and by `tunelab evaluate`."""
+
+    batch_size: int = Field(128, ge=1, description="Examples per forward pass.")
+    calibration_bins: int = Field(15, ge=2, description="Bins of the reliability diagram and expected calibration error.")
 
 
 class Config(Section):
@@ -85,6 +141,9 @@ class Config(Section):
     runs_dir: Path = Field(Path("runs"), description="Folder holding the run directories.")
     data: DataConfig
     model: ModelConfig = Field(default_factory=ModelConfig)
+    task: TaskConfig = Field(default_factory=TaskConfig)
+    train: TrainConfig = Field(default_factory=TrainConfig)
+    evaluate: EvaluateConfig = Field(default_factory=EvaluateConfig)
 
     @field_validator("name")
     @classmethod

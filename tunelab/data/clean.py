@@ -8,23 +8,30 @@ from tunelab.config import DataConfig
 from tunelab.data.load import Problem
 from tunelab.data.validate import Rows
 
-def clean_text(text: str, cfg: DataConfig) -> str:
-    if cfg.unicode_normalization != "none" and not unicodedata.is_normalized(cfg.unicode_normalization, text):
-        text = unicodedata.normalize(cfg.unicode_normalization, text)
-    if cfg.fold_whitespace:
+def clean_text(text: str, unicode_normalization: str = "NFC", fold_whitespace: bool = True, lowercase: bool = False) -> str:
+    """The same cleaning at training and prediction time (the predictor reads these settings from tunelab.json)."""
+    if unicode_normalization != "none" and not unicodedata.is_normalized(unicode_normalization, text):
+        text = unicodedata.normalize(unicode_normalization, text)
+    if fold_whitespace:
         text = " ".join(text.split())  # str.split() splits on every Unicode space; faster than a regex
-    if cfg.lowercase:
+    if lowercase:
         text = text.lower()
     return text
+
+
+def cleaning_settings(cfg: DataConfig) -> dict:
+    return {"unicode_normalization": cfg.unicode_normalization, "fold_whitespace": cfg.fold_whitespace,
+            "lowercase": cfg.lowercase}
 
 
 def clean_rows(rows: Rows, cfg: DataConfig) -> tuple[Rows, list[Problem]]:
     """Normalise texts in place and drop those outside the length limits (a cleaning choice, always reported)."""
     removed, keep = [], []
+    how = cleaning_settings(cfg)
     for i, text in enumerate(rows.text):
-        texts = [clean_text(text, cfg)]
+        texts = [clean_text(text, **how)]
         if rows.text_pair is not None:
-            texts.append(clean_text(rows.text_pair[i], cfg))
+            texts.append(clean_text(rows.text_pair[i], **how))
             rows.text_pair[i] = texts[1]
         rows.text[i] = texts[0]
         n = max(len(t) for t in texts)

@@ -227,6 +227,22 @@ def prepare(config: Config, force: bool = False, tokenizer=None, quiet: bool = F
     return Prepared(out, files, labels, cfg.multi_label, report)
 
 
+def prepare_file(path: Path, config: Config, labels: list[str], out: Path) -> Path:
+    """Validate and clean one more labelled file (e.g. to evaluate on) the way the data stage did; write it to `out`."""
+    cfg = config.data
+    wanted = Wanted(cfg.text_column, cfg.label_column, cfg.text_pair_column, None)
+    cols = load_file(Path(path), wanted, "auto", cfg.encoding)
+    rows, bad = validate(cols, wanted, LabelCheck(labels, cfg.multi_label, cfg.label_separator))
+    if bad and cfg.on_bad_rows == "error":
+        raise DataError(format_problems(bad, f"{path} has bad rows", "Fix these rows, or set data.on_bad_rows: drop."))
+    rows, _ = clean_rows(rows, cfg)
+    if not len(rows):
+        raise DataError(f"{path}: no usable rows")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    _write_split(rows, out, "parquet")
+    return out
+
+
 def _build_report(config, loaded, rows, removed, conflicts, labels, tokenizer, quiet) -> dict:
     from tqdm.auto import tqdm
 

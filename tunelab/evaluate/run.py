@@ -1,0 +1,107 @@
+"""Evaluate a trained run on a split or a file, streaming over the data in chunks."""
+
+from __future__ import annotations
+
+import json
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+
+from tunelab.config import load_config
+from tunelab.errors import TunelabError
+from tunelab.models.predictor import Predictor
+from tunelab.tasks.encoding import encode
+from tunelab.tasks.metrics import Collector
+
+CHUNK_ROWS = 8192  # rows read, tokenised and scored at a time: memory does not grow with the split
+
+
+@dataclass
+class EvalResult:
+    split: str
+    metrics: dict
+    out_dir: Path
+
+
+def iter_chunks(path: Path, columns: list[str]):
+    """Column dicts of at most CHUNK_ROWS rows from a prepared split (Parquet or JSONL)."""
+    if path.suffix == ".parquet":
+        import pyarrow.parquet as pq
+
+        with pq.ParquetFile(path) as f:
+            names = [c for c in columns if c in f.schema_arrow.names]
+            for batch in f.iter_batches(batch_size=CHUNK_ROWS, columns=names):
+                yield batch.to_pydict()
+        return
+    chunk: list[dict] = []
+    with open(path, encoding="utf-8") as f:
+        for line in f:
+            if line.strip():
+                chunk.append(json.loads(line))
+            if len(chunk) == CHUNK_ROWS:
+                yield {c: [r.get(c) for r in chunk] for c in columns}
+                chunk = []
+    if chunk:
+        yield {c: [r.get(c) for r in chunk] for c in columns}
+
+
+def resolve_split(run_dir: Path, split: str) -> tuple[str, Path]:
+    """'test' / 'validation' / 'train' -> the prepared file; anything else is a labelled file to prepare first."""
+    manifest = run_dir / "data" / "manifest.json"
+    if split in ("train", "validation", "test"):
+        if not manifest.is_file():
+            raise TunelabError(f"{run_dir}: no prepared data (run `tunelab prepare` or `tunelab train` first)")
+        files = json.loads(manifest.read_text())["files"]
+        return split, run_dir / "data" / files[split]
+    path = Path(split)
+    if not path.is_file():
+        raise TunelabError(f"--split: '{split}' is neither train, validation, test nor an existing file")
+    from tunelab.data.pipeline import prepare_file
+
+    config = load_config(run_dir / "config.yaml")
+    labels = json.loads((run_dir / "model" / "tunelab.json").read_text())["labels"]
+    name = path.stem
+    return name, prepare_file(path, config, labels, run_dir / "eval" / name / "data.parquet")
+
+
+def evaluate(run: str | Path, split: str = "test", batch_size: int | None = None, write_report: bool = True,
+             quiet: bool = False) -> EvalResult:
+    """Metrics of the run's model on `split`; writes report.json, report.html and PNGs."""
+    from tqdm.auto import tqdm
+
+    run_dir = Path(run)
+    predictor = Predictor(run_dir, batch_size=batch_size or 128)
+    if not (run_dir / "config.yaml").is_file():
+        raise TunelabError(f"{run_dir}: not a run folder (no config.yaml); give the folder `tunelab train` wrote")
+    config = load_config(run_dir / "config.yaml")
+    name, path = resolve_split(run_dir, split)
+    task = predictor.task
+    collector = Collector(task.labels, task.multi_label)
+    bar = tqdm(desc=f"evaluate {name}", unit="row", disable=quiet, file=sys.stderr)
+    for chunk in iter_chunks(path, ["text", "text_pair", "label"]):
+        probs = predictor.probabilities(chunk["text"], chunk.get("text_pair") if task.pair else None)
+        collector.add(probs, task.targets(chunk["label"]))
+        bar.update(len(chunk["text"]))
+    bar.close()
+    if not len(collector):
+        raise TunelabError(f"{path}: the {name} split is empty; nothing to evaluate")
+    metrics = collector.result(predictor.threshold, config.evaluate.calibration_bins)
+    out = run_dir / "eval" if name == "test" else run_dir / "eval" / name
+    if write_report:
+        from tunelab.evaluate.report import write_report as write
+
+        write(out, name, metrics, task.labels, run_dir / "metrics.jsonl", predictor.meta)
+    return EvalResult(name, metrics, out)
+
+
+def metrics_table(metrics: dict) -> str:
+    """The headline numbers as a small text table."""
+    keys = [k for k in ("examples", "accuracy", "macro_f1", "micro_f1", "weighted_f1", "subset_accuracy",
+                        "roc_auc", "ece", "threshold") if k in metrics]
+    width = max(len(k) for k in keys)
+    return "\n".join(f"{k:<{width}}  {metrics[k]:.4f}" if isinstance(metrics[k], float) else f"{k:<{width}}  {metrics[k]}"
+                     for k in keys)
+
+
+__all__ = ["EvalResult", "evaluate", "metrics_table"]

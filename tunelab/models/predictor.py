@@ -1,0 +1,88 @@
+"""Load a trained model folder and predict labels and scores for texts: what `tunelab predict`,
+`tunelab evaluate` and the server call."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from tunelab.data.clean import clean_text
+from tunelab.errors import TunelabError
+from tunelab.models.inference import iter_probabilities
+from tunelab.tasks import make_task
+from tunelab.tasks.encoding import encode
+
+
+def find_model_dir(path: str | Path) -> Path:
+    """A run folder (runs/<name>) or its model folder -> the model folder."""
+    path = Path(path)
+    for candidate in (path / "model", path):
+        if (candidate / "tunelab.json").is_file():
+            return candidate
+    if (path / "config.json").is_file():
+        raise TunelabError(f"{path} is a transformers model folder but not one tunelab trained (no tunelab.json)")
+    raise TunelabError(f"{path}: no trained model here (expected a run folder with model/ inside, "
+                       "or a model folder with tunelab.json); train one with `tunelab train CONFIG`")
+
+
+class Predictor:
+    """A trained classifier ready for inference: tokenizer, model and label names."""
+
+    def __init__(self, model_dir: str | Path, precision: str = "fp32", batch_size: int = 64):
+        from transformers import AutoModelForSequenceClassification, AutoTokenizer
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()
+        self.model_dir = find_model_dir(model_dir)
+        self.meta = json.loads((self.model_dir / "tunelab.json").read_text())
+        self.task = make_task(self.meta["task"], self.meta["labels"], self.meta["multi_label"], self.meta["pair"])
+        self.tokenizer = AutoTokenizer.from_pretrained(self.model_dir)
+        self.model = AutoModelForSequenceClassification.from_pretrained(self.model_dir).eval()
+        self.max_length = int(self.meta["max_length"])
+        self.threshold = float(self.meta.get("threshold", 0.5))
+        self.bf16 = precision == "bf16"
+        self.batch_size = batch_size
+        self.pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
+        self.with_types = self.task.pair and "token_type_ids" in self.tokenizer.model_input_names
+
+    @property
+    def labels(self) -> list[str]:
+        return self.task.labels
+
+    def probabilities(self, texts: list[str], pairs: list[str] | None = None) -> np.ndarray:
+        """Class (or per-label) probabilities, one row per text, in input order."""
+        if self.task.pair and pairs is None:
+            raise TunelabError("this model classifies sentence pairs: give a second text for each input")
+        how = self.meta.get("clean", {})
+        columns = {"text": [clean_text(t, **how) for t in texts],
+                   "text_pair": [clean_text(t, **how) for t in pairs] if pairs is not None else None}
+        enc = encode(self.tokenizer, columns, self.task, self.max_length, with_targets=False)
+        out = np.zeros((len(texts), self.task.num_labels), dtype=np.float32)
+        with torch.inference_mode():
+            for rows, probs in iter_probabilities(self.model, enc, self.task, self.batch_size, self.pad_id,
+                                                  self.with_types, autocast=self.bf16):
+                out[rows] = probs
+        return out
+
+    def decide(self, probs: np.ndarray, top_k: int | None = None) -> list[dict]:
+        """Probabilities -> one result per row: the label(s), the score and all scores by label."""
+        results = []
+        for row in probs:
+            scores = {lab: float(p) for lab, p in zip(self.labels, row)}
+            if self.task.multi_label:
+                chosen = [lab for lab, p in scores.items() if p >= self.threshold]
+                result = {"labels": chosen, "scores": scores}
+            else:
+                best = int(row.argmax())
+                result = {"label": self.labels[best], "score": float(row[best]), "scores": scores}
+            if top_k:
+                result["top_k"] = [{"label": lab, "score": s} for lab, s in
+                                   sorted(scores.items(), key=lambda kv: -kv[1])[:top_k]]
+            results.append(result)
+        return results
+
+    def predict(self, texts: list[str], pairs: list[str] | None = None, top_k: int | None = None) -> list[dict]:
+        return self.decide(self.probabilities(texts, pairs), top_k)

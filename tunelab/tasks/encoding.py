@@ -1,0 +1,120 @@
+"""Model inputs: tokenise a prepared split once (cached), pad each batch to its longest row."""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+
+@dataclass
+class Encoded:
+    """A tokenised split: token ids per row (flat + offsets) and the task's targets."""
+
+    ids: np.ndarray  # all token ids, concatenated (int32)
+    type_ids: np.ndarray | None  # segment ids for sentence pairs, same layout
+    offsets: np.ndarray  # row i is ids[offsets[i]:offsets[i+1]]
+    targets: np.ndarray | None
+
+    def __len__(self) -> int:
+        return len(self.offsets) - 1
+
+    @property
+    def lengths(self) -> np.ndarray:
+        return np.diff(self.offsets)
+
+
+def read_split(path: Path) -> dict[str, list]:
+    """A prepared split as columns."""
+    if path.suffix == ".parquet":
+        import pyarrow.parquet as pq
+
+        return pq.read_table(path).to_pydict()
+    rows = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line]
+    return {k: [r[k] for r in rows] for k in (rows[0] if rows else {})}
+
+
+def tokenize(tokenizer, texts: list[str], pairs: list[str] | None, max_length: int, batch_size: int = 4096):
+    """Token ids (and segment ids) per text, truncated to max_length, with the fast Rust tokenizer."""
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    ids, type_ids = [], []
+    if backend is not None:
+        backend = copy.deepcopy(backend)
+        backend.no_padding()
+        backend.enable_truncation(max_length)
+    for start in range(0, len(texts), batch_size):
+        chunk = texts[start:start + batch_size]
+        pair = pairs[start:start + batch_size] if pairs is not None else None
+        if backend is not None:
+            for enc in backend.encode_batch_fast(chunk if pair is None else list(zip(chunk, pair))):
+                ids.append(enc.ids)
+                type_ids.append(enc.type_ids)
+        else:
+            enc = tokenizer(chunk, pair, truncation=True, max_length=max_length, return_token_type_ids=True)
+            ids += enc["input_ids"]
+            type_ids += enc.get("token_type_ids", [[0] * len(x) for x in enc["input_ids"]])
+    return ids, type_ids
+
+
+def encode(tokenizer, columns: dict, task, max_length: int, with_targets: bool = True) -> Encoded:
+    pairs = columns.get("text_pair") if task.pair else None
+    ids, type_ids = tokenize(tokenizer, columns["text"], pairs, max_length)
+    offsets = np.zeros(len(ids) + 1, dtype=np.int64)
+    np.cumsum([len(x) for x in ids], out=offsets[1:])
+    flat = np.fromiter((t for row in ids for t in row), dtype=np.int32, count=int(offsets[-1]))
+    flat_types = (np.fromiter((t for row in type_ids for t in row), dtype=np.int8, count=int(offsets[-1]))
+                  if task.pair else None)
+    targets = task.targets(columns["label"]) if with_targets else None
+    return Encoded(flat, flat_types, offsets, targets)
+
+
+def cached_encode(path: Path, cache_dir: Path, tokenizer, task, max_length: int, tokenizer_id: str) -> Encoded:
+    """Encode a prepared split once; later runs load the arrays (npz, no pickle) if nothing changed."""
+    stat = path.stat()
+    key = hashlib.sha256(json.dumps([str(path.resolve()), stat.st_size, stat.st_mtime_ns, tokenizer_id, max_length,
+                                     task.labels, task.multi_label, task.pair]).encode()).hexdigest()[:16]
+    cache = cache_dir / f"{path.stem}-{key}.npz"
+    if cache.is_file():
+        with np.load(cache, allow_pickle=False) as z:
+            return Encoded(z["ids"], z["type_ids"] if "type_ids" in z else None, z["offsets"], z["targets"])
+    enc = encode(tokenizer, read_split(path), task, max_length)
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    for old in cache_dir.glob(f"{path.stem}-*.npz"):
+        old.unlink()
+    arrays = {"ids": enc.ids, "offsets": enc.offsets, "targets": enc.targets}
+    if enc.type_ids is not None:
+        arrays["type_ids"] = enc.type_ids
+    tmp = cache.with_name(cache.name + ".tmp.npz")
+    np.savez(tmp, **arrays)
+    os.replace(tmp, cache)
+    return enc
+
+
+def eval_batches(lengths: np.ndarray, batch_size: int) -> list[np.ndarray]:
+    """Fixed batches for evaluation, sorted by length (results are put back in row order by the caller)."""
+    order = np.argsort(-lengths, kind="stable")
+    return [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
+
+
+def collate(enc: Encoded, rows: np.ndarray, pad_id: int, with_types: bool) -> dict[str, torch.Tensor]:
+    """Pad the chosen rows to the longest of them (dynamic padding)."""
+    starts, ends = enc.offsets[rows], enc.offsets[rows + 1]
+    width = int((ends - starts).max())
+    input_ids = np.full((len(rows), width), pad_id, dtype=np.int64)
+    mask = np.zeros((len(rows), width), dtype=np.int64)
+    types = np.zeros((len(rows), width), dtype=np.int64) if with_types else None
+    for r, (s, e) in enumerate(zip(starts, ends)):
+        input_ids[r, : e - s] = enc.ids[s:e]
+        mask[r, : e - s] = 1
+        if types is not None and enc.type_ids is not None:
+            types[r, : e - s] = enc.type_ids[s:e]
+    batch = {"input_ids": torch.from_numpy(input_ids), "attention_mask": torch.from_numpy(mask)}
+    if types is not None:
+        batch["token_type_ids"] = torch.from_numpy(types)
+    return batch

@@ -1,0 +1,68 @@
+"""Resumable checkpoints (accelerate's state + our loop state) and the final model folder."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+
+@dataclass
+class LoopState:
+    """Where the loop is. With the saved RNG, optimizer and scheduler this is enough to continue exactly."""
+
+    step: int = 0  # optimizer steps done
+    epoch: int = 0
+    batch_in_epoch: int = 0  # batches of `epoch` already consumed
+    best_metric: float | None = None
+    best_step: int | None = None
+    evals_without_improvement: int = 0
+    stopped_early: bool = False
+    history: list = field(default_factory=list)  # validation results, one per evaluation
+
+
+def checkpoints(root: Path) -> list[Path]:
+    """Complete checkpoints, oldest first (a checkpoint is complete once its folder is renamed into place)."""
+    if not root.is_dir():
+        return []
+    found = [p for p in root.glob("step-*") if p.is_dir() and (p / "loop_state.json").is_file()]
+    return sorted(found, key=lambda p: int(p.name.split("-")[1]))
+
+
+def save_checkpoint(accelerator, root: Path, state: LoopState, keep: int) -> Path:
+    """Write into a temp folder, then rename: a kill mid-write leaves no checkpoint that looks whole."""
+    final = root / f"step-{state.step}"
+    tmp = root / f".tmp-step-{state.step}"
+    if accelerator.is_main_process:
+        shutil.rmtree(tmp, ignore_errors=True)
+    accelerator.wait_for_everyone()
+    accelerator.save_state(str(tmp), safe_serialization=True)
+    if accelerator.is_main_process:
+        (tmp / "loop_state.json").write_text(json.dumps(asdict(state), indent=1))
+        shutil.rmtree(final, ignore_errors=True)
+        os.replace(tmp, final)
+        for old in checkpoints(root)[:-keep]:
+            shutil.rmtree(old, ignore_errors=True)
+    accelerator.wait_for_everyone()
+    return final
+
+
+def load_checkpoint(accelerator, path: Path) -> LoopState:
+    accelerator.load_state(str(path))
+    return LoopState(**json.loads((path / "loop_state.json").read_text()))
+
+
+def save_model_folder(model, tokenizer, out: Path, meta: dict) -> None:
+    """A plain `save_pretrained` folder (safetensors) + tokenizer + tunelab.json, swapped in atomically."""
+    tmp = out.with_name(out.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    model.save_pretrained(tmp, safe_serialization=True)
+    tokenizer.save_pretrained(tmp)
+    (tmp / "tunelab.json").write_text(json.dumps(meta, indent=1))
+    old = out.with_name(out.name + ".old")
+    if out.exists():
+        os.replace(out, old)
+    os.replace(tmp, out)
+    shutil.rmtree(old, ignore_errors=True)

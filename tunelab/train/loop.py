@@ -1,0 +1,303 @@
+"""The training loop: plain PyTorch on accelerate (devices, DDP, bf16 autocast, trackers).
+
+One optimizer step consumes one global batch of `train.batch_size` rows: each process takes its slice
+(rows[rank::world]) and splits it into `gradient_accumulation_steps` micro-batches. Losses are summed and
+scaled so the gradient equals the mean over the global batch, whatever the process count.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from contextlib import nullcontext
+import os
+import shutil
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from tunelab.config import Config, dump_config
+from tunelab.data.clean import cleaning_settings
+from tunelab.errors import TunelabError
+from tunelab.models.inference import iter_probabilities
+from tunelab.models.source import load_tokenizer, resolve_model
+from tunelab.tasks import make_task
+from tunelab.tasks.encoding import cached_encode, collate
+from tunelab.tasks.metrics import Collector, best_threshold, headline
+from tunelab.train.checkpoint import (LoopState, checkpoints, load_checkpoint, save_checkpoint,
+                                      save_model_folder)
+from tunelab.train.data import epoch_batches
+from tunelab.train.optim import build_optimizer, build_scheduler
+
+
+@dataclass
+class TrainResult:
+    run_dir: Path
+    model_dir: Path
+    steps: int
+    best_step: int | None
+    validation: dict  # metrics of the saved model on validation
+    train_seconds: float
+    samples_per_second: float
+    stopped_early: bool
+
+
+def bf16_available() -> bool:
+    if torch.cuda.is_available():
+        return torch.cuda.is_bf16_supported()
+    try:
+        return torch.cpu._is_amx_tile_supported() or torch.cpu._is_avx512_bf16_supported()
+    except AttributeError:
+        return False
+
+
+def _precision(setting: str) -> str:
+    if setting == "bf16" or (setting == "auto" and bf16_available()):
+        return "bf16"
+    return "no"
+
+
+def planned_steps(cfg, steps_per_epoch: int) -> int:
+    """epochs, stretched on small data to min_steps (but never past max_epochs)."""
+    steps = math.ceil(cfg.epochs * steps_per_epoch)
+    stretched = min(cfg.min_steps, math.ceil(cfg.max_epochs * steps_per_epoch))
+    return max(1, steps, stretched)
+
+
+def _better(value: float, best: float | None, metric: str) -> bool:
+    lower_is_better = metric in ("loss", "ece")
+    return best is None or (value < best if lower_is_better else value > best)
+
+
+class _MetricsLog:
+    """metrics.jsonl: one JSON line per logged step or evaluation (main process only)."""
+
+    def __init__(self, path: Path, keep_until_step: int | None):
+        self.path = path
+        if keep_until_step is not None and path.exists():  # resume: forget what came after the checkpoint
+            lines = [ln for ln in path.read_text().splitlines() if ln and json.loads(ln)["step"] <= keep_until_step]
+            path.write_text("".join(ln + "\n" for ln in lines))
+
+    def write(self, record: dict) -> None:
+        with open(self.path, "a") as f:
+            f.write(json.dumps(record) + "\n")
+
+
+def _quiet_transformers() -> None:
+    """Our own progress bar and messages are enough: silence transformers' load reports and bars."""
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+
+
+def _clear_run(run_dir: Path) -> None:
+    for name in ("checkpoints", "model", "metrics.jsonl", "tb", "eval"):
+        path = run_dir / name
+        if path.is_dir():
+            shutil.rmtree(path)
+        elif path.exists():
+            path.unlink()
+
+
+def train(config: Config, resume: bool = False, overwrite: bool = False, quiet: bool = False) -> TrainResult:
+    """Fine-tune `config.model` on the prepared data of `config`; write runs/<name>/model and checkpoints."""
+    from accelerate import Accelerator
+    from accelerate.utils import ProjectConfiguration, set_seed
+    from tqdm.auto import tqdm
+
+    from tunelab.data import prepare
+
+    _quiet_transformers()
+    cfg, run_dir = config.train, config.run_dir
+    ckpt_root = run_dir / "checkpoints"
+    latest = checkpoints(ckpt_root)[-1] if checkpoints(ckpt_root) else None
+    if resume and latest is None:
+        raise TunelabError(f"{run_dir}: no checkpoint to resume from (train without --resume to start)")
+    if not resume and not overwrite and (latest is not None or (run_dir / "model").exists()):
+        raise TunelabError(f"{run_dir} already holds a training run; continue it with --resume, "
+                           "or start again with --overwrite (deletes its checkpoints and model)")
+    trackers = list(cfg.trackers)
+    if "wandb" in trackers:
+        os.environ.setdefault("WANDB_MODE", "offline")
+        os.environ.setdefault("WANDB_DIR", str(run_dir))
+    if "mlflow" in trackers:
+        os.environ.setdefault("MLFLOW_TRACKING_URI", (run_dir / "mlruns").resolve().as_uri())
+    accelerator = Accelerator(
+        mixed_precision=_precision(cfg.precision), log_with=trackers or None,
+        project_config=ProjectConfiguration(project_dir=str(run_dir), logging_dir=str(run_dir / "tb")))
+    main = accelerator.is_main_process
+    say = (lambda m: None) if (quiet or not main) else (lambda m: print(m, file=sys.stderr, flush=True))
+    if overwrite and not resume and main:
+        _clear_run(run_dir)
+    accelerator.wait_for_everyone()
+
+    with accelerator.main_process_first():
+        prepared = prepare(config, quiet=quiet or not main)
+    if main:
+        (run_dir / "config.yaml").write_text(dump_config(config))
+
+    source = resolve_model(config.model.name)
+    tokenizer = load_tokenizer(config.model.name, config.model.revision, config.model.trust_remote_code)
+    task = make_task(config.task.name, prepared.labels, prepared.multi_label, config.data.text_pair_column is not None)
+    with_types = task.pair and "token_type_ids" in tokenizer.model_input_names
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    cache = run_dir / "data" / "tokens"
+    tokenizer_id = f"{config.model.name}@{config.model.revision}"
+    with accelerator.main_process_first():
+        train_enc = cached_encode(prepared.files["train"], cache, tokenizer, task, config.model.max_length, tokenizer_id)
+        val_enc = cached_encode(prepared.files["validation"], cache, tokenizer, task, config.model.max_length, tokenizer_id)
+    if len(train_enc) == 0:
+        raise TunelabError(f"{prepared.files['train']}: the training split is empty")
+
+    set_seed(cfg.seed)
+    attention = config.model.attention
+    if attention == "auto":
+        attention = "eager" if accelerator.device.type == "cpu" else "sdpa"
+    model = task.build_model(source, cfg.dropout, config.model.revision, config.model.trust_remote_code, attention)
+    steps_per_epoch = math.ceil(len(train_enc) / cfg.batch_size)
+    total_steps = cfg.max_steps or planned_steps(cfg, steps_per_epoch)
+    optimizer = build_optimizer(model, cfg)
+    scheduler = build_scheduler(optimizer, cfg, total_steps)
+    model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
+    weights = task.class_weights(train_enc.targets, cfg.class_weights)
+    weights = weights.to(accelerator.device) if weights is not None else None
+
+    state = LoopState()
+    if resume:
+        state = load_checkpoint(accelerator, latest)
+        say(f"train: resuming from {latest} (step {state.step} of {total_steps})")
+    log = _MetricsLog(run_dir / "metrics.jsonl", state.step if resume else None) if main else None
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    total_params = sum(p.numel() for p in model.parameters())
+    if main:
+        accelerator.init_trackers(config.name, config={"learning_rate": cfg.learning_rate, "batch_size": cfg.batch_size,
+                                                       "epochs": cfg.epochs, "seed": cfg.seed})
+    say(f"train: {len(train_enc)} examples, {total_steps} steps of {cfg.batch_size}, "
+        f"{trainable:,} of {total_params:,} parameters trainable, precision {accelerator.mixed_precision}, "
+        f"{accelerator.num_processes} process(es)")
+
+    meta = {"task": task.name, "labels": task.labels, "multi_label": task.multi_label, "pair": task.pair,
+            "threshold": config.task.multi_label_threshold or 0.5, "max_length": config.model.max_length,
+            "base_model": config.model.name, "run": config.name, "clean": cleaning_settings(config.data)}
+    eval_every = cfg.eval_every or steps_per_epoch
+    ckpt_every = cfg.checkpoint_every or eval_every
+    world, rank = accelerator.num_processes, accelerator.process_index
+    unwrapped = accelerator.unwrap_model(model)
+
+    def evaluate_validation() -> dict:
+        collector = Collector(task.labels, task.multi_label)
+        for rows, probs in iter_probabilities(unwrapped, val_enc, task, config.evaluate.batch_size, pad_id, with_types,
+                                              autocast=accelerator.mixed_precision == "bf16"):
+            collector.add(probs, val_enc.targets[rows])
+        if task.multi_label:
+            y, p = collector.multilabel_arrays()
+            meta["threshold"] = config.task.multi_label_threshold or best_threshold(y, p)
+        return collector.result(meta["threshold"], config.evaluate.calibration_bins)
+
+    bar = tqdm(total=total_steps, initial=state.step, unit="step", disable=quiet or not main, dynamic_ncols=True,
+               desc="train")
+    model.train()
+    started, seen = time.perf_counter(), 0
+    loss_acc, loss_n = 0.0, 0
+    try:
+        while state.step < total_steps and not state.stopped_early:
+            batches = epoch_batches(train_enc.lengths, cfg.batch_size, cfg.seed, state.epoch, cfg.group_by_length)
+            while state.batch_in_epoch < len(batches) and state.step < total_steps:
+                rows = batches[state.batch_in_epoch]
+                local = rows[rank::world]
+                micro = [m for m in np.array_split(local, min(cfg.gradient_accumulation_steps, len(local))) if len(m)]
+                step_loss = torch.zeros((), device=accelerator.device)
+                for k, part in enumerate(micro):
+                    batch = {key: v.to(accelerator.device) for key, v in collate(train_enc, part, pad_id, with_types).items()}
+                    targets = torch.as_tensor(train_enc.targets[part], device=accelerator.device)
+                    sync = k == len(micro) - 1
+                    with accelerator.no_sync(model) if not sync else nullcontext():
+                        logits = model(**batch).logits
+                        loss_sum = task.loss_sum(logits, targets, weights, cfg.label_smoothing)
+                        accelerator.backward(loss_sum * world / len(rows))
+                    step_loss += loss_sum.detach()
+                if cfg.max_grad_norm is not None:
+                    accelerator.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
+                optimizer.step()
+                scheduler.step()
+                optimizer.zero_grad(set_to_none=True)
+                state.step += 1
+                state.batch_in_epoch += 1
+                seen += len(rows)
+                loss_acc += float(accelerator.reduce(step_loss, "sum")) / len(rows)
+                loss_n += 1
+                if state.step % cfg.log_every == 0 or state.step == total_steps:
+                    rate = seen / (time.perf_counter() - started)
+                    record = {"step": state.step, "epoch": round(state.step / steps_per_epoch, 3),
+                              "loss": loss_acc / loss_n, "learning_rate": scheduler.get_last_lr()[0],
+                              "samples_per_second": rate}
+                    bar.set_postfix(loss=f"{record['loss']:.4f}", samples_s=f"{rate:.0f}")
+                    if main:
+                        log.write(record)
+                        accelerator.log({"train/loss": record["loss"], "train/learning_rate": record["learning_rate"]},
+                                        step=state.step)
+                    loss_acc, loss_n = 0.0, 0
+                bar.update(1)
+                end_of_epoch = state.batch_in_epoch == len(batches)
+                if end_of_epoch:
+                    state.epoch += 1
+                    state.batch_in_epoch = 0
+                do_eval = len(val_enc) > 0 and (state.step % eval_every == 0 or state.step == total_steps
+                                                or (cfg.eval_every is None and end_of_epoch))
+                if do_eval:
+                    _evaluate_and_keep_best(evaluate_validation(), state, cfg, config, main, log, accelerator,
+                                            unwrapped, tokenizer, meta, bar, say)
+                if state.step % ckpt_every == 0 and state.step < total_steps and not state.stopped_early:
+                    save_checkpoint(accelerator, ckpt_root, state, cfg.keep_checkpoints)
+                if end_of_epoch:
+                    break
+    except KeyboardInterrupt:
+        bar.close()
+        save_checkpoint(accelerator, ckpt_root, state, cfg.keep_checkpoints)
+        raise TunelabError(f"interrupted at step {state.step}; checkpoint saved in {ckpt_root}. "
+                           f"Continue with: tunelab train CONFIG --resume") from None
+    bar.close()
+    train_seconds = time.perf_counter() - started
+
+    if len(val_enc) == 0 or state.best_step is None:  # nothing to choose by: keep the last weights
+        if main:
+            meta["validation"] = {}
+            save_model_folder(unwrapped, tokenizer, run_dir / "model", meta)
+    accelerator.wait_for_everyone()
+    accelerator.end_training()
+    best = next((h for h in state.history if h["step"] == state.best_step), {})
+    say(f"train: done in {train_seconds:.0f}s; model in {run_dir / 'model'}"
+        + (f" (best {cfg.metric} {state.best_metric:.4f} at step {state.best_step})" if state.best_step else ""))
+    return TrainResult(run_dir, run_dir / "model", state.step, state.best_step, best, train_seconds,
+                       seen / max(train_seconds, 1e-9), state.stopped_early)
+
+
+def _evaluate_and_keep_best(metrics, state, cfg, config, main, log, accelerator, model, tokenizer, meta, bar, say):
+    if cfg.metric not in metrics:
+        raise TunelabError(f"train.metric: '{cfg.metric}' is not a validation metric here; "
+                           f"choose one of: {', '.join(headline(metrics))}")
+    value = metrics[cfg.metric]
+    record = {"step": state.step, "split": "validation", **headline(metrics)}
+    state.history.append(record)
+    if main:
+        log.write(record)
+        accelerator.log({f"validation/{k}": v for k, v in headline(metrics).items()}, step=state.step)
+    if _better(value, state.best_metric, cfg.metric):
+        state.best_metric, state.best_step, state.evals_without_improvement = value, state.step, 0
+        if main:
+            meta["validation"] = {k: v for k, v in metrics.items() if k not in ("reliability",)}
+            meta["best_step"] = state.step
+            save_model_folder(model, tokenizer, config.run_dir / "model", meta)
+        accelerator.wait_for_everyone()
+    else:
+        state.evals_without_improvement += 1
+        if cfg.early_stopping_patience and state.evals_without_improvement >= cfg.early_stopping_patience:
+            state.stopped_early = True
+            say(f"train: early stop at step {state.step}: no better {cfg.metric} in {cfg.early_stopping_patience} evaluations")
+    if main and not bar.disable:
+        bar.write(f"step {state.step}: validation " + ", ".join(f"{k} {v:.4f}" for k, v in headline(metrics).items()))
