@@ -45,3 +45,76 @@ def shared_data(*parts) -> Path:
     if not path.exists():
         pytest.skip(f"shared dataset {path} is absent (set TUNELAB_DATA to the folder holding it)")
     return path
+
+
+POSITIVE = "good great excellent lovely superb wonderful".split()
+NEGATIVE = "bad awful terrible poor horrible dreadful".split()
+FILLER = "the a movie film plot actor scene story was is really quite very and but".split()
+
+
+def sentiment_rows(n: int, seed: int = 0) -> list[tuple[str, str]]:
+    """Easy synthetic sentiment: filler words plus one polar word that decides the label."""
+    import random
+
+    rng = random.Random(seed)
+    rows = []
+    for i in range(n):
+        label = "positive" if i % 2 else "negative"
+        words = [rng.choice(FILLER) for _ in range(rng.randint(3, 12))]
+        words.insert(rng.randint(0, len(words)), rng.choice(POSITIVE if label == "positive" else NEGATIVE))
+        rows.append((" ".join(words) + f" {i}", label))
+    return rows
+
+
+def write_csv(path: Path, rows) -> Path:
+    import csv
+
+    with open(path, "w", newline="", encoding="utf-8") as f:
+        w = csv.writer(f, lineterminator="\n")
+        w.writerow(["text", "label"])
+        w.writerows(rows)
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory):
+    """A 2-layer, 32-wide BERT built from a config in-process, with the bundled tokenizer: fast to train."""
+    from transformers import AutoTokenizer, BertConfig, BertModel
+
+    from tunelab.models.source import default_model_dir
+
+    folder = tmp_path_factory.mktemp("tiny-bert")
+    tokenizer = AutoTokenizer.from_pretrained(default_model_dir())
+    config = BertConfig(vocab_size=tokenizer.vocab_size, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                        intermediate_size=64, max_position_embeddings=128)
+    import torch
+
+    torch.manual_seed(0)
+    BertModel(config).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def sentiment_files(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("sentiment")
+    rows = sentiment_rows(360)
+    return {"train": write_csv(folder / "train.csv", rows[:240]), "validation": write_csv(folder / "dev.csv", rows[240:300]),
+            "test": write_csv(folder / "test.csv", rows[300:])}
+
+
+@pytest.fixture
+def tiny_config(tmp_path, tiny_model_dir, sentiment_files):
+    """tiny_config(**train_overrides, name=..., data=..., model=...) -> Config training the tiny BERT."""
+    from tunelab.config import load_config
+
+    def _make(name="tiny", data=None, model=None, task=None, **train):
+        raw = {"name": name, "runs_dir": str(tmp_path / "runs"),
+               "data": {**{k: str(v) for k, v in sentiment_files.items()}, **(data or {})},
+               "model": {"name": str(tiny_model_dir), "max_length": 32, **(model or {})},
+               "train": {"learning_rate": 3e-3, "batch_size": 16, "epochs": 2, "min_steps": 0, "log_every": 5,
+                         "trackers": ["tensorboard"], **train}}
+        if task:
+            raw["task"] = task
+        return load_config(raw)
+    return _make

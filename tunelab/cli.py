@@ -13,7 +13,7 @@ from typing import List, Optional
 
 import typer
 
-from tunelab.errors import TunelabError
+from tunelab.errors import Interrupted, TunelabError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="tunelab: fine-tune, evaluate, serve and monitor transformer models.")
@@ -109,6 +109,9 @@ def _version(version: bool = typer.Option(False, "--version", help="Print the ve
 def main() -> None:
     try:
         app()
+    except Interrupted as exc:
+        typer.echo(f"{exc}", err=True)
+        sys.exit(130)
     except TunelabError as exc:
         typer.echo(f"error: {exc}", err=True)
         sys.exit(2)

@@ -11,3 +11,7 @@ class ConfigError(TunelabError):
 
 class DataError(TunelabError):
     """The input data has problems; the message lists them with file, line and column."""
+
+
+class Interrupted(TunelabError):
+    """The user pressed Ctrl-C; state was saved. The CLI exits with 130, as shells expect."""

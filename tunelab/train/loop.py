@@ -22,7 +22,7 @@ import torch
 
 from tunelab.config import Config, dump_config
 from tunelab.data.clean import cleaning_settings
-from tunelab.errors import TunelabError
+from tunelab.errors import Interrupted, TunelabError
 from tunelab.models.inference import iter_probabilities
 from tunelab.models.source import load_tokenizer, resolve_model
 from tunelab.tasks import make_task
@@ -41,8 +41,8 @@ class TrainResult:
     steps: int
     best_step: int | None
     validation: dict  # metrics of the saved model on validation
-    train_seconds: float
-    samples_per_second: float
+    train_seconds: float  # the loop, evaluations and checkpoints included
+    samples_per_second: float  # training throughput: evaluation and checkpoint time left out
     stopped_early: bool
 
 
@@ -202,7 +202,7 @@ def train(config: Config, resume: bool = False, overwrite: bool = False, quiet: 
     bar = tqdm(total=total_steps, initial=state.step, unit="step", disable=quiet or not main, dynamic_ncols=True,
                desc="train")
     model.train()
-    started, seen = time.perf_counter(), 0
+    started, seen, side_seconds = time.perf_counter(), 0, 0.0  # side: evaluation + checkpoint time
     loss_acc, loss_n = 0.0, 0
     try:
         while state.step < total_steps and not state.stopped_early:
@@ -232,7 +232,7 @@ def train(config: Config, resume: bool = False, overwrite: bool = False, quiet: 
                 loss_acc += float(accelerator.reduce(step_loss, "sum")) / len(rows)
                 loss_n += 1
                 if state.step % cfg.log_every == 0 or state.step == total_steps:
-                    rate = seen / (time.perf_counter() - started)
+                    rate = seen / (time.perf_counter() - started - side_seconds)
                     record = {"step": state.step, "epoch": round(state.step / steps_per_epoch, 3),
                               "loss": loss_acc / loss_n, "learning_rate": scheduler.get_last_lr()[0],
                               "samples_per_second": rate}
@@ -249,17 +249,19 @@ def train(config: Config, resume: bool = False, overwrite: bool = False, quiet: 
                     state.batch_in_epoch = 0
                 do_eval = len(val_enc) > 0 and (state.step % eval_every == 0 or state.step == total_steps
                                                 or (cfg.eval_every is None and end_of_epoch))
+                side_start = time.perf_counter()
                 if do_eval:
                     _evaluate_and_keep_best(evaluate_validation(), state, cfg, config, main, log, accelerator,
                                             unwrapped, tokenizer, meta, bar, say)
                 if state.step % ckpt_every == 0 and state.step < total_steps and not state.stopped_early:
                     save_checkpoint(accelerator, ckpt_root, state, cfg.keep_checkpoints)
+                side_seconds += time.perf_counter() - side_start
                 if end_of_epoch:
                     break
     except KeyboardInterrupt:
         bar.close()
         save_checkpoint(accelerator, ckpt_root, state, cfg.keep_checkpoints)
-        raise TunelabError(f"interrupted at step {state.step}; checkpoint saved in {ckpt_root}. "
+        raise Interrupted(f"interrupted at step {state.step}; checkpoint saved in {ckpt_root}. "
                            f"Continue with: tunelab train CONFIG --resume") from None
     bar.close()
     train_seconds = time.perf_counter() - started
@@ -274,7 +276,7 @@ def train(config: Config, resume: bool = False, overwrite: bool = False, quiet: 
     say(f"train: done in {train_seconds:.0f}s; model in {run_dir / 'model'}"
         + (f" (best {cfg.metric} {state.best_metric:.4f} at step {state.best_step})" if state.best_step else ""))
     return TrainResult(run_dir, run_dir / "model", state.step, state.best_step, best, train_seconds,
-                       seen / max(train_seconds, 1e-9), state.stopped_early)
+                       seen / max(train_seconds - side_seconds, 1e-9), state.stopped_early)
 
 
 def _evaluate_and_keep_best(metrics, state, cfg, config, main, log, accelerator, model, tokenizer, meta, bar, say):

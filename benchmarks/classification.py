@@ -1,0 +1,210 @@
+"""Fine-tuning accuracy and speed of the default MiniLM, and a side-by-side with transformers' Trainer.
+
+Part 1 (speed, side by side in one run): the same 20k-example SST-2 subset, one epoch, batch 32, lr 1e-4,
+trained by (1) a Trainer script as the tutorials write it (pad to max_length=128, fp32), (2) a Trainer
+script tuned as an expert would (dynamic padding, group_by_length, bf16), (3) tunelab's defaults.
+Part 2 (accuracy, tunelab defaults): SST-2 full train, Financial PhraseBank AllAgree and 50Agree (80/10/10,
+seed 42), Banking77 (10% of train held out for validation).
+
+Each case runs in its own process, so its peak RSS is its own.
+
+    .venv/bin/python benchmarks/classification.py            # everything (about an hour on 2 cores)
+    .venv/bin/python benchmarks/classification.py --only sst2_trainer_tutorial,sst2_tunelab_20k
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+
+from _common import DATA, REPO, WORK, need_data, write_results
+
+SUBSET = int(__import__("os").environ.get("BENCH_SUBSET", 20_000))  # smaller only to smoke-test the script
+LR, BATCH = 1e-4, 32
+
+
+def _sst2_subset() -> tuple:
+    """The fixed 20k subset of SST-2 train (seeded, after tunelab's cleaning, so all three see the same rows)."""
+    import numpy as np
+    import pyarrow.parquet as pq
+
+    from tunelab.config import load_config
+    from tunelab.data import prepare
+
+    config = load_config(REPO / "examples" / "sst2.yaml", [f"runs_dir={WORK / 'runs'}", "name=sst2-bench-data"])
+    prepared = prepare(config, quiet=True)
+    train = pq.read_table(prepared.files["train"]).to_pydict()
+    pick = np.random.default_rng(42).permutation(len(train["text"]))[:SUBSET]
+    texts = [train["text"][i] for i in pick]
+    labels = [train["label"][i] for i in pick]
+    val = pq.read_table(prepared.files["validation"]).to_pydict()
+    return texts, labels, val["text"], val["label"]
+
+
+def case_trainer(tuned: bool) -> dict:
+    """A plain transformers Trainer script: (1) as tutorials write it, or (2) tuned."""
+    import numpy as np
+    import torch
+    from transformers import (AutoModelForSequenceClassification, AutoTokenizer, DataCollatorWithPadding,
+                              Trainer, TrainingArguments)
+    from transformers.utils import logging
+
+    from tunelab.models.source import default_model_dir
+
+    logging.set_verbosity_error()
+    texts, labels, vtexts, vlabels = _sst2_subset()
+    model_dir = str(default_model_dir())
+    tok = AutoTokenizer.from_pretrained(model_dir)
+    pad = {} if tuned else {"padding": "max_length"}
+
+    class DS(torch.utils.data.Dataset):
+        def __init__(self, t, y):
+            self.enc = tok(t, truncation=True, max_length=128, **pad)
+            self.y = [int(v) for v in y]
+
+        def __len__(self):
+            return len(self.y)
+
+        def __getitem__(self, i):
+            return {"input_ids": self.enc["input_ids"][i], "attention_mask": self.enc["attention_mask"][i],
+                    "token_type_ids": self.enc["token_type_ids"][i], "labels": self.y[i]}
+
+    train_ds, val_ds = DS(texts, labels), DS(vtexts, vlabels)
+    torch.manual_seed(42)
+    model = AutoModelForSequenceClassification.from_pretrained(model_dir, num_labels=2)
+    args = TrainingArguments(output_dir=str(WORK / ("trainer-tuned" if tuned else "trainer-tutorial")),
+                             per_device_train_batch_size=BATCH, per_device_eval_batch_size=128, learning_rate=LR,
+                             num_train_epochs=1, weight_decay=0.01, warmup_steps=0.06, save_strategy="no",
+                             eval_strategy="no", report_to=[], logging_steps=50, seed=42, disable_tqdm=True,
+                             use_cpu=True, bf16=tuned, train_sampling_strategy="group_by_length" if tuned else "random", dataloader_num_workers=0)
+    trainer = Trainer(model=model, args=args, train_dataset=train_ds,
+                      data_collator=DataCollatorWithPadding(tok) if tuned else None)
+    t = time.perf_counter()
+    out = trainer.train()
+    seconds = time.perf_counter() - t
+    pred = trainer.predict(val_ds)  # label_ids come back in the order evaluated (length grouping reorders rows)
+    accuracy = float((np.argmax(pred.predictions, -1) == pred.label_ids).mean())
+    return {"accuracy": accuracy, "train_seconds": seconds, "samples_per_second": len(texts) / seconds,
+            "trainer_samples_per_second": out.metrics["train_samples_per_second"]}
+
+
+def case_tunelab_20k() -> dict:
+    import csv
+
+    texts, labels, _, _ = _sst2_subset()
+    path = WORK / "sst2_20k.csv"
+    with open(path, "w", newline="", encoding="utf-8") as f:
+        w = csv.writer(f, lineterminator="\n")
+        w.writerow(["text", "label"])
+        w.writerows(zip(texts, labels))
+    return _tunelab("sst2.yaml", "sst2-20k", [f"data.train={path}", "train.epochs=1", "train.min_steps=0",
+                                               f"train.learning_rate={LR}", f"train.batch_size={BATCH}"],
+                    splits=("validation",))
+
+
+def _tunelab(example: str, name: str, overrides: list[str], splits=("validation", "test")) -> dict:
+    from tunelab.config import load_config
+    from tunelab.evaluate import evaluate
+    from tunelab.train import train
+
+    config = load_config(REPO / "examples" / example, [f"runs_dir={WORK / 'runs'}", f"name={name}", *overrides])
+    t = time.perf_counter()
+    result = train(config, overwrite=True, quiet=True)
+    wall = time.perf_counter() - t
+    out = {"train_seconds": result.train_seconds, "wall_seconds": wall, "samples_per_second": result.samples_per_second,
+           "steps": result.steps}
+    for split in splits:
+        metrics = evaluate(config.run_dir, split, write_report=split == "test", quiet=True).metrics
+        out[f"{split}_accuracy"] = metrics["accuracy"]
+        out[f"{split}_macro_f1"] = metrics["macro_f1"]
+    return out
+
+
+CASES = {  # the two fast speed cases first, back to back, so they see the same machine state
+    "sst2_tunelab_20k": case_tunelab_20k,
+    "sst2_trainer_tuned": lambda: case_trainer(tuned=True),
+    "sst2_trainer_tutorial": lambda: case_trainer(tuned=False),
+    "sst2": lambda: _tunelab("sst2.yaml", "sst2", []),
+    "fpb_allagree": lambda: _tunelab("fpb_allagree.yaml", "fpb-allagree", []),
+    "fpb_50agree": lambda: _tunelab("fpb_50agree.yaml", "fpb-50agree", []),
+    "banking77": lambda: _tunelab("banking77.yaml", "banking77", []),
+}
+
+
+def run_case(name: str) -> dict:
+    import resource
+
+    result = CASES[name]()
+    result["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    return result
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--only", default="", help="comma-separated case names")
+    parser.add_argument("--case", help=argparse.SUPPRESS)  # internal: run one case in this process
+    args = parser.parse_args()
+    if args.case:
+        print("RESULT " + json.dumps(run_case(args.case)), flush=True)
+        return
+    need_data("sst2", "train.csv")
+    need_data("banking77", "train.csv")
+    names = [n for n in args.only.split(",") if n] or list(CASES)
+    results_path = WORK / "classification_cases.json"
+    WORK.mkdir(exist_ok=True)
+    results = json.loads(results_path.read_text()) if results_path.exists() and args.only else {}
+    import subprocess
+
+    for name in names:
+        print(f"== {name}", flush=True)
+        t = time.perf_counter()
+        proc = subprocess.run([sys.executable, __file__, "--case", name], capture_output=True, text=True,
+                              env={**__import__("os").environ, "TUNELAB_DATA": str(DATA)})
+        line = next((ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")), None)
+        if proc.returncode or line is None:
+            print(proc.stderr[-3000:], file=sys.stderr)
+            results[name] = {"error": proc.stderr.strip().splitlines()[-1] if proc.stderr.strip() else "failed"}
+        else:
+            results[name] = json.loads(line[len("RESULT "):])
+        results[name]["case_wall_seconds"] = time.perf_counter() - t
+        print(json.dumps(results[name]), flush=True)
+        results_path.write_text(json.dumps(results, indent=1))
+    write_results("classification", flatten(results))
+
+
+def flatten(results: dict) -> dict:
+    flat = {}
+    for name, figures in results.items():
+        for key, value in figures.items():
+            flat[f"{name}_{key}"] = round(value, 4) if isinstance(value, float) else value
+    get = lambda case, key: results.get(case, {}).get(key)  # noqa: E731
+    aliases = {
+        "sst2_validation_accuracy": get("sst2", "validation_accuracy"),
+        "sst2_test_accuracy": get("sst2", "test_accuracy"),
+        "fpb_allagree_test_accuracy": get("fpb_allagree", "test_accuracy"),
+        "fpb_50agree_test_accuracy": get("fpb_50agree", "test_accuracy"),
+        "banking77_test_accuracy": get("banking77", "test_accuracy"),
+    }
+    ours = get("sst2_tunelab_20k", "samples_per_second")
+    tut, tuned = get("sst2_trainer_tutorial", "samples_per_second"), get("sst2_trainer_tuned", "samples_per_second")
+    if ours and tut:
+        aliases["sst2_throughput_ratio_vs_trainer"] = ours / tut
+    if ours and tuned:
+        aliases["sst2_throughput_ratio_vs_trainer_tuned"] = ours / tuned
+    accs = [a for a in (get("sst2_trainer_tutorial", "accuracy"), get("sst2_trainer_tuned", "accuracy")) if a is not None]
+    if accs and get("sst2_tunelab_20k", "validation_accuracy") is not None:
+        aliases["sst2_accuracy_delta_vs_trainer"] = 100 * (get("sst2_tunelab_20k", "validation_accuracy") - max(accs))
+    flat.update({k: (round(v, 4) if isinstance(v, float) else v) for k, v in aliases.items() if v is not None})
+    targets = {"sst2_validation_accuracy": 0.90, "fpb_allagree_test_accuracy": 0.96, "fpb_50agree_test_accuracy": 0.85,
+               "banking77_test_accuracy": 0.92, "sst2_throughput_ratio_vs_trainer": 3.0,
+               "sst2_throughput_ratio_vs_trainer_tuned": 1.3, "sst2_accuracy_delta_vs_trainer": 0.0}
+    for key, target in targets.items():
+        if key in flat:
+            flat[f"{key}_target_met"] = flat[key] >= target
+    return flat
+
+
+if __name__ == "__main__":
+    main()

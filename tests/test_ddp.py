@@ -1,0 +1,38 @@
+"""`accelerate launch --num_processes 2` (gloo on CPU) trains the same model as one process, same global batch."""
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+from safetensors.torch import load_file
+
+from tunelab.config import dump_config
+from tunelab.train import train
+
+
+def test_two_processes_match_one(tiny_config, tmp_path):
+    launcher = Path(sys.executable).with_name("accelerate")
+    if not launcher.exists() and not shutil.which("accelerate"):
+        pytest.skip("the accelerate launcher is not installed")
+    settings = dict(max_steps=16, eval_every=8, precision="fp32", batch_size=16)
+    single = train(tiny_config(name="single", **settings), quiet=True)
+    config = tiny_config(name="ddp", **settings)
+    cfg_path = tmp_path / "ddp.yaml"
+    cfg_path.write_text(dump_config(config))
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    res = subprocess.run([str(launcher if launcher.exists() else "accelerate"), "launch", "--cpu", "--num_processes", "2",
+                          "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+                          "--main_process_port", "29613", "-m", "tunelab", "train", str(cfg_path)],
+                         capture_output=True, text=True, env=env, timeout=600)
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert "2 process(es)" in res.stderr
+    a = load_file(single.run_dir / "model" / "model.safetensors")
+    b = load_file(config.run_dir / "model" / "model.safetensors")
+    assert max(float((a[k] - b[k]).abs().max()) for k in a) < 1e-4
+    meta_a = yaml.safe_load((single.run_dir / "model" / "tunelab.json").read_text())
+    meta_b = yaml.safe_load((config.run_dir / "model" / "tunelab.json").read_text())
+    assert abs(meta_a["validation"]["accuracy"] - meta_b["validation"]["accuracy"]) <= 1 / 60 + 1e-9

@@ -1,0 +1,150 @@
+"""Evaluation reports, prediction files, multi-label thresholds and streaming memory."""
+
+import base64
+import json
+import os
+import re
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from conftest import sentiment_rows, write_csv
+from tunelab.evaluate import evaluate
+from tunelab.models.predictor import Predictor
+from tunelab.tasks.metrics import best_threshold, single_label_metrics
+from tunelab.train import train
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory, tiny_model_dir, sentiment_files):
+    from tunelab.config import load_config
+
+    root = tmp_path_factory.mktemp("trained")
+    config = load_config({"name": "eval", "runs_dir": str(root), "data": {k: str(v) for k, v in sentiment_files.items()},
+                          "model": {"name": str(tiny_model_dir), "max_length": 32},
+                          "train": {"learning_rate": 3e-3, "batch_size": 16, "epochs": 2, "min_steps": 0}})
+    train(config, quiet=True)
+    return config.run_dir
+
+
+def test_evaluate_writes_json_html_and_pngs(trained):
+    result = evaluate(trained, "test", quiet=True)
+    m = result.metrics
+    assert result.out_dir == trained / "eval"
+    assert m["examples"] == 60 and sum(map(sum, m["confusion_matrix"])) == 60
+    assert m["accuracy"] == pytest.approx(np.trace(m["confusion_matrix"]) / 60)
+    assert set(m["per_class"]) == {"negative", "positive"} and 0 <= m["ece"] <= 1 and "roc_auc" in m
+    saved = json.loads((result.out_dir / "report.json").read_text())
+    assert saved["accuracy"] == m["accuracy"]
+    page = (result.out_dir / "report.html").read_text()
+    images = re.findall(r'src="data:image/png;base64,([^"]+)"', page)
+    assert len(images) == 3  # confusion matrix, reliability, training curves: embedded, no external files
+    assert all(base64.b64decode(i)[:8] == b"\x89PNG\r\n\x1a\n" for i in images)
+    assert "http" not in page  # self-contained
+    for png in ("confusion_matrix.png", "reliability.png", "curves.png"):
+        assert (result.out_dir / png).stat().st_size > 1000
+
+
+def test_evaluate_a_file_and_other_splits(trained, tmp_path):
+    path = write_csv(tmp_path / "extra.csv", sentiment_rows(40, seed=9))
+    result = evaluate(trained, str(path), quiet=True)
+    assert result.metrics["examples"] == 40 and result.out_dir == trained / "eval" / "extra"
+    assert evaluate(trained, "validation", quiet=True).out_dir == trained / "eval" / "validation"
+    bad = write_csv(tmp_path / "bad.csv", [("fine text", "positive"), ("odd one", "neutral")])
+    from tunelab.errors import DataError
+
+    with pytest.raises(DataError, match=r"bad.csv:line 3: column 'label': unknown label 'neutral'"):
+        evaluate(trained, str(bad), quiet=True)
+
+
+def test_metrics_agree_with_a_direct_computation():
+    y = np.array([0, 1, 1, 2, 2, 2])
+    pred = np.array([0, 1, 2, 2, 2, 0])
+    conf = np.array([0.9, 0.8, 0.6, 0.7, 0.9, 0.5], dtype=np.float32)
+    m = single_label_metrics(y, np.stack([pred.astype(np.float32), conf], 1), ["a", "b", "c"], bins=5)
+    assert m["accuracy"] == pytest.approx(4 / 6)
+    assert m["per_class"]["c"] == {"precision": pytest.approx(2 / 3), "recall": pytest.approx(2 / 3),
+                                   "f1": pytest.approx(2 / 3), "support": 3}
+    assert m["confusion_matrix"] == [[1, 0, 0], [0, 1, 1], [1, 0, 2]]
+    # ECE by hand: bins of width 0.2; [0.4,0.6): conf .5 acc 0; [0.6,0.8): .6 wrong, .7 right; [0.8,1]: .9 .8 .9 right
+    ece = (1 * abs(0 - 0.5) + 2 * abs(0.5 - 0.65) + 3 * abs(1 - (0.9 + 0.8 + 0.9) / 3)) / 6
+    assert m["ece"] == pytest.approx(ece, abs=1e-6)
+
+
+def test_best_threshold_maximises_micro_f1():
+    rng = np.random.default_rng(0)
+    y = rng.random((400, 3)) < 0.3
+    probs = np.where(y, 0.35, 0.2) + rng.random((400, 3)) * 0.1  # positives sit in [0.35, 0.45), negatives below 0.3
+    t = best_threshold(y, probs.astype(np.float32))
+    assert 0.3 <= t <= 0.35
+
+
+def test_multilabel_training_picks_and_stores_a_threshold(tiny_config, tmp_path):
+    rows = []
+    for text, label in sentiment_rows(300, seed=3):
+        labs = [label] + (["long"] if len(text.split()) > 8 else [])
+        rows.append({"text": text, "label": labs})
+    path = tmp_path / "ml.jsonl"
+    path.write_text("\n".join(json.dumps(r) for r in rows))
+    config = tiny_config(name="ml", data={"train": str(path), "validation": None, "test": None, "multi_label": True},
+                         epochs=4)
+    result = train(config, quiet=True)
+    meta = json.loads((result.model_dir / "tunelab.json").read_text())
+    assert meta["multi_label"] and meta["labels"] == ["long", "negative", "positive"]
+    assert 0.05 <= meta["threshold"] <= 0.95 and meta["validation"]["threshold"] == meta["threshold"]
+    m = evaluate(config.run_dir, "test", quiet=True).metrics
+    assert {"subset_accuracy", "micro_f1", "macro_f1", "per_label"} <= set(m) and m["micro_f1"] > 0.7
+    pred = Predictor(config.run_dir).predict(["the movie was superb and the story was really quite lovely"])[0]
+    assert "positive" in pred["labels"] and set(pred["scores"]) == {"long", "negative", "positive"}
+
+
+def test_predict_cli_writes_csv_and_jsonl_matching_the_predictor(trained, tmp_path):
+    texts = ["the film was superb", "an awful plot and a poor actor", "really quite lovely"]
+    src = write_csv(tmp_path / "in.csv", [(t, "") for t in texts])
+    out = tmp_path / "out.csv"
+    res = subprocess.run([sys.executable, "-m", "tunelab", "predict", str(trained), "-i", str(src), "-o", str(out)],
+                         capture_output=True, text=True)
+    assert res.returncode == 0, res.stderr
+    import csv
+
+    rows = list(csv.DictReader(open(out)))
+    expected = Predictor(trained).predict(texts)
+    assert [r["label"] for r in rows] == [e["label"] for e in expected]
+    assert all(abs(float(r["score_positive"]) - e["scores"]["positive"]) < 1e-5 for r, e in zip(rows, expected))
+    res = subprocess.run([sys.executable, "-m", "tunelab", "predict", str(trained), "-i", "-"], input="\n".join(texts),
+                         capture_output=True, text=True)
+    lines = [json.loads(line) for line in res.stdout.splitlines()]
+    assert [x["label"] for x in lines] == [e["label"] for e in expected]
+
+
+def test_predict_errors_are_clear(trained, tmp_path):
+    res = subprocess.run([sys.executable, "-m", "tunelab", "predict", str(tmp_path), "-i", "-"], input="x",
+                         capture_output=True, text=True)
+    assert res.returncode == 2 and "no trained model here" in res.stderr and "Traceback" not in res.stderr
+    src = write_csv(tmp_path / "in.csv", [("ok text", ""), ("", "")])
+    src.write_text("review\nok text\n\n")
+    res = subprocess.run([sys.executable, "-m", "tunelab", "predict", str(trained), "-i", str(src)],
+                         capture_output=True, text=True)
+    assert res.returncode == 2 and "missing column 'text'" in res.stderr
+
+
+def test_evaluation_memory_does_not_grow_with_the_split(trained, tmp_path):
+    """Peak RSS evaluating 50k rows stays within a few MB of evaluating 5k rows."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    peaks = {}
+    for n in (5_000, 50_000):
+        rows = sentiment_rows(n, seed=n)
+        path = tmp_path / f"eval{n}.parquet"
+        pq.write_table(pa.table({"text": [r[0] for r in rows], "label": [r[1] for r in rows]}), path)
+        code = ("import resource, sys; from tunelab.evaluate.run import evaluate, resolve_split; "
+                "import tunelab.evaluate.run as r; r.resolve_split = lambda run, split: ('big', __import__('pathlib').Path(split)); "
+                f"m = evaluate({str(trained)!r}, {str(path)!r}, write_report=False, quiet=True).metrics; "
+                "assert m['examples'] == %d; print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)" % n)
+        res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env={**os.environ})
+        assert res.returncode == 0, res.stderr[-2000:]
+        peaks[n] = int(res.stdout.split()[-1]) / 1024
+    assert peaks[50_000] - peaks[5_000] < 25, peaks  # MB; keeping the logits of 45k more rows would not fit

@@ -1,0 +1,133 @@
+"""The training loop on a tiny BERT: learning, determinism, options, checkpoints and resume."""
+
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from tunelab.errors import TunelabError
+from tunelab.train import train
+
+
+def weights(run_dir):
+    return load_file(run_dir / "model" / "model.safetensors")
+
+
+def test_training_learns_and_writes_a_plain_model_folder(tiny_config):
+    config = tiny_config()
+    result = train(config, quiet=True)
+    assert result.validation["accuracy"] >= 0.9  # the polar word decides the label
+    model_dir = result.model_dir
+    meta = json.loads((model_dir / "tunelab.json").read_text())
+    assert meta["labels"] == ["negative", "positive"]
+    from transformers import AutoConfig, AutoModelForSequenceClassification
+
+    cfg = AutoConfig.from_pretrained(model_dir)
+    assert cfg.id2label == {0: "negative", 1: "positive"} and cfg.label2id == {"negative": 0, "positive": 1}
+    AutoModelForSequenceClassification.from_pretrained(model_dir)  # loads with plain transformers
+    assert (model_dir / "model.safetensors").is_file() and not list(model_dir.glob("*.bin"))
+    log = [json.loads(line) for line in (config.run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert any("loss" in r for r in log) and any(r.get("split") == "validation" for r in log)
+    assert list((config.run_dir / "tb").rglob("events.out.tfevents.*"))
+    assert (config.run_dir / "config.yaml").is_file()
+
+
+def test_same_seed_gives_the_same_model_and_another_seed_does_not(tiny_config):
+    a = train(tiny_config(name="a", max_steps=12), quiet=True)
+    b = train(tiny_config(name="b", max_steps=12), quiet=True)
+    c = train(tiny_config(name="c", max_steps=12, seed=7), quiet=True)
+    wa, wb, wc = weights(a.run_dir), weights(b.run_dir), weights(c.run_dir)
+    assert all(torch.equal(wa[k], wb[k]) for k in wa)
+    assert not all(torch.equal(wa[k], wc[k]) for k in wa)
+    assert a.validation == b.validation
+
+
+def test_existing_run_needs_resume_or_overwrite(tiny_config):
+    config = tiny_config(max_steps=4)
+    train(config, quiet=True)
+    with pytest.raises(TunelabError, match="--resume.*--overwrite"):
+        train(config, quiet=True)
+    with pytest.raises(TunelabError, match="no checkpoint to resume from"):
+        train(tiny_config(name="fresh", max_steps=4), resume=True, quiet=True)
+    assert train(config, overwrite=True, quiet=True).steps == 4
+
+
+def test_steps_from_epochs_min_steps_and_max_steps(tiny_config):
+    from tunelab.train.loop import planned_steps
+
+    cfg = tiny_config(epochs=2, min_steps=0).train
+    assert planned_steps(cfg, 15) == 30
+    assert planned_steps(tiny_config(epochs=2, min_steps=100).train, 15) == 100  # small data: stretched
+    assert planned_steps(tiny_config(epochs=2, min_steps=1000, max_epochs=5).train, 15) == 75  # but capped
+    assert train(tiny_config(max_steps=7), quiet=True).steps == 7
+
+
+def test_early_stopping_stops_when_the_metric_stalls(tiny_config):
+    # a learning rate of ~0 never improves on the first evaluation
+    result = train(tiny_config(learning_rate=1e-12, eval_every=2, early_stopping_patience=2, max_steps=40), quiet=True)
+    assert result.stopped_early and result.steps == 6 and result.best_step == 2
+
+
+def test_gradient_accumulation_matches_the_full_batch(tiny_config):
+    one = train(tiny_config(name="one", max_steps=6, precision="fp32"), quiet=True)
+    two = train(tiny_config(name="two", max_steps=6, precision="fp32", gradient_accumulation_steps=4), quiet=True)
+    wa, wb = weights(one.run_dir), weights(two.run_dir)
+    assert max(float((wa[k] - wb[k]).abs().max()) for k in wa) < 1e-5  # same gradient, summed in 4 parts
+
+
+@pytest.mark.parametrize("option", [{"optimizer": "sgd"}, {"label_smoothing": 0.2}, {"class_weights": [1.0, 3.0]},
+                                    {"max_grad_norm": 1e-3}, {"scheduler": "cosine"}, {"weight_decay": 0.5},
+                                    {"dropout": 0.3}])
+def test_each_option_changes_the_result(tiny_config, option):
+    base = train(tiny_config(name="base", max_steps=6, precision="fp32"), quiet=True)
+    other = train(tiny_config(name="other", max_steps=6, precision="fp32", **option), quiet=True)
+    wa, wb = weights(base.run_dir), weights(other.run_dir)
+    assert not all(torch.equal(wa[k], wb[k]) for k in wa), option
+
+
+def test_parameter_groups_never_decay_bias_or_layernorm(tiny_model_dir):
+    from transformers import AutoModelForSequenceClassification
+
+    from tunelab.train.optim import parameter_groups
+
+    model = AutoModelForSequenceClassification.from_pretrained(tiny_model_dir, num_labels=2)
+    decay, no_decay = parameter_groups(model, 0.1)
+    names = {id(p): n for n, p in model.named_parameters()}
+    assert decay["weight_decay"] == 0.1 and no_decay["weight_decay"] == 0.0
+    assert all(names[id(p)].endswith("bias") or "LayerNorm" in names[id(p)] for p in no_decay["params"])
+    assert all(not names[id(p)].endswith("bias") and "LayerNorm" not in names[id(p)] for p in decay["params"])
+
+
+@pytest.mark.parametrize("name", ["linear", "cosine", "constant"])
+def test_schedules_warm_up_then_follow_their_shape(tiny_config, name):
+    from tunelab.train.optim import build_scheduler
+
+    cfg = tiny_config(scheduler=name, warmup_ratio=0.1).train
+    opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
+    sched = build_scheduler(opt, cfg, 100)
+    lrs = []
+    for _ in range(100):
+        lrs.append(sched.get_last_lr()[0])
+        opt.step()
+        sched.step()
+    assert lrs[0] == 0 and lrs[5] == pytest.approx(0.5) and lrs[10] == pytest.approx(1.0)
+    expected_mid = {"linear": 50 / 90, "cosine": 0.5 * (1 + math.cos(math.pi * 50 / 90)), "constant": 1.0}[name]
+    assert lrs[60] == pytest.approx(expected_mid, rel=1e-6)
+
+
+def test_balanced_class_weights():
+    from tunelab.tasks import make_task
+
+    task = make_task("classification", ["a", "b"], False, False)
+    w = task.class_weights(np.array([0, 0, 0, 1]), "balanced")
+    assert torch.allclose(w, torch.tensor([4 / 6, 4 / 2]))
+    with pytest.raises(TunelabError, match="3 weights for 2 labels"):
+        task.class_weights(np.array([0, 1]), [1.0, 2.0, 3.0])
+
+
+def test_unknown_metric_is_a_clear_error(tiny_config):
+    with pytest.raises(TunelabError, match="train.metric: 'f2' is not a validation metric here; choose one of: accuracy"):
+        train(tiny_config(metric="f2", max_steps=2, eval_every=1), quiet=True)
