@@ -14,11 +14,17 @@ $(VENV)/.installed: pyproject.toml
 	$(BIN)/python -m pip install -q -e ".[dev]"
 	touch $@
 
+# The quick start: prepare the demo reviews, fine-tune the bundled MiniLM, evaluate on the test split.
 demo: install
-	$(BIN)/tunelab prepare examples/demo.yaml
+	$(BIN)/tunelab train examples/demo.yaml --overwrite
+	$(BIN)/tunelab evaluate runs/sentiment-demo
 
 test: install
 	$(BIN)/python -m pytest -q
+
+# The measured figures in BENCHMARKS.md (about an hour on 2 cores; needs ../shared/data or TUNELAB_DATA).
+bench: install
+	cd benchmarks && ../$(BIN)/python prepare.py && ../$(BIN)/python classification.py
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache

@@ -106,8 +106,8 @@ def case_tunelab_20k() -> dict:
 
 def _tunelab(example: str, name: str, overrides: list[str], splits=("validation", "test")) -> dict:
     from tunelab.config import load_config
-    from tunelab.evaluate import evaluate
-    from tunelab.train import train
+    from tunelab.evaluation import evaluate
+    from tunelab.training import train
 
     config = load_config(REPO / "examples" / example, [f"runs_dir={WORK / 'runs'}", f"name={name}", *overrides])
     t = time.perf_counter()

@@ -112,7 +112,7 @@ def tiny_config(tmp_path, tiny_model_dir, sentiment_files):
         raw = {"name": name, "runs_dir": str(tmp_path / "runs"),
                "data": {**{k: str(v) for k, v in sentiment_files.items()}, **(data or {})},
                "model": {"name": str(tiny_model_dir), "max_length": 32, **(model or {})},
-               "train": {"learning_rate": 3e-3, "batch_size": 16, "epochs": 2, "min_steps": 0, "log_every": 5,
+               "train": {"learning_rate": 3e-3, "batch_size": 16, "epochs": 6, "min_steps": 0, "log_every": 5,
                          "trackers": ["tensorboard"], **train}}
         if task:
             raw["task"] = task

@@ -94,7 +94,7 @@ def test_cli_config_show_prints_the_resolved_config():
     res = _cli("config", "show", "examples/demo.yaml", "data.seed=11")
     assert res.returncode == 0, res.stderr
     shown = yaml.safe_load(res.stdout)
-    assert shown["data"]["seed"] == 11 and shown["data"]["on_bad_rows"] == "error" and shown["model"]["max_length"] == 256
+    assert shown["data"]["seed"] == 11 and shown["data"]["on_bad_rows"] == "error" and shown["model"]["max_length"] == 64 and shown["train"]["batch_size"] == 32
 
 
 def test_cli_config_schema_is_json_schema_with_descriptions():

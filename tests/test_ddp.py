@@ -1,4 +1,5 @@
-"""`accelerate launch --num_processes 2` (gloo on CPU) trains the same model as one process, same global batch."""
+"""`accelerate launch --multi_gpu --num_processes 2` (torchrun; gloo on CPU) trains the same model as one
+process with the same global batch. (Without --multi_gpu, accelerate starts one process on a GPU-less machine.)"""
 
 import os
 import shutil
@@ -11,20 +12,20 @@ import yaml
 from safetensors.torch import load_file
 
 from tunelab.config import dump_config
-from tunelab.train import train
+from tunelab.training import train
 
 
 def test_two_processes_match_one(tiny_config, tmp_path):
     launcher = Path(sys.executable).with_name("accelerate")
     if not launcher.exists() and not shutil.which("accelerate"):
         pytest.skip("the accelerate launcher is not installed")
-    settings = dict(max_steps=16, eval_every=8, precision="fp32", batch_size=16)
+    settings = dict(max_steps=16, eval_every=16, precision="fp32", batch_size=16)  # one evaluation: best = last
     single = train(tiny_config(name="single", **settings), quiet=True)
     config = tiny_config(name="ddp", **settings)
     cfg_path = tmp_path / "ddp.yaml"
     cfg_path.write_text(dump_config(config))
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    res = subprocess.run([str(launcher if launcher.exists() else "accelerate"), "launch", "--cpu", "--num_processes", "2",
+    res = subprocess.run([str(launcher if launcher.exists() else "accelerate"), "launch", "--multi_gpu", "--num_processes", "2",
                           "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
                           "--main_process_port", "29613", "-m", "tunelab", "train", str(cfg_path)],
                          capture_output=True, text=True, env=env, timeout=600)

@@ -12,7 +12,7 @@ def test_pipeline_matches_tunelab_predict_on_the_real_minilm(tmp_path):
 
     from tunelab.config import load_config
     from tunelab.models.predictor import Predictor
-    from tunelab.train import train
+    from tunelab.training import train
 
     config = load_config(REPO / "examples" / "demo.yaml", [f"runs_dir={tmp_path}", "train.max_steps=20", "train.eval_every=10"])
     result = train(config, quiet=True)

@@ -11,7 +11,7 @@ import yaml
 from safetensors.torch import load_file
 
 from tunelab.config import dump_config
-from tunelab.train import train
+from tunelab.training import train
 
 
 def _write_config(config, path):
@@ -80,7 +80,7 @@ def test_ctrl_c_saves_a_checkpoint_and_exits_130(tiny_config, tmp_path):
 
 
 def test_a_half_written_checkpoint_is_ignored(tiny_config):
-    from tunelab.train.checkpoint import checkpoints
+    from tunelab.training.checkpoint import checkpoints
 
     config = tiny_config(name="partial", max_steps=20, checkpoint_every=10)
     train(config, quiet=True)

@@ -1,6 +1,7 @@
 """tunelab: turn a pretrained transformer into a working, monitored application.
 
-The Python API mirrors the CLI: `tunelab.prepare(load_config("cfg.yaml"))` is `tunelab prepare cfg.yaml`.
+The Python API mirrors the CLI: `tunelab.prepare(load_config("cfg.yaml"))` is `tunelab prepare cfg.yaml`,
+`tunelab.train(config)` is `tunelab train`, `tunelab.evaluate(run_dir)` is `tunelab evaluate`.
 Heavy modules (torch, transformers) load only when a function that needs them is called.
 """
 
@@ -10,12 +11,14 @@ import importlib
 
 __version__ = "0.1.0"
 
-_LAZY = {
+_LAZY = {  # public name -> module that defines it (stage folders are named so they never shadow these)
     "load_config": "tunelab.config",
     "Config": "tunelab.config",
     "TunelabError": "tunelab.errors",
     "prepare": "tunelab.data.pipeline",
-    "train": "tunelab.train.loop",
+    "train": "tunelab.training.loop",
+    "evaluate": "tunelab.evaluation.run",
+    "Predictor": "tunelab.models.predictor",
 }
 
 __all__ = ["__version__", *_LAZY]

@@ -62,7 +62,7 @@ def train(config: Path = CONFIG, overrides: Optional[List[str]] = OVERRIDES,
           resume: bool = typer.Option(False, "--resume", help="Continue from the run's latest checkpoint."),
           overwrite: bool = typer.Option(False, "--overwrite", help="Delete the run's checkpoints and model and start again.")) -> None:
     """Fine-tune the model (prepares the data first if needed); writes runs/<name>/model."""
-    from tunelab.train import train as run_train
+    from tunelab.training import train as run_train
 
     result = run_train(_load(config, overrides), resume=resume, overwrite=overwrite)
     typer.echo(result.model_dir)
@@ -76,7 +76,7 @@ def evaluate(run: Path = RUN,
              split: str = typer.Option("test", "--split", help="test, validation, train, or a labelled CSV/JSONL/Parquet file."),
              batch_size: int = typer.Option(128, "--batch-size", min=1, help="Examples per forward pass.")) -> None:
     """Metrics of a trained run on a split or file; writes eval/report.json, report.html and PNGs."""
-    from tunelab.evaluate import evaluate as run_evaluate, metrics_table
+    from tunelab.evaluation import evaluate as run_evaluate, metrics_table
 
     result = run_evaluate(run, split, batch_size)
     typer.echo(f"{result.split}:\n{metrics_table(result.metrics)}")

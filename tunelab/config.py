@@ -119,7 +119,8 @@ class TrainConfig(Section):
     eval_every: int | None = Field(None, ge=1, description="Evaluate on validation every N optimizer steps; none: once per epoch.")
     checkpoint_every: int | None = Field(None, ge=1, description="Save a resumable checkpoint every N steps; none: at every evaluation.")
     keep_checkpoints: int = Field(1, ge=1, description="How many recent checkpoints to keep.")
-    metric: str = Field("accuracy", description="Validation metric that picks the best model and drives early stopping.")
+    metric: str | None = Field(
+        None, description="Validation metric that picks the best model and drives early stopping; none: accuracy (micro_f1 for multi-label).")
     early_stopping_patience: int | None = Field(None, ge=1, description="Stop after this many evaluations without improvement; none: never.")
     log_every: int = Field(10, ge=1, description="Log the training loss every N steps.")
     trackers: list[Literal["tensorboard", "mlflow", "wandb"]] = Field(

@@ -222,21 +222,19 @@ def read_jsonl(path: Path, wanted: Wanted, encoding: str) -> Columns:
     text, bad, starts = _decode(path, encoding)
     cols = Columns(file, "line")
     sink = _RowSink(cols, wanted, bad, starts, encoding)
-    for number, line in enumerate(text.splitlines(), start=1):
-        if not line.strip():
-            cols.empty_rows += 1
-            continue
-        try:
-            obj = json.loads(line)
-        except json.JSONDecodeError as exc:
-            cols.file_problems.append(Problem(file, number, None, "malformed",
-                                              f"malformed JSON at column {exc.colno}: {exc.msg}"))
-            continue
-        if not isinstance(obj, dict):
-            cols.file_problems.append(Problem(file, number, None, "malformed",
-                                              f"expected a JSON object per line, got {type(obj).__name__}"))
-            continue
-        sink.add_record(number, obj)
+
+    def parsed():
+        for number, line in enumerate(text.splitlines(), start=1):
+            if not line.strip():
+                cols.empty_rows += 1
+                continue
+            try:
+                yield number, json.loads(line)
+            except json.JSONDecodeError as exc:
+                cols.file_problems.append(Problem(file, number, None, "malformed",
+                                                  f"malformed JSON at column {exc.colno}: {exc.msg}"))
+
+    _add_records(cols, sink, parsed())
     _check_any_column(cols, wanted)
     return cols
 
@@ -254,12 +252,7 @@ def read_json(path: Path, wanted: Wanted, encoding: str) -> Columns:
         raise DataError(f"{file}: expected a JSON array of objects (or use JSON Lines, one object per line)")
     cols = Columns(file, "item")
     sink = _RowSink(cols, wanted, bad, starts, encoding)
-    for number, obj in enumerate(data, start=1):
-        if not isinstance(obj, dict):
-            cols.file_problems.append(Problem(file, number, None, "malformed",
-                                              f"expected a JSON object, got {type(obj).__name__}", "item"))
-            continue
-        sink.add_record(number, obj)
+    _add_records(cols, sink, enumerate(data, start=1))
     _check_any_column(cols, wanted)
     return cols
 
@@ -282,6 +275,16 @@ def read_parquet(path: Path, wanted: Wanted, encoding: str) -> Columns:
     cols.text, cols.text_pair, cols.label, cols.ids = (
         get(wanted.text), get(wanted.text_pair), get(wanted.label), get(wanted.id))
     return cols
+
+
+def _add_records(cols: Columns, sink: _RowSink, records) -> None:
+    """(number, parsed JSON value) pairs -> rows; a value that is not an object is a malformed row."""
+    for number, obj in records:
+        if isinstance(obj, dict):
+            sink.add_record(number, obj)
+        else:
+            cols.file_problems.append(Problem(cols.file, number, None, "malformed",
+                                              f"expected a JSON object, got {type(obj).__name__}", cols.unit))
 
 
 def _check_any_column(cols: Columns, wanted: Wanted) -> None:

@@ -23,6 +23,7 @@ SPLITS = ("train", "validation", "test")
 PRECEDENCE = ("test", "validation", "train")  # a text in two splits stays in the first of these
 FORMAT_VERSION = 1  # bump when the prepared files change shape, so old ones are re-made
 MAX_SHOWN = 20
+ROW_GROUP = 8192  # Parquet row-group size: later stages stream a split one row group at a time
 
 
 @dataclass
@@ -110,7 +111,7 @@ def _write_split(rows: Rows, path: Path, fmt: str) -> None:
         import pyarrow as pa
         import pyarrow.parquet as pq
 
-        pq.write_table(pa.table(columns), tmp)
+        pq.write_table(pa.table(columns), tmp, row_group_size=ROW_GROUP)
     else:
         names = list(columns)
         with open(tmp, "w", encoding="utf-8") as f:

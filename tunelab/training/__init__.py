@@ -1,5 +1,5 @@
 """The training stage."""
 
-from tunelab.train.loop import TrainResult, train
+from tunelab.training.loop import TrainResult, train
 
 __all__ = ["TrainResult", "train"]

@@ -28,10 +28,10 @@ from tunelab.models.source import load_tokenizer, resolve_model
 from tunelab.tasks import make_task
 from tunelab.tasks.encoding import cached_encode, collate
 from tunelab.tasks.metrics import Collector, best_threshold, headline
-from tunelab.train.checkpoint import (LoopState, checkpoints, load_checkpoint, save_checkpoint,
+from tunelab.training.checkpoint import (LoopState, checkpoints, load_checkpoint, save_checkpoint,
                                       save_model_folder)
-from tunelab.train.data import epoch_batches
-from tunelab.train.optim import build_optimizer, build_scheduler
+from tunelab.training.data import epoch_batches
+from tunelab.training.optim import build_optimizer, build_scheduler
 
 
 @dataclass
@@ -95,6 +95,16 @@ def _quiet_transformers() -> None:
     hf_logging.disable_progress_bar()
 
 
+def _fresh_accelerator_state() -> None:
+    """accelerate keeps one global state per process and refuses a second Accelerator with other settings
+    (precision, trackers). Several trainings in one process (tests, searches, notebooks) each get a fresh one;
+    the process group (PartialState), if any, is kept."""
+    from accelerate.state import AcceleratorState, GradientState
+
+    AcceleratorState._reset_state(reset_partial_state=False)
+    GradientState._reset_state()
+
+
 def _clear_run(run_dir: Path) -> None:
     for name in ("checkpoints", "model", "metrics.jsonl", "tb", "eval"):
         path = run_dir / name
@@ -107,7 +117,7 @@ def _clear_run(run_dir: Path) -> None:
 def train(config: Config, resume: bool = False, overwrite: bool = False, quiet: bool = False) -> TrainResult:
     """Fine-tune `config.model` on the prepared data of `config`; write runs/<name>/model and checkpoints."""
     from accelerate import Accelerator
-    from accelerate.utils import ProjectConfiguration, set_seed
+    from accelerate.utils import DataLoaderConfiguration, ProjectConfiguration, set_seed
     from tqdm.auto import tqdm
 
     from tunelab.data import prepare
@@ -127,7 +137,12 @@ def train(config: Config, resume: bool = False, overwrite: bool = False, quiet: 
         os.environ.setdefault("WANDB_DIR", str(run_dir))
     if "mlflow" in trackers:
         os.environ.setdefault("MLFLOW_TRACKING_URI", (run_dir / "mlruns").resolve().as_uri())
+    _fresh_accelerator_state()
+    no_accelerator = not (torch.cuda.is_available() or torch.backends.mps.is_available())
     accelerator = Accelerator(
+        cpu=no_accelerator,  # on CPU, accelerate picks multi-process DDP (gloo) only when told it is CPU
+        # our batches are global and split over processes: the scheduler must step once per optimizer step
+        dataloader_config=DataLoaderConfiguration(split_batches=True),
         mixed_precision=_precision(cfg.precision), log_with=trackers or None,
         project_config=ProjectConfiguration(project_dir=str(run_dir), logging_dir=str(run_dir / "tb")))
     main = accelerator.is_main_process
@@ -207,7 +222,7 @@ def train(config: Config, resume: bool = False, overwrite: bool = False, quiet: 
     try:
         while state.step < total_steps and not state.stopped_early:
             batches = epoch_batches(train_enc.lengths, cfg.batch_size, cfg.seed, state.epoch, cfg.group_by_length)
-            while state.batch_in_epoch < len(batches) and state.step < total_steps:
+            while state.batch_in_epoch < len(batches) and state.step < total_steps and not state.stopped_early:
                 rows = batches[state.batch_in_epoch]
                 local = rows[rank::world]
                 micro = [m for m in np.array_split(local, min(cfg.gradient_accumulation_steps, len(local))) if len(m)]
@@ -274,22 +289,23 @@ def train(config: Config, resume: bool = False, overwrite: bool = False, quiet: 
     accelerator.end_training()
     best = next((h for h in state.history if h["step"] == state.best_step), {})
     say(f"train: done in {train_seconds:.0f}s; model in {run_dir / 'model'}"
-        + (f" (best {cfg.metric} {state.best_metric:.4f} at step {state.best_step})" if state.best_step else ""))
+        + (f" (best validation score {state.best_metric:.4f} at step {state.best_step})" if state.best_step else ""))
     return TrainResult(run_dir, run_dir / "model", state.step, state.best_step, best, train_seconds,
                        seen / max(train_seconds - side_seconds, 1e-9), state.stopped_early)
 
 
 def _evaluate_and_keep_best(metrics, state, cfg, config, main, log, accelerator, model, tokenizer, meta, bar, say):
-    if cfg.metric not in metrics:
-        raise TunelabError(f"train.metric: '{cfg.metric}' is not a validation metric here; "
+    metric = cfg.metric or ("micro_f1" if config.data.multi_label else "accuracy")
+    if metric not in metrics:
+        raise TunelabError(f"train.metric: '{metric}' is not a validation metric here; "
                            f"choose one of: {', '.join(headline(metrics))}")
-    value = metrics[cfg.metric]
+    value = metrics[metric]
     record = {"step": state.step, "split": "validation", **headline(metrics)}
     state.history.append(record)
     if main:
         log.write(record)
         accelerator.log({f"validation/{k}": v for k, v in headline(metrics).items()}, step=state.step)
-    if _better(value, state.best_metric, cfg.metric):
+    if _better(value, state.best_metric, metric):
         state.best_metric, state.best_step, state.evals_without_improvement = value, state.step, 0
         if main:
             meta["validation"] = {k: v for k, v in metrics.items() if k not in ("reliability",)}
@@ -300,6 +316,6 @@ def _evaluate_and_keep_best(metrics, state, cfg, config, main, log, accelerator,
         state.evals_without_improvement += 1
         if cfg.early_stopping_patience and state.evals_without_improvement >= cfg.early_stopping_patience:
             state.stopped_early = True
-            say(f"train: early stop at step {state.step}: no better {cfg.metric} in {cfg.early_stopping_patience} evaluations")
+            say(f"train: early stop at step {state.step}: no better {metric} in {cfg.early_stopping_patience} evaluations")
     if main and not bar.disable:
         bar.write(f"step {state.step}: validation " + ", ".join(f"{k} {v:.4f}" for k, v in headline(metrics).items()))

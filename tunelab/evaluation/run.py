@@ -89,7 +89,7 @@ def evaluate(run: str | Path, split: str = "test", batch_size: int | None = None
     metrics = collector.result(predictor.threshold, config.evaluate.calibration_bins)
     out = run_dir / "eval" if name == "test" else run_dir / "eval" / name
     if write_report:
-        from tunelab.evaluate.report import write_report as write
+        from tunelab.evaluation.report import write_report as write
 
         write(out, name, metrics, task.labels, run_dir / "metrics.jsonl", predictor.meta)
     return EvalResult(name, metrics, out)

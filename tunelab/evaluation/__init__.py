@@ -1,5 +1,5 @@
 """The evaluation stage: metrics on a split or file, and the report."""
 
-from tunelab.evaluate.run import EvalResult, evaluate, metrics_table
+from tunelab.evaluation.run import EvalResult, evaluate, metrics_table
 
 __all__ = ["EvalResult", "evaluate", "metrics_table"]
