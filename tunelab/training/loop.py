@@ -276,6 +276,7 @@ def train(config: Config, resume: bool = False, overwrite: bool = False, quiet: 
     except KeyboardInterrupt:
         bar.close()
         save_checkpoint(accelerator, ckpt_root, state, cfg.keep_checkpoints)
+        accelerator.end_training()  # close the trackers' writer threads, or the process may not exit
         raise Interrupted(f"interrupted at step {state.step}; checkpoint saved in {ckpt_root}. "
                            f"Continue with: tunelab train CONFIG --resume") from None
     bar.close()
