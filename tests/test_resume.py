@@ -67,8 +67,10 @@ def test_sigkill_then_resume_equals_an_uninterrupted_run(tiny_config, tmp_path):
 def test_ctrl_c_saves_a_checkpoint_and_exits_130(tiny_config, tmp_path):
     config = tiny_config(name="interrupted", max_steps=100000, checkpoint_every=100000, eval_every=100000)
     cfg_path = _write_config(config, tmp_path / "int.yaml")
+    # a runner started in the background (nohup, `&`) passes SIGINT on as ignored: give the child the default
     proc = subprocess.Popen([sys.executable, "-m", "tunelab", "train", str(cfg_path)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     log = config.run_dir / "metrics.jsonl"
     assert _wait_for(lambda: log.exists() and log.stat().st_size > 0, proc)
     proc.send_signal(signal.SIGINT)
