@@ -122,3 +122,15 @@ def test_cli_help_imports_no_heavy_module():
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert res.returncode == 0, res.stderr
     assert res.stdout.strip() == "[]"
+
+
+def test_public_api_names_are_the_stage_functions():
+    import tunelab
+    import tunelab.evaluation.run  # noqa: F401  (importing the stage packages must not shadow the functions)
+    import tunelab.training.loop  # noqa: F401
+
+    assert tunelab.train.__module__ == "tunelab.training.loop"
+    assert tunelab.evaluate.__module__ == "tunelab.evaluation.run"
+    assert tunelab.prepare.__module__ == "tunelab.data.pipeline"
+    with pytest.raises(AttributeError):
+        tunelab.no_such_thing

@@ -6,7 +6,6 @@ import subprocess
 import sys
 import time
 
-import torch
 import yaml
 from safetensors.torch import load_file
 

@@ -16,7 +16,7 @@ from tunelab.data.load import Problem, Wanted, load_file
 from tunelab.data.report import (imbalance_warning, length_stats, removed_counts, render_markdown,
                                  token_lengths)
 from tunelab.data.split import label_counts, stratified_split
-from tunelab.data.validate import LabelCheck, Rows, label_text, validate
+from tunelab.data.validate import LabelCheck, Rows, validate
 from tunelab.errors import DataError
 
 SPLITS = ("train", "validation", "test")
@@ -304,4 +304,4 @@ def _char_lengths(rows: Rows):
     return np.fromiter((len(t) for t in rows.text), dtype=np.int32, count=len(rows))
 
 
-__all__ = ["Prepared", "prepare", "load_prepared", "fingerprint", "label_text"]
+__all__ = ["Prepared", "prepare", "prepare_file", "load_prepared", "fingerprint"]

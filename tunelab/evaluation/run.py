@@ -11,7 +11,6 @@ from pathlib import Path
 from tunelab.config import load_config
 from tunelab.errors import TunelabError
 from tunelab.models.predictor import Predictor
-from tunelab.tasks.encoding import encode
 from tunelab.tasks.metrics import Collector
 
 CHUNK_ROWS = 8192  # rows read, tokenised and scored at a time: memory does not grow with the split
