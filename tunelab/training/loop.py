@@ -125,7 +125,7 @@ def train(config: Config, resume: bool = False, overwrite: bool = False, quiet: 
     _quiet_transformers()
     cfg, run_dir = config.train, config.run_dir
     ckpt_root = run_dir / "checkpoints"
-    latest = checkpoints(ckpt_root)[-1] if checkpoints(ckpt_root) else None
+    latest = (checkpoints(ckpt_root) or [None])[-1]
     if resume and latest is None:
         raise TunelabError(f"{run_dir}: no checkpoint to resume from (train without --resume to start)")
     if not resume and not overwrite and (latest is not None or (run_dir / "model").exists()):
