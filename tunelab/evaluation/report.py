@@ -31,7 +31,7 @@ def plot_confusion(matrix: list[list[int]], labels: list[str], path: Path) -> No
     fig.colorbar(im, ax=ax, fraction=0.046)
     ax.set_title("Confusion matrix")
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    fig.savefig(path, dpi=110, bbox_inches="tight")
     plt.close(fig)
 
 
@@ -50,7 +50,7 @@ def plot_reliability(bins: list[dict], ece: float, path: Path) -> None:
     ax.set_title(f"Reliability (ECE {ece:.3f})")
     ax.legend(loc="upper left")
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    fig.savefig(path, dpi=110, bbox_inches="tight")
     plt.close(fig)
 
 
@@ -75,7 +75,7 @@ def plot_curves(metrics_log: Path, path: Path) -> bool:
     b.set_title("Validation")
     b.legend()
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    fig.savefig(path, dpi=110, bbox_inches="tight")
     plt.close(fig)
     return True
 
@@ -89,7 +89,7 @@ def plot_label_f1(per_label: dict, path: Path) -> None:
     ax.set_title("F1 per label")
     plt.setp(ax.get_xticklabels(), rotation=90 if len(labels) > 6 else 0)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    fig.savefig(path, dpi=110, bbox_inches="tight")
     plt.close(fig)
 
 
