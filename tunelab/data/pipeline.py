@@ -18,6 +18,7 @@ from tunelab.data.report import (imbalance_warning, length_stats, removed_counts
 from tunelab.data.split import label_counts, stratified_split
 from tunelab.data.validate import LabelCheck, Rows, validate
 from tunelab.errors import DataError
+from tunelab.files import write_text_atomic
 
 SPLITS = ("train", "validation", "test")
 PRECEDENCE = ("test", "validation", "train")  # a text in two splits stays in the first of these
@@ -120,12 +121,6 @@ def _write_split(rows: Rows, path: Path, fmt: str) -> None:
     os.replace(tmp, path)
 
 
-def _write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
-
-
 def load_prepared(out: Path) -> Prepared | None:
     """The prepared data in `out`, if a complete run left it there (the manifest is written last)."""
     manifest_path = out / "manifest.json"
@@ -215,12 +210,12 @@ def prepare(config: Config, force: bool = False, tokenizer=None, quiet: bool = F
     files = {s: out / f"{s}.{ext}" for s in rows}
     for split, part in rows.items():
         _write_split(part, files[split], cfg.output_format)
-    _write_text(out / "report.json", json.dumps(report, indent=1, ensure_ascii=False))
-    _write_text(out / "report.md", render_markdown(report))
+    write_text_atomic(out / "report.json", json.dumps(report, indent=1, ensure_ascii=False))
+    write_text_atomic(out / "report.md", render_markdown(report))
     manifest = {"fingerprint": key, "files": {s: f.name for s, f in files.items()},
                 "sizes": {s: f.stat().st_size for s, f in files.items()}, "labels": labels,
                 "multi_label": cfg.multi_label}
-    _write_text(out / "manifest.json", json.dumps(manifest, indent=1, ensure_ascii=False))
+    write_text_atomic(out / "manifest.json", json.dumps(manifest, indent=1, ensure_ascii=False))
     for warning in report["warnings"]:
         say(f"data: warning: {warning}")
     say(f"data: wrote {', '.join(f'{s} {len(r)}' for s, r in rows.items())} rows to {out} "

@@ -5,13 +5,14 @@ from __future__ import annotations
 import base64
 import html
 import json
-import os
 from pathlib import Path
 
 import matplotlib
 
 matplotlib.use("Agg")  # files only, no display
 import matplotlib.pyplot as plt  # noqa: E402
+
+from tunelab.files import write_text_atomic  # noqa: E402
 
 
 def plot_confusion(matrix: list[list[int]], labels: list[str], path: Path) -> None:
@@ -111,9 +112,7 @@ def _img(path: Path, alt: str) -> str:
 def write_report(out: Path, split: str, metrics: dict, labels: list[str], metrics_log: Path, meta: dict) -> None:
     out.mkdir(parents=True, exist_ok=True)
     report = {"split": split, "model": meta.get("run"), "base_model": meta.get("base_model"), **metrics}
-    tmp = out / "report.json.tmp"
-    tmp.write_text(json.dumps(report, indent=1))
-    os.replace(tmp, out / "report.json")
+    write_text_atomic(out / "report.json", json.dumps(report, indent=1))
 
     figures = []
     headline = [[k, metrics[k]] for k in ("examples", "accuracy", "macro_f1", "micro_f1", "weighted_f1",
@@ -141,6 +140,4 @@ td:first-child,th:first-child{{text-align:left}}img{{max-width:100%}}figure{{mar
 <h1>Evaluation of {html.escape(str(meta.get('run')))} on {html.escape(split)}</h1>
 <p>Base model: {html.escape(str(meta.get('base_model')))}; labels: {len(labels)}.</p>
 {''.join(sections)}</body></html>"""
-    tmp = out / "report.html.tmp"
-    tmp.write_text(page, encoding="utf-8")
-    os.replace(tmp, out / "report.html")
+    write_text_atomic(out / "report.html", page)

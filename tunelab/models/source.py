@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import copy
 import importlib.util
+from functools import lru_cache
 from pathlib import Path
 
 from tunelab.errors import TunelabError
@@ -60,3 +62,23 @@ def load_tokenizer(name: str, revision: str | None = None, trust_remote_code: bo
         if Path(source).is_dir():
             raise TunelabError(f"model.name: cannot load a tokenizer from {source}: {exc}") from None
         raise explain_load_error(name, exc) from None
+
+
+@lru_cache(maxsize=16)
+def rust_tokenizer(tokenizer, max_length: int | None = None):
+    """The tokenizer's Rust backend, copied once, with padding off and truncation at max_length (none: off).
+
+    Calling it directly (`encode_batch_fast`) skips the per-text Python lists of the transformers wrapper
+    (~2x faster). Cached, so a predictor does not copy the vocabulary on every request. None for a slow
+    (Python-only) tokenizer.
+    """
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is None:
+        return None
+    backend = copy.deepcopy(backend)
+    backend.no_padding()
+    if max_length is None:
+        backend.no_truncation()
+    else:
+        backend.enable_truncation(max_length)
+    return backend

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import copy
 import hashlib
 import json
 import os
@@ -11,6 +10,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
+
+from tunelab.models.source import rust_tokenizer
 
 
 @dataclass
@@ -42,12 +43,8 @@ def read_split(path: Path) -> dict[str, list]:
 
 def tokenize(tokenizer, texts: list[str], pairs: list[str] | None, max_length: int, batch_size: int = 4096):
     """Token ids (and segment ids) per text, truncated to max_length, with the fast Rust tokenizer."""
-    backend = getattr(tokenizer, "backend_tokenizer", None)
+    backend = rust_tokenizer(tokenizer, max_length)
     ids, type_ids = [], []
-    if backend is not None:
-        backend = copy.deepcopy(backend)
-        backend.no_padding()
-        backend.enable_truncation(max_length)
     for start in range(0, len(texts), batch_size):
         chunk = texts[start:start + batch_size]
         pair = pairs[start:start + batch_size] if pairs is not None else None
