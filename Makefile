@@ -24,7 +24,8 @@ test: install
 
 # The measured figures in BENCHMARKS.md (about an hour on 2 cores; needs ../shared/data or TUNELAB_DATA).
 bench: install
-	cd benchmarks && ../$(BIN)/python prepare.py && ../$(BIN)/python classification.py
+	cd benchmarks && ../$(BIN)/python prepare.py && ../$(BIN)/python classification.py \
+	  && ../$(BIN)/python methods.py && ../$(BIN)/python method_memory.py
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache

@@ -14,6 +14,7 @@ HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
 DATA = Path(os.environ.get("TUNELAB_DATA", REPO.parent / "shared" / "data"))
 WORK = HERE / "work"  # scratch space (git-ignored)
+SUBSET = int(os.environ.get("BENCH_SUBSET", 20_000))  # the fixed SST-2 training subset; smaller only to smoke-test
 
 
 def need_data(*parts: str) -> Path:
@@ -59,3 +60,69 @@ def write_results(script: str, figures: dict) -> Path:
     out.write_text(json.dumps(figures, indent=1) + "\n")
     print(json.dumps(figures, indent=1))
     return out
+
+
+def sst2_subset() -> tuple:
+    """The fixed SUBSET-example sample of SST-2 train (seeded, after tunelab's cleaning) and the validation set."""
+    import numpy as np
+    import pyarrow.parquet as pq
+
+    from tunelab.config import load_config
+    from tunelab.data import prepare
+
+    config = load_config(REPO / "examples" / "sst2.yaml", [f"runs_dir={WORK / 'runs'}", "name=sst2-bench-data"])
+    prepared = prepare(config, quiet=True)
+    train = pq.read_table(prepared.files["train"]).to_pydict()
+    pick = np.random.default_rng(42).permutation(len(train["text"]))[:SUBSET]
+    texts = [train["text"][i] for i in pick]
+    labels = [train["label"][i] for i in pick]
+    val = pq.read_table(prepared.files["validation"]).to_pydict()
+    return texts, labels, val["text"], val["label"]
+
+
+def sst2_subset_csv(size: int | None = None) -> Path:
+    """The subset as a CSV tunelab can train on (the first `size` rows of it when given)."""
+    import csv
+
+    texts, labels, _, _ = sst2_subset()
+    size = size or len(texts)
+    path = WORK / f"sst2_{size}.csv"
+    with open(path, "w", newline="", encoding="utf-8") as f:
+        w = csv.writer(f, lineterminator="\n")
+        w.writerow(["text", "label"])
+        w.writerows(zip(texts[:size], labels[:size]))
+    return path
+
+
+def run_cases(script: str, cases: dict, case: str | None, only: list[str], results_name: str) -> dict | None:
+    """Run each case of a benchmark script in its own process (so its peak RSS is its own).
+
+    With `case` set we are that child process: run it, print its figures, return None. Otherwise run the
+    cases (all, or `only`, merged into the stored results) and return {case: figures}.
+    """
+    import resource
+    import time
+
+    if case:
+        result = cases[case]()
+        result["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        print("RESULT " + json.dumps(result), flush=True)
+        return None
+    WORK.mkdir(exist_ok=True)
+    results_path = WORK / f"{results_name}_cases.json"
+    results = json.loads(results_path.read_text()) if results_path.exists() and only else {}
+    for name in only or list(cases):
+        print(f"== {name}", flush=True)
+        t = time.perf_counter()
+        proc = subprocess.run([sys.executable, script, "--case", name], capture_output=True, text=True,
+                              env={**os.environ, "TUNELAB_DATA": str(DATA)})
+        line = next((ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")), None)
+        if proc.returncode or line is None:
+            print(proc.stderr[-3000:], file=sys.stderr)
+            results[name] = {"error": proc.stderr.strip().splitlines()[-1] if proc.stderr.strip() else "failed"}
+        else:
+            results[name] = json.loads(line[len("RESULT "):])
+        results[name]["case_wall_seconds"] = time.perf_counter() - t
+        print(json.dumps(results[name]), flush=True)
+        results_path.write_text(json.dumps(results, indent=1))
+    return results

@@ -15,32 +15,11 @@ Each case runs in its own process, so its peak RSS is its own.
 from __future__ import annotations
 
 import argparse
-import json
-import sys
 import time
 
-from _common import DATA, REPO, WORK, need_data, write_results
+from _common import REPO, WORK, need_data, run_cases, sst2_subset, sst2_subset_csv, write_results
 
-SUBSET = int(__import__("os").environ.get("BENCH_SUBSET", 20_000))  # smaller only to smoke-test the script
 LR, BATCH = 1e-4, 32
-
-
-def _sst2_subset() -> tuple:
-    """The fixed 20k subset of SST-2 train (seeded, after tunelab's cleaning, so all three see the same rows)."""
-    import numpy as np
-    import pyarrow.parquet as pq
-
-    from tunelab.config import load_config
-    from tunelab.data import prepare
-
-    config = load_config(REPO / "examples" / "sst2.yaml", [f"runs_dir={WORK / 'runs'}", "name=sst2-bench-data"])
-    prepared = prepare(config, quiet=True)
-    train = pq.read_table(prepared.files["train"]).to_pydict()
-    pick = np.random.default_rng(42).permutation(len(train["text"]))[:SUBSET]
-    texts = [train["text"][i] for i in pick]
-    labels = [train["label"][i] for i in pick]
-    val = pq.read_table(prepared.files["validation"]).to_pydict()
-    return texts, labels, val["text"], val["label"]
 
 
 def case_trainer(tuned: bool) -> dict:
@@ -54,7 +33,7 @@ def case_trainer(tuned: bool) -> dict:
     from tunelab.models.source import default_model_dir
 
     logging.set_verbosity_error()
-    texts, labels, vtexts, vlabels = _sst2_subset()
+    texts, labels, vtexts, vlabels = sst2_subset()
     model_dir = str(default_model_dir())
     tok = AutoTokenizer.from_pretrained(model_dir)
     pad = {} if tuned else {"padding": "max_length"}
@@ -91,14 +70,7 @@ def case_trainer(tuned: bool) -> dict:
 
 
 def case_tunelab_20k() -> dict:
-    import csv
-
-    texts, labels, _, _ = _sst2_subset()
-    path = WORK / "sst2_20k.csv"
-    with open(path, "w", newline="", encoding="utf-8") as f:
-        w = csv.writer(f, lineterminator="\n")
-        w.writerow(["text", "label"])
-        w.writerows(zip(texts, labels))
+    path = sst2_subset_csv()
     return _tunelab("sst2.yaml", "sst2-20k", [f"data.train={path}", "train.epochs=1", "train.min_steps=0",
                                                f"train.learning_rate={LR}", f"train.batch_size={BATCH}"],
                     splits=("validation",))
@@ -133,45 +105,16 @@ CASES = {  # the two fast speed cases first, back to back, so they see the same 
 }
 
 
-def run_case(name: str) -> dict:
-    import resource
-
-    result = CASES[name]()
-    result["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    return result
-
-
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--only", default="", help="comma-separated case names")
     parser.add_argument("--case", help=argparse.SUPPRESS)  # internal: run one case in this process
     args = parser.parse_args()
-    if args.case:
-        print("RESULT " + json.dumps(run_case(args.case)), flush=True)
-        return
     need_data("sst2", "train.csv")
     need_data("banking77", "train.csv")
-    names = [n for n in args.only.split(",") if n] or list(CASES)
-    results_path = WORK / "classification_cases.json"
-    WORK.mkdir(exist_ok=True)
-    results = json.loads(results_path.read_text()) if results_path.exists() and args.only else {}
-    import subprocess
-
-    for name in names:
-        print(f"== {name}", flush=True)
-        t = time.perf_counter()
-        proc = subprocess.run([sys.executable, __file__, "--case", name], capture_output=True, text=True,
-                              env={**__import__("os").environ, "TUNELAB_DATA": str(DATA)})
-        line = next((ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")), None)
-        if proc.returncode or line is None:
-            print(proc.stderr[-3000:], file=sys.stderr)
-            results[name] = {"error": proc.stderr.strip().splitlines()[-1] if proc.stderr.strip() else "failed"}
-        else:
-            results[name] = json.loads(line[len("RESULT "):])
-        results[name]["case_wall_seconds"] = time.perf_counter() - t
-        print(json.dumps(results[name]), flush=True)
-        results_path.write_text(json.dumps(results, indent=1))
-    write_results("classification", flatten(results))
+    results = run_cases(__file__, CASES, args.case, [n for n in args.only.split(",") if n], "classification")
+    if results is not None:
+        write_results("classification", flatten(results))
 
 
 def flatten(results: dict) -> dict:

@@ -108,13 +108,15 @@ def tiny_config(tmp_path, tiny_model_dir, sentiment_files):
     """tiny_config(**train_overrides, name=..., data=..., model=...) -> Config training the tiny BERT."""
     from tunelab.config import load_config
 
-    def _make(name="tiny", data=None, model=None, task=None, **train):
+    def _make(name="tiny", data=None, model=None, task=None, method=None, **train):
         raw = {"name": name, "runs_dir": str(tmp_path / "runs"),
                "data": {**{k: str(v) for k, v in sentiment_files.items()}, **(data or {})},
                "model": {"name": str(tiny_model_dir), "max_length": 32, **(model or {})},
-               "train": {"learning_rate": 3e-3, "batch_size": 16, "epochs": 6, "min_steps": 0, "log_every": 5,
+               "train": {"learning_rate": 3e-3, "batch_size": 16, "epochs": 6, "min_steps": 0, "min_steps_per_label": 0, "log_every": 5,
                          "trackers": ["tensorboard"], **train}}
         if task:
             raw["task"] = task
+        if method:
+            raw["method"] = method
         return load_config(raw)
     return _make

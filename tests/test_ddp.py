@@ -15,11 +15,18 @@ from tunelab.config import dump_config
 from tunelab.training import train
 
 
-def test_two_processes_match_one(tiny_config, tmp_path):
+def _weights(model_dir: Path) -> dict:
+    (path,) = [p for p in model_dir.glob("*.safetensors")]  # model, adapter_model or method_weights
+    return load_file(path)
+
+
+@pytest.mark.parametrize("method", ["full", "lora"])
+def test_two_processes_match_one(tiny_config, tmp_path, method):
     launcher = Path(sys.executable).with_name("accelerate")
     if not launcher.exists() and not shutil.which("accelerate"):
         pytest.skip("the accelerate launcher is not installed")
-    settings = dict(max_steps=16, eval_every=16, precision="fp32", batch_size=16)  # one evaluation: best = last
+    settings = dict(max_steps=16, eval_every=16, precision="fp32", batch_size=16,  # one evaluation: best = last
+                    method={"name": method}, learning_rate=3e-3 if method == "full" else 1e-2)
     single = train(tiny_config(name="single", **settings), quiet=True)
     config = tiny_config(name="ddp", **settings)
     cfg_path = tmp_path / "ddp.yaml"
@@ -27,12 +34,11 @@ def test_two_processes_match_one(tiny_config, tmp_path):
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     res = subprocess.run([str(launcher if launcher.exists() else "accelerate"), "launch", "--multi_gpu", "--num_processes", "2",
                           "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
-                          "--main_process_port", "29613", "-m", "tunelab", "train", str(cfg_path)],
+                          "--main_process_port", str(29613 + 10 * (method != "full")), "-m", "tunelab", "train", str(cfg_path)],
                          capture_output=True, text=True, env=env, timeout=600)
     assert res.returncode == 0, res.stderr[-3000:]
     assert "2 process(es)" in res.stderr
-    a = load_file(single.run_dir / "model" / "model.safetensors")
-    b = load_file(config.run_dir / "model" / "model.safetensors")
+    a, b = _weights(single.run_dir / "model"), _weights(config.run_dir / "model")
     assert max(float((a[k] - b[k]).abs().max()) for k in a) < 1e-4
     meta_a = yaml.safe_load((single.run_dir / "model" / "tunelab.json").read_text())
     meta_b = yaml.safe_load((config.run_dir / "model" / "tunelab.json").read_text())

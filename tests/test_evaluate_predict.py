@@ -24,7 +24,8 @@ def trained(tmp_path_factory, tiny_model_dir, sentiment_files):
     root = tmp_path_factory.mktemp("trained")
     config = load_config({"name": "eval", "runs_dir": str(root), "data": {k: str(v) for k, v in sentiment_files.items()},
                           "model": {"name": str(tiny_model_dir), "max_length": 32},
-                          "train": {"learning_rate": 3e-3, "batch_size": 16, "epochs": 6, "min_steps": 0}})
+                          "train": {"learning_rate": 3e-3, "batch_size": 16, "epochs": 6, "min_steps": 0,
+                                    "min_steps_per_label": 0}})
     train(config, quiet=True)
     return config.run_dir
 

@@ -89,3 +89,13 @@ def test_a_half_written_checkpoint_is_ignored(tiny_config):
     (root / ".tmp-step-20").mkdir()
     (root / "step-30").mkdir()  # no loop_state.json: never completed
     assert [p.name for p in checkpoints(root)] == ["step-10"]
+
+
+def test_resume_refuses_a_changed_config(tiny_config):
+    import pytest
+
+    from tunelab.errors import TunelabError
+
+    train(tiny_config(name="changed", max_steps=4, checkpoint_every=2), quiet=True)
+    with pytest.raises(TunelabError, match=r"train.learning_rate: 0.003 -> 0.001"):
+        train(tiny_config(name="changed", max_steps=4, checkpoint_every=2, learning_rate=1e-3), resume=True, quiet=True)

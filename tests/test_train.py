@@ -62,6 +62,10 @@ def test_steps_from_epochs_min_steps_and_max_steps(tiny_config):
     assert planned_steps(cfg, 15) == 30
     assert planned_steps(tiny_config(epochs=2, min_steps=100).train, 15) == 100  # small data: stretched
     assert planned_steps(tiny_config(epochs=2, min_steps=1000, max_epochs=5).train, 15) == 75  # but capped
+    many = tiny_config(epochs=2, min_steps=100, min_steps_per_label=25).train
+    assert planned_steps(many, 30, num_labels=2) == 100  # 2 labels x 25 < min_steps
+    assert planned_steps(many, 150, num_labels=77) == 1925  # many labels: 25 steps each
+    assert planned_steps(many, 30, num_labels=77) == 600  # still capped at max_epochs (20 x 30)
     assert train(tiny_config(max_steps=7), quiet=True).steps == 7
 
 

@@ -19,6 +19,8 @@ _LAZY = {  # public name -> module that defines it (stage folders are named so t
     "train": "tunelab.training.loop",
     "evaluate": "tunelab.evaluation.run",
     "Predictor": "tunelab.models.predictor",
+    "load": "tunelab.models.adapters",
+    "AdapterSet": "tunelab.models.adapters",
 }
 
 __all__ = ["__version__", *_LAZY]

@@ -97,6 +97,33 @@ def predict(run: Path = RUN,
         typer.echo(f"{n} predictions written to {output}", err=True)
 
 
+@app.command()
+def export(run: Path = RUN,
+           merge: bool = typer.Option(False, "--merge", help="Fold LoRA/IA3 into the base weights: a plain transformers folder."),
+           output: Optional[Path] = typer.Option(None, "--output", "-o", help="Output folder (default runs/<name>/export/merged)."),
+           limit: Optional[int] = typer.Option(None, "--limit", min=1, help="Check parity on at most this many validation texts.")) -> None:
+    """Export a trained run (--merge: merged adapters, checked against the live adapter on validation)."""
+    if not merge:
+        raise TunelabError("say what to export: --merge (ONNX and int8 export come with the deploy stage)")
+    from tunelab.export import merge_run
+
+    parity = merge_run(run, output, limit)
+    typer.echo(f"merged model: {parity['out']} (max |logit diff| {parity['max_abs_logit_diff']:.2e} "
+               f"on {parity['examples']} validation texts)")
+
+
+@app.command()
+def methods() -> None:
+    """List the fine-tuning methods with their default learning rate and settings."""
+    from tunelab.methods import METHODS
+
+    for name, module in METHODS.items():
+        settings = module.Settings().model_dump() if hasattr(module, "Settings") else {}
+        typer.echo(f"{name:8} lr {module.LEARNING_RATE:<7g} {module.__doc__.strip().splitlines()[0]}")
+        if settings:
+            typer.echo(" " * 9 + ", ".join(f"{k}={v}" for k, v in settings.items()))
+
+
 @app.callback(invoke_without_command=True)
 def _version(version: bool = typer.Option(False, "--version", help="Print the version and exit.")) -> None:
     if version:

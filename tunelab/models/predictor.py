@@ -31,8 +31,11 @@ def find_model_dir(path: str | Path) -> Path:
 class Predictor:
     """A trained classifier ready for inference: tokenizer, model and label names."""
 
-    def __init__(self, model_dir: str | Path, precision: str = "fp32", batch_size: int = 64):
-        from transformers import AutoModelForSequenceClassification, AutoTokenizer
+    def __init__(self, model_dir: str | Path, precision: str = "fp32", batch_size: int = 64, model=None):
+        """`model`: an already loaded model to use instead of loading the folder's (shared-base adapters)."""
+        from transformers import AutoTokenizer
+
+        from tunelab.methods.store import load_model
         from transformers.utils import logging as hf_logging
 
         hf_logging.disable_progress_bar()
@@ -40,7 +43,7 @@ class Predictor:
         self.meta = json.loads((self.model_dir / "tunelab.json").read_text())
         self.task = make_task(self.meta["task"], self.meta["labels"], self.meta["multi_label"], self.meta["pair"])
         self.tokenizer = AutoTokenizer.from_pretrained(self.model_dir)
-        self.model = AutoModelForSequenceClassification.from_pretrained(self.model_dir).eval()
+        self.model = model if model is not None else load_model(self.model_dir, self.meta)
         self.max_length = int(self.meta["max_length"])
         self.threshold = float(self.meta.get("threshold", 0.5))
         self.bf16 = precision == "bf16"

@@ -55,10 +55,15 @@ def load_checkpoint(accelerator, path: Path) -> LoopState:
 
 
 def save_model_folder(model, tokenizer, out: Path, meta: dict) -> None:
-    """A plain `save_pretrained` folder (safetensors) + tokenizer + tunelab.json, swapped in atomically."""
+    """The method's weights (a save_pretrained folder, or adapter + head only) + tokenizer + tunelab.json,
+    swapped in atomically. meta['saved_bytes'] records the size of the weights written."""
+    from tunelab.methods.store import save_weights
+
     tmp = out.with_name(out.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
-    model.save_pretrained(tmp, safe_serialization=True)
+    tmp.mkdir(parents=True)
+    save_weights(model, meta["method"]["name"], tmp)
+    meta["saved_bytes"] = sum(p.stat().st_size for p in tmp.iterdir() if p.suffix == ".safetensors")
     tokenizer.save_pretrained(tmp)
     (tmp / "tunelab.json").write_text(json.dumps(meta, indent=1))
     old = out.with_name(out.name + ".old")

@@ -23,6 +23,8 @@ import torch
 from tunelab.config import Config, dump_config
 from tunelab.data.clean import cleaning_settings
 from tunelab.errors import Interrupted, TunelabError
+from tunelab.methods.parts import count_parameters, enable_activation_checkpointing
+from tunelab.methods.store import apply_method
 from tunelab.models.inference import iter_probabilities
 from tunelab.models.source import load_tokenizer, resolve_model
 from tunelab.tasks import make_task
@@ -61,10 +63,12 @@ def _precision(setting: str) -> str:
     return "no"
 
 
-def planned_steps(cfg, steps_per_epoch: int) -> int:
-    """epochs, stretched on small data to min_steps (but never past max_epochs)."""
+def planned_steps(cfg, steps_per_epoch: int, num_labels: int = 2) -> int:
+    """epochs, stretched on small data (or many labels) to min_steps or min_steps_per_label x labels, but
+    never past max_epochs."""
     steps = math.ceil(cfg.epochs * steps_per_epoch)
-    stretched = min(cfg.min_steps, math.ceil(cfg.max_epochs * steps_per_epoch))
+    wanted = max(cfg.min_steps, cfg.min_steps_per_label * num_labels)
+    stretched = min(wanted, math.ceil(cfg.max_epochs * steps_per_epoch))
     return max(1, steps, stretched)
 
 
@@ -128,6 +132,8 @@ def train(config: Config, resume: bool = False, overwrite: bool = False, quiet: 
     latest = (checkpoints(ckpt_root) or [None])[-1]
     if resume and latest is None:
         raise TunelabError(f"{run_dir}: no checkpoint to resume from (train without --resume to start)")
+    if resume:
+        _check_same_config(run_dir / "config.yaml", config)
     if not resume and not overwrite and (latest is not None or (run_dir / "model").exists()):
         raise TunelabError(f"{run_dir} already holds a training run; continue it with --resume, "
                            "or start again with --overwrite (deletes its checkpoints and model)")
@@ -174,9 +180,15 @@ def train(config: Config, resume: bool = False, overwrite: bool = False, quiet: 
     if attention == "auto":
         attention = "eager" if accelerator.device.type == "cpu" else "sdpa"
     model = task.build_model(source, cfg.dropout, config.model.revision, config.model.trust_remote_code, attention)
+    model = apply_method(model, config.method)
+    if cfg.activation_checkpointing:
+        if config.method.name == "prefix":  # the prefix rides in the attention cache, which a recompute would extend twice
+            raise TunelabError("train.activation_checkpointing does not work with method 'prefix'; turn one off")
+        enable_activation_checkpointing(model)
+    parameters = count_parameters(model)
     steps_per_epoch = math.ceil(len(train_enc) / cfg.batch_size)
-    total_steps = cfg.max_steps or planned_steps(cfg, steps_per_epoch)
-    optimizer = build_optimizer(model, cfg)
+    total_steps = cfg.max_steps or planned_steps(cfg, steps_per_epoch, task.num_labels)
+    optimizer = build_optimizer(model, cfg, config.learning_rate)
     scheduler = build_scheduler(optimizer, cfg, total_steps)
     model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
     weights = task.class_weights(train_enc.targets, cfg.class_weights)
@@ -187,18 +199,19 @@ def train(config: Config, resume: bool = False, overwrite: bool = False, quiet: 
         state = load_checkpoint(accelerator, latest)
         say(f"train: resuming from {latest} (step {state.step} of {total_steps})")
     log = _MetricsLog(run_dir / "metrics.jsonl", state.step if resume else None) if main else None
-    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    total_params = sum(p.numel() for p in model.parameters())
     if main:
-        accelerator.init_trackers(config.name, config={"learning_rate": cfg.learning_rate, "batch_size": cfg.batch_size,
+        accelerator.init_trackers(config.name, config={"method": config.method.name, "learning_rate": config.learning_rate, "batch_size": cfg.batch_size,
                                                        "epochs": cfg.epochs, "seed": cfg.seed})
     say(f"train: {len(train_enc)} examples, {total_steps} steps of {cfg.batch_size}, "
-        f"{trainable:,} of {total_params:,} parameters trainable, precision {accelerator.mixed_precision}, "
+        f"method {config.method.name}, {parameters['trainable']:,} of {parameters['total']:,} parameters trainable "
+        f"({parameters['trainable_percent']:.2f}%), learning rate {config.learning_rate:g}, precision {accelerator.mixed_precision}, "
         f"{accelerator.num_processes} process(es)")
 
     meta = {"task": task.name, "labels": task.labels, "multi_label": task.multi_label, "pair": task.pair,
             "threshold": config.task.multi_label_threshold or 0.5, "max_length": config.model.max_length,
-            "base_model": config.model.name, "run": config.name, "clean": cleaning_settings(config.data)}
+            "base_model": _portable_base(config.model.name), "base_revision": config.model.revision,
+            "trust_remote_code": config.model.trust_remote_code, "method": _method_meta(config.method),
+            "parameters": parameters, "run": config.name, "clean": cleaning_settings(config.data)}
     eval_every = cfg.eval_every or steps_per_epoch
     ckpt_every = cfg.checkpoint_every or eval_every
     world, rank = accelerator.num_processes, accelerator.process_index
@@ -289,10 +302,52 @@ def train(config: Config, resume: bool = False, overwrite: bool = False, quiet: 
     accelerator.wait_for_everyone()
     accelerator.end_training()
     best = next((h for h in state.history if h["step"] == state.best_step), {})
-    say(f"train: done in {train_seconds:.0f}s; model in {run_dir / 'model'}"
+    saved = json.loads((run_dir / "model" / "tunelab.json").read_text()).get("saved_bytes", 0) if main else 0
+    say(f"train: done in {train_seconds:.0f}s; model in {run_dir / 'model'} ({saved / 1e6:.1f} MB of weights"
+        + (f": {config.method.name} modules + head, over the base {config.model.name}" if config.method.name not in
+           ("full", "freeze", "head") else "") + ")"
         + (f" (best validation score {state.best_metric:.4f} at step {state.best_step})" if state.best_step else ""))
     return TrainResult(run_dir, run_dir / "model", state.step, state.best_step, best, train_seconds,
                        seen / max(train_seconds - side_seconds, 1e-9), state.stopped_early)
+
+
+def _portable_base(name: str) -> str:
+    """How tunelab.json names the base: 'default' or a hub id as given, a local folder as an absolute path
+    (an adapter run is loaded over its base later, from wherever the user then is)."""
+    path = Path(name).expanduser()
+    return str(path.resolve()) if name != "default" and path.is_dir() else name
+
+
+def _flat(tree: dict, prefix: str = "") -> dict:
+    out = {}
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            out.update(_flat(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
+
+
+def _check_same_config(saved_path: Path, config: Config) -> None:
+    """--resume continues the run it finds: a changed config would silently train something else."""
+    import yaml
+
+    if not saved_path.is_file():
+        return
+    saved = _flat(yaml.safe_load(saved_path.read_text()) or {})
+    now = _flat(yaml.safe_load(dump_config(config)))
+    changed = [f"{k}: {saved.get(k)!r} -> {now.get(k)!r}" for k in sorted(set(saved) | set(now))
+               if saved.get(k) != now.get(k) and k != "runs_dir"]
+    if changed:
+        raise TunelabError(f"--resume: the config differs from the one {saved_path.parent} was started with ("
+                           + "; ".join(changed[:5]) + (" ..." if len(changed) > 5 else "")
+                           + "). Resume with the same config, or start again with --overwrite")
+
+
+def _method_meta(method_config) -> dict:
+    """The method's name and settings, as stored in tunelab.json (enough to rebuild the model)."""
+    settings = getattr(method_config, method_config.name, None)
+    return {"name": method_config.name, **({method_config.name: settings.model_dump()} if settings else {})}
 
 
 def _evaluate_and_keep_best(metrics, state, cfg, config, main, log, accelerator, model, tokenizer, meta, bar, say):

@@ -1,0 +1,182 @@
+"""Every fine-tuning method against full fine-tuning, on the default MiniLM, same seed and budget.
+
+Budget (the same for every method, each at its own default learning rate):
+  SST-2: the fixed 20k-example training subset, one epoch (625 steps of 32), full validation set;
+  Financial PhraseBank 50Agree: its fixed 80/10/10 split (seed 42), 400 steps of 32, test set.
+Figures per method and dataset: accuracy, macro-F1, trainable %, checkpoint MB (weights saved), train
+seconds, samples/s, peak RSS, and training memory = peak RSS by the end of training (before the evaluation
+loads the saved model again) minus RSS right after the model is built and the method applied.
+
+    .venv/bin/python benchmarks/methods.py                 # all (about 35 minutes on 2 cores)
+    .venv/bin/python benchmarks/methods.py --only sst2_lora,sst2_full
+    .venv/bin/python benchmarks/methods.py --sweep         # how the default learning rates were chosen
+
+--sweep: each method at 3 learning rates on a 5k-example SST-2 subset (one epoch), full validation;
+the best one became the method's LEARNING_RATE (results/methods_sweep.json).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import sys
+
+from _common import REPO, WORK, need_data, run_cases, sst2_subset_csv, write_results
+
+METHOD_NAMES = ["full", "freeze", "head", "lora", "ia3", "prefix", "prompt", "adapter"]
+DATASETS = {  # name: (example config, overrides, split reported)
+    "sst2": ("sst2.yaml", ["train.epochs=1", "train.min_steps=0", "train.batch_size=32"], "validation"),
+    "fpb": ("fpb_50agree.yaml", ["train.max_steps=400", "train.batch_size=32"], "test"),
+}
+SWEEP = {"head": [3e-3, 1e-2, 3e-2, 1e-1], "freeze": [1e-4, 3e-4, 1e-3], "lora": [5e-4, 1e-3, 3e-3],
+         "ia3": [3e-3, 1e-2, 3e-2, 1e-1], "prefix": [3e-3, 1e-2, 3e-2, 1e-1], "prompt": [1e-2, 3e-2, 1e-1],
+         "adapter": [3e-4, 1e-3, 3e-3]}
+
+
+def _rss_mb() -> float:
+    for line in open("/proc/self/status"):
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return 0.0
+
+
+def run_method(dataset: str, method: str, extra: list[str], name: str) -> dict:
+    import tunelab.training.loop as loop
+    from tunelab.config import load_config
+    from tunelab.evaluation import evaluate
+
+    example, overrides, split = DATASETS[dataset]
+    if dataset == "sst2":
+        overrides = [f"data.train={sst2_subset_csv()}", *overrides]
+    config = load_config(REPO / "examples" / example,
+                         [f"runs_dir={WORK / 'runs'}", f"name={name}", f"method.name={method}", *overrides, *extra])
+    after_model = {}
+    real_apply = loop.apply_method
+
+    def apply_and_measure(model, method_config):  # RSS once the model is built and the method applied
+        model = real_apply(model, method_config)
+        after_model["rss_mb"] = _rss_mb()
+        return model
+    loop.apply_method = apply_and_measure
+    result = loop.train(config, overwrite=True, quiet=True)
+    peak_in_training = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # before evaluation loads it again
+    meta = json.loads((result.model_dir / "tunelab.json").read_text())
+    metrics = evaluate(config.run_dir, split, write_report=False, quiet=True).metrics
+    return {"accuracy": metrics["accuracy"], "macro_f1": metrics["macro_f1"], "split": split,
+            "learning_rate": config.learning_rate, "steps": result.steps,
+            "trainable_percent": meta["parameters"]["trainable_percent"],
+            "trainable_parameters": meta["parameters"]["trainable"],
+            "checkpoint_mb": meta["saved_bytes"] / 1e6, "train_seconds": result.train_seconds,
+            "samples_per_second": result.samples_per_second, "rss_after_model_mb": after_model["rss_mb"],
+            "peak_rss_training_mb": peak_in_training}
+
+
+def _sweep_case(method: str, lr: float):
+    def case():
+        path = sst2_subset_csv(5000)
+        extra = [f"data.train={path}", f"train.learning_rate={lr}"]
+        return run_method("sst2", method, extra, f"sweep-{method}-{lr:g}")
+    return case
+
+
+CASES = {f"{d}_{m}": (lambda d=d, m=m: run_method(d, m, [], f"methods-{d}-{m}")) for d in DATASETS for m in METHOD_NAMES}
+# LoRA with activations recomputed in the backward pass (train.activation_checkpointing): its memory figure
+CASES["sst2_lora_checkpointing"] = lambda: run_method("sst2", "lora", ["train.activation_checkpointing=true"],
+                                                      "methods-sst2-lora-checkpointing")
+# the LoRA default before alpha 32 (kept to show why alpha changed)
+CASES["sst2_lora_alpha16"] = lambda: run_method("sst2", "lora", ["method.lora.alpha=16"], "methods-sst2-lora-alpha16")
+SWEEP_CASES = {f"{m}_{lr:g}": _sweep_case(m, lr) for m, lrs in SWEEP.items() for lr in lrs}
+
+
+def _variants(cases, dataset: str) -> list[str]:
+    """The methods measured on `dataset`, in table order: the plain ones, then variants (lora_checkpointing)."""
+    names = [c[len(dataset) + 1:] for c in cases if c.startswith(dataset + "_") and not c.endswith(tuple(
+        "_" + k for k in ("accuracy",)))]
+    names = [n for n in names if "_" not in n or n.split("_")[0] in METHOD_NAMES]
+    return [m for m in METHOD_NAMES if m in names] + sorted(n for n in names if n not in METHOD_NAMES)
+
+
+def flatten(results: dict) -> dict:
+    flat = {}
+    for case, figures in results.items():
+        figures = dict(figures)
+        peak = figures.get("peak_rss_training_mb", figures.get("peak_rss_mb"))  # older runs: the whole case's peak
+        if peak is not None and "rss_after_model_mb" in figures:
+            figures["train_memory_mb"] = peak - figures["rss_after_model_mb"]
+        for key, value in figures.items():
+            if key in ("split", "case_wall_seconds"):
+                continue
+            flat[f"{case}_{key}"] = round(value, 4) if isinstance(value, float) else value
+    for d in DATASETS:
+        full = flat.get(f"{d}_full_accuracy")
+        head = flat.get(f"{d}_head_accuracy")
+        for m in METHOD_NAMES[1:]:
+            acc = flat.get(f"{d}_{m}_accuracy")
+            if full is not None and acc is not None:
+                flat[f"{d}_{m}_gap_points"] = round(100 * (full - acc), 2)
+            if head is not None and acc is not None and m != "head":
+                flat[f"{d}_{m}_above_head_points"] = round(100 * (acc - head), 2)
+        for m in _variants(results, d)[1:]:
+            mem, full_mem = flat.get(f"{d}_{m}_train_memory_mb"), flat.get(f"{d}_full_train_memory_mb")
+            if mem is not None and full_mem:
+                flat[f"{d}_{m}_train_memory_ratio_vs_full"] = round(mem / full_mem, 4)
+    targets = {"sst2_lora_gap_points": ("<=", 1.0), "sst2_lora_trainable_percent": ("<=", 2.0),
+               "sst2_lora_train_memory_ratio_vs_full": ("<=", 0.75), "sst2_adapter_gap_points": ("<=", 1.5)}
+    for key, (op, target) in targets.items():
+        if key in flat:
+            flat[f"{key}_target_met"] = flat[key] <= target
+    for d in DATASETS:
+        for m in METHOD_NAMES:
+            if m not in ("head", "full") and f"{d}_{m}_above_head_points" in flat:
+                flat[f"{d}_{m}_above_head_target_met"] = flat[f"{d}_{m}_above_head_points"] >= 1.0
+    return flat
+
+
+def markdown_table(flat: dict, results: dict) -> str:
+    """The BENCHMARKS.md table, straight from the figures."""
+    head = ("| data | method | lr | accuracy | macro-F1 | gap to full (points) | trainable % | saved MB | "
+            "train s | samples/s | peak RSS MB | train memory MB (× full) |\n" + "|---" * 12 + "|")
+    rows = []
+    for d in DATASETS:
+        for m in _variants(results, d):
+            g = lambda k, fmt="{:.4f}": fmt.format(flat[f"{d}_{m}_{k}"]) if f"{d}_{m}_{k}" in flat else "–"  # noqa: E731
+            rows.append(f"| {d} | {m} | {g('learning_rate', '{:g}')} | {g('accuracy')} | {g('macro_f1')} | "
+                        f"{g('gap_points', '{:+.2f}') if m != 'full' else '–'} | {g('trainable_percent', '{:.3f}')} | "
+                        f"{g('checkpoint_mb', '{:.1f}')} | {g('train_seconds', '{:.0f}')} | {g('samples_per_second', '{:.0f}')} | "
+                        f"{g('peak_rss_mb', '{:.0f}')} | {g('train_memory_mb', '{:.0f}')}"
+                        + ("" if f"{d}_{m}_peak_rss_training_mb" in flat else "*")
+                        + (f" ({g('train_memory_ratio_vs_full', '{:.2f}')})" if m != "full" else "") + " |")
+    return "\n".join([head, *rows])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--only", default="", help="comma-separated case names (e.g. sst2_lora,fpb_full)")
+    parser.add_argument("--sweep", action="store_true", help="the learning-rate sweep behind the defaults")
+    parser.add_argument("--case", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    need_data("sst2", "train.csv")
+    need_data("financial_phrasebank")
+    cases = {**CASES, **SWEEP_CASES} if args.case else SWEEP_CASES if args.sweep else CASES
+    only = [n for n in args.only.split(",") if n]
+    results = run_cases(__file__, cases, args.case, only, "methods_sweep" if args.sweep else "methods")
+    if results is None:
+        return
+    if args.sweep:
+        best = {}
+        for case, figures in results.items():
+            method = case.split("_")[0]
+            if "accuracy" in figures and figures["accuracy"] > best.get(method, (0, None))[0]:
+                best[method] = (figures["accuracy"], figures["learning_rate"])
+        flat = {f"{case}_accuracy": round(f.get("accuracy", float("nan")), 4) for case, f in results.items()}
+        flat.update({f"{m}_best_learning_rate": lr for m, (_, lr) in best.items()})
+        write_results("methods_sweep", flat)
+    else:
+        flat = flatten(results)
+        write_results("methods", flat)
+        print(markdown_table(flat, results))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

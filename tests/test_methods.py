@@ -1,0 +1,228 @@
+"""The contract every fine-tuning method keeps, over the method x task matrix on a tiny BERT:
+only the intended parameters change; save -> load predicts the same (head included); merge predicts the
+same; training resumes exactly; the registry names the known methods when given an unknown one."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from tunelab.config import load_config
+from tunelab.errors import ConfigError
+from tunelab.methods import METHODS
+from tunelab.methods.parts import count_parameters
+from tunelab.methods.store import apply_method, load_model
+from tunelab.tasks import make_task
+from tunelab.training.checkpoint import save_model_folder
+from tunelab.training.optim import build_optimizer
+
+TASKS = {  # the task registry's variants: single-label, multi-label, sentence pairs
+    "single": dict(labels=["neg", "neu", "pos"], multi_label=False, pair=False),
+    "multi": dict(labels=["a", "b", "c", "d"], multi_label=True, pair=False),
+    "pair": dict(labels=["no", "yes"], multi_label=False, pair=True),
+}
+
+# which parameter names each method may change (besides the head, 'classifier.*')
+TRAINS = {
+    "full": lambda n: True,
+    "head": lambda n: False,
+    "freeze": lambda n: ".layer.1." in n or "pooler" in n,  # tiny model: layers=1 freezes layer 0 + embeddings
+    "lora": lambda n: "lora_" in n,
+    "ia3": lambda n: "ia3_" in n,
+    "prompt": lambda n: "prompt_encoder" in n,
+    "prefix": lambda n: n == "prefix",
+    "adapter": lambda n: ".adapter." in n or "LayerNorm" in n,
+}
+
+
+def _method(name):
+    raw = {"name": "t", "data": {"train": "x.csv"}, "method": {"name": name}}
+    if name == "freeze":
+        raw["method"]["freeze"] = {"layers": 1}
+    return load_config(raw).method
+
+
+def _build(tiny_model_dir, method, task_kind):
+    task = make_task("classification", **TASKS[task_kind])
+    torch.manual_seed(0)
+    model = apply_method(task.build_model(str(tiny_model_dir)), _method(method))
+    return task, model
+
+
+def _batch(task, n=6, length=10, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    batch = {"input_ids": torch.randint(1000, 20000, (n, length), generator=g),
+             "attention_mask": torch.ones(n, length, dtype=torch.long)}
+    batch["attention_mask"][0, 7:] = 0
+    if task.pair:
+        batch["token_type_ids"] = torch.cat([torch.zeros(n, 5, dtype=torch.long), torch.ones(n, 5, dtype=torch.long)], 1)
+    targets = (torch.rand(n, task.num_labels, generator=g) > 0.5).float() if task.multi_label \
+        else torch.randint(0, task.num_labels, (n,), generator=g)
+    return batch, targets
+
+
+def _head(name):
+    return "classifier" in name and "original_module" not in name  # peft keeps a frozen copy of the old head
+
+
+@pytest.mark.parametrize("task_kind", list(TASKS))
+@pytest.mark.parametrize("method", list(METHODS))
+def test_only_the_intended_parameters_change(tiny_model_dir, method, task_kind):
+    task, model = _build(tiny_model_dir, method, task_kind)
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+    expected = {n for n in before if _head(n) or TRAINS[method](n)}
+    assert trainable == expected, f"{method}: trains {sorted(trainable ^ expected)[:5]} unexpectedly / misses them"
+    cfg = load_config({"name": "t", "data": {"train": "x.csv"}}).train
+    optimizer = build_optimizer(model, cfg, 1e-2)
+    model.train()
+    for step in range(3):  # LoRA/adapter up-projections start at zero: their partners move from step 2 on
+        batch, targets = _batch(task, seed=step)
+        task.loss_sum(model(**batch).logits, targets, None).backward()
+        optimizer.step()
+        optimizer.zero_grad()
+    for name, param in model.named_parameters():
+        changed = not torch.equal(param.detach(), before[name])
+        assert changed == (name in expected), f"{method}: {name} {'changed' if changed else 'did not change'}"
+
+
+def _perturbed(tiny_model_dir, method, task_kind):
+    """A model as if trained: every trainable tensor moved away from its initial value."""
+    task, model = _build(tiny_model_dir, method, task_kind)
+    g = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.requires_grad:
+                p.add_(torch.randn(p.shape, generator=g) * 0.05)
+    return task, model.eval()
+
+
+def _meta(task, method_config, tiny_model_dir):
+    settings = getattr(method_config, method_config.name, None)
+    return {"task": "classification", "labels": task.labels, "multi_label": task.multi_label, "pair": task.pair,
+            "max_length": 32, "base_model": str(tiny_model_dir),
+            "method": {"name": method_config.name, **({method_config.name: settings.model_dump()} if settings else {})}}
+
+
+@pytest.mark.parametrize("task_kind", list(TASKS))
+@pytest.mark.parametrize("method", list(METHODS))
+def test_save_then_load_predicts_the_same(tiny_model_dir, tokenizer, tmp_path, method, task_kind):
+    task, model = _perturbed(tiny_model_dir, method, task_kind)
+    batch, _ = _batch(task)
+    with torch.no_grad():
+        expected = model(**batch).logits
+    meta = _meta(task, _method(method), tiny_model_dir)
+    save_model_folder(model, tokenizer, tmp_path / "model", meta)
+    saved = json.loads((tmp_path / "model" / "tunelab.json").read_text())
+    if METHODS[method].SAVES != "model":  # PEFT saves adapter + head only: far smaller than the base
+        assert saved["saved_bytes"] < 0.5 * count_parameters(model)["total"] * 4
+    loaded = load_model(tmp_path / "model", saved)
+    with torch.no_grad():
+        got = loaded(**batch).logits
+    assert torch.allclose(got, expected, atol=1e-6), f"{method}: max diff {(got - expected).abs().max():.2e}"
+
+
+@pytest.mark.parametrize("method", [n for n, m in METHODS.items() if getattr(m, "MERGEABLE", False)])
+def test_merged_model_predicts_the_same(tiny_model_dir, method):
+    from transformers import AutoModelForSequenceClassification
+
+    task, model = _perturbed(tiny_model_dir, method, "single")
+    batch, _ = _batch(task)
+    with torch.no_grad():
+        live = model(**batch).logits
+        merged = model.merge_and_unload()
+        assert isinstance(merged, AutoModelForSequenceClassification._model_mapping[type(merged.config)])
+        assert (merged(**batch).logits - live).abs().max() <= 1e-4
+
+
+def test_unknown_method_is_refused_with_the_known_ones():
+    with pytest.raises(ConfigError) as err:
+        load_config({"name": "t", "data": {"train": "x.csv"}, "method": {"name": "loraa"}})
+    for name in METHODS:
+        assert f"'{name}'" in str(err.value)
+
+
+def test_each_method_has_a_learning_rate_and_a_description():
+    for name, module in METHODS.items():
+        assert module.LEARNING_RATE > 0 and module.SAVES in ("model", "peft", "state") and module.__doc__.strip()
+    assert load_config({"name": "t", "data": {"train": "x"}, "method": {"name": "lora"}}).learning_rate == METHODS["lora"].LEARNING_RATE
+    assert load_config({"name": "t", "data": {"train": "x"}, "method": {"name": "lora"},
+                        "train": {"learning_rate": 5e-4}}).learning_rate == 5e-4
+
+
+# ------------------------------------------------------------ end to end: train, interrupt, resume, export
+
+def _interrupt_at(monkeypatch, forward_calls):
+    """Make the next training raise KeyboardInterrupt (like Ctrl-C) in its n-th training forward pass."""
+    import tunelab.training.loop as loop
+
+    real = loop.apply_method
+    calls = {"n": 0}
+
+    def apply_then_arm(model, method_config):
+        model = real(model, method_config)
+
+        def hook(module, args, kwargs):
+            if module.training:
+                calls["n"] += 1
+                if calls["n"] == forward_calls:
+                    raise KeyboardInterrupt
+        model.register_forward_pre_hook(hook, with_kwargs=True)
+        return model
+    monkeypatch.setattr(loop, "apply_method", apply_then_arm)
+
+
+@pytest.mark.parametrize("method", list(METHODS))
+def test_interrupt_and_resume_equals_a_straight_run(tiny_config, monkeypatch, method):
+    from tunelab.errors import Interrupted
+    from tunelab.models.predictor import Predictor
+    from tunelab.training import train
+
+    settings = dict(max_steps=12, eval_every=6, precision="fp32", learning_rate=1e-2,
+                    method={"name": method, **({"freeze": {"layers": 1}} if method == "freeze" else {})})
+    straight = train(tiny_config(name=f"{method}-straight", **settings), quiet=True)
+    config = tiny_config(name=f"{method}-stopped", **settings)
+    with monkeypatch.context() as m:
+        _interrupt_at(m, 8)
+        with pytest.raises(Interrupted):
+            train(config, quiet=True)
+    assert (config.run_dir / "checkpoints" / "step-7").is_dir()
+    resumed = train(config, resume=True, quiet=True)
+    assert resumed.steps == straight.steps == 12
+    texts = ["a great and lovely film", "awful terrible plot", "the movie was"]
+    a, b = Predictor(straight.run_dir).probabilities(texts), Predictor(resumed.run_dir).probabilities(texts)
+    assert np.abs(a - b).max() < 1e-5
+    meta = json.loads((resumed.model_dir / "tunelab.json").read_text())
+    assert meta["method"]["name"] == method and 0 < meta["parameters"]["trainable_percent"] <= 100
+
+
+def test_export_merge_writes_a_plain_folder_with_equal_predictions(tiny_config, capsys):
+    from transformers import AutoModelForSequenceClassification
+
+    from tunelab.cli import app
+    from tunelab.models.predictor import Predictor
+    from tunelab.training import train
+
+    result = train(tiny_config(name="lora-run", max_steps=10, learning_rate=1e-2, method={"name": "lora"}), quiet=True)
+    from typer.testing import CliRunner
+
+    out = CliRunner().invoke(app, ["export", str(result.run_dir), "--merge"])
+    assert out.exit_code == 0, out.output
+    merged_dir = result.run_dir / "export" / "merged"
+    parity = json.loads((merged_dir / "parity.json").read_text())
+    assert parity["examples"] == 60 and parity["max_abs_logit_diff"] <= 1e-4
+    AutoModelForSequenceClassification.from_pretrained(merged_dir)  # plain transformers, no peft needed
+    texts = ["a great and lovely film", "awful terrible plot"]
+    assert np.abs(Predictor(merged_dir).probabilities(texts) - Predictor(result.run_dir).probabilities(texts)).max() < 1e-5
+
+
+def test_export_merge_refuses_methods_that_cannot_merge(tiny_config):
+    from tunelab.errors import TunelabError
+    from tunelab.export import merge_run
+    from tunelab.training import train
+
+    result = train(tiny_config(name="adapter-run", max_steps=2, method={"name": "adapter"}), quiet=True)
+    with pytest.raises(TunelabError, match="cannot be folded"):
+        merge_run(result.run_dir)
+    assert not (result.run_dir / "export" / "merged").exists()

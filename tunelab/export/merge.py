@@ -1,0 +1,89 @@
+"""`tunelab export RUN --merge`: fold LoRA/IA3 into the base weights -> a plain transformers folder.
+
+The merged model is checked against the live adapter on the run's validation split before the folder
+is put in place: max |logit difference| must stay within PARITY_TOLERANCE, or nothing is written.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from tunelab.errors import TunelabError
+from tunelab.methods import METHODS
+
+PARITY_TOLERANCE = 1e-4
+
+
+def _logits(model, texts: list[str], pairs, tokenizer, max_length: int, batch_size: int = 64) -> np.ndarray:
+    out = []
+    with torch.inference_mode():
+        for start in range(0, len(texts), batch_size):
+            args = (texts[start:start + batch_size],) + ((pairs[start:start + batch_size],) if pairs else ())
+            batch = tokenizer(*args, truncation=True, max_length=max_length, padding=True, return_tensors="pt")
+            out.append(model(**batch).logits.float().numpy())
+    return np.concatenate(out) if out else np.zeros((0, 0), dtype=np.float32)
+
+
+def _validation_texts(run_dir: Path, limit: int | None) -> tuple[list[str], list[str] | None]:
+    from tunelab.evaluation.run import iter_chunks, resolve_split
+
+    _, path = resolve_split(run_dir, "validation")
+    texts, pairs = [], []
+    for chunk in iter_chunks(path, ["text", "text_pair"]):
+        texts += chunk["text"]
+        pairs += chunk.get("text_pair") or []
+        if limit and len(texts) >= limit:
+            break
+    texts = texts[:limit] if limit else texts
+    return texts, (pairs[:len(texts)] or None)
+
+
+def merge_run(run: str | Path, out: str | Path | None = None, limit: int | None = None) -> dict:
+    """Write the merged model folder (default runs/<name>/export/merged) and return the parity figures."""
+    from transformers import AutoTokenizer
+
+    from tunelab.methods.store import load_model
+    from tunelab.models.predictor import find_model_dir
+
+    model_dir = find_model_dir(run)
+    run_dir = model_dir.parent
+    meta = json.loads((model_dir / "tunelab.json").read_text())
+    method = meta.get("method", {"name": "full"})["name"]
+    if not getattr(METHODS[method], "MERGEABLE", False):
+        if METHODS[method].SAVES == "model":
+            raise TunelabError(f"{model_dir} was trained with method '{method}': it is already a plain transformers "
+                               "folder, there is nothing to merge")
+        raise TunelabError(f"method '{method}' adds modules that cannot be folded into the base weights; only "
+                           f"{', '.join(n for n, m in METHODS.items() if getattr(m, 'MERGEABLE', False))} can be merged. "
+                           f"Load {model_dir} with tunelab (or peft) instead")
+    out = Path(out) if out else run_dir / "export" / "merged"
+    live = load_model(model_dir, meta)
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    texts, pairs = _validation_texts(run_dir, limit)
+    before = _logits(live, texts, pairs, tokenizer, int(meta["max_length"]))
+    merged = live.merge_and_unload().eval()
+    after = _logits(merged, texts, pairs, tokenizer, int(meta["max_length"]))
+    parity = {"examples": len(texts), "max_abs_logit_diff": float(np.abs(before - after).max()) if len(texts) else 0.0,
+              "tolerance": PARITY_TOLERANCE, "method": method}
+    if parity["max_abs_logit_diff"] > PARITY_TOLERANCE:
+        raise TunelabError(f"merged model differs from the adapter model by {parity['max_abs_logit_diff']:.2e} "
+                           f"(> {PARITY_TOLERANCE}) on {len(texts)} validation texts; nothing written")
+    tmp = out.with_name(out.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    merged.save_pretrained(tmp, safe_serialization=True)
+    tokenizer.save_pretrained(tmp)
+    merged_meta = {**meta, "method": {"name": "full"}, "merged_from": {"run": str(run_dir), "method": meta["method"]},
+                   "saved_bytes": (tmp / "model.safetensors").stat().st_size}
+    (tmp / "tunelab.json").write_text(json.dumps(merged_meta, indent=1))
+    (tmp / "parity.json").write_text(json.dumps(parity, indent=1))
+    if out.exists():
+        shutil.rmtree(out)
+    os.replace(tmp, out)
+    parity["out"] = str(out)
+    return parity

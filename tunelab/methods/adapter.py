@@ -1,0 +1,80 @@
+"""bottleneck adapters after the attention and/or feed-forward output of each layer (Houlsby / Pfeiffer).
+
+peft has none, and the `adapters` library pins transformers 4, so this is ours: down-projection,
+nonlinearity, up-projection initialised at zero (the model starts exactly as pretrained), residual.
+Each adapter hangs on its projection as a child module plus a forward hook, so the pretrained weights
+keep their names and the adapter's weights sit next to them (`...output.dense.adapter.down.weight`).
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import torch
+from pydantic import Field
+
+from tunelab.errors import TunelabError
+from tunelab.methods.parts import train_only, transformer_layers
+from tunelab.settings import Section
+
+LEARNING_RATE = 1e-3  # measured: benchmarks/methods.py --sweep
+SAVES = "state"
+
+# output projections by architecture family: BERT/RoBERTa/MiniLM, GPT-2, Llama/Mistral/Qwen, DistilBERT, OPT/Phi
+ATTENTION_OUTPUT = ("attention.output.dense", "attn.c_proj", "self_attn.o_proj", "attention.out_lin", "self_attn.out_proj")
+FFN_OUTPUT = ("output.dense", "mlp.c_proj", "mlp.down_proj", "ffn.lin2", "fc2", "mlp.fc2")
+
+
+class Settings(Section):
+    size: int = Field(64, ge=1, description="Bottleneck width.")
+    placement: Literal["houlsby", "pfeiffer"] = Field(
+        "houlsby", description="'houlsby': after attention and feed-forward; 'pfeiffer': after feed-forward only.")
+    nonlinearity: Literal["gelu", "relu", "tanh"] = Field("gelu", description="Activation inside the bottleneck.")
+    train_layer_norm: bool = Field(True, description="Also train the LayerNorm weights (as Houlsby et al. do).")
+
+
+class Bottleneck(torch.nn.Module):
+    def __init__(self, hidden: int, size: int, nonlinearity: str):
+        super().__init__()
+        self.down = torch.nn.Linear(hidden, size)
+        self.act = {"gelu": torch.nn.GELU(), "relu": torch.nn.ReLU(), "tanh": torch.nn.Tanh()}[nonlinearity]
+        self.up = torch.nn.Linear(size, hidden)
+        torch.nn.init.normal_(self.down.weight, std=0.02)
+        torch.nn.init.zeros_(self.down.bias)
+        torch.nn.init.zeros_(self.up.weight)  # zero update at the start: the model begins as pretrained
+        torch.nn.init.zeros_(self.up.bias)
+
+    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
+        return hidden + self.up(self.act(self.down(hidden)))
+
+
+def _add_after_output(module: torch.nn.Module, adapter: Bottleneck) -> None:
+    module.add_module("adapter", adapter)
+    module.register_forward_hook(lambda mod, args, output: mod.adapter(output))
+
+
+def _output_projections(layer: torch.nn.Module, placement: str) -> list[torch.nn.Module]:
+    found = []
+    for name, module in layer.named_modules():
+        is_attention = name.endswith(ATTENTION_OUTPUT)
+        is_ffn = not is_attention and name.endswith(FFN_OUTPUT) and "attention" not in name
+        if (is_attention and placement == "houlsby") or is_ffn:
+            found.append(module)
+    return found
+
+
+def apply(model, settings: Settings, head):
+    hidden = model.config.hidden_size
+    adapters = []
+    for layer in transformer_layers(model):
+        targets = _output_projections(layer, settings.placement)
+        if not targets:
+            raise TunelabError(f"method adapter: no attention/feed-forward output projection found in "
+                               f"{type(layer).__name__}; known names: {', '.join(ATTENTION_OUTPUT + FFN_OUTPUT)}")
+        for module in targets:
+            adapter = Bottleneck(hidden, settings.size, settings.nonlinearity).to(next(module.parameters()).device)
+            _add_after_output(module, adapter)
+            adapters.append(adapter)
+    norms = [m for m in model.modules() if "norm" in type(m).__name__.lower()] if settings.train_layer_norm else []
+    train_only(model, [*adapters, *norms, *(getattr(model, name) for name in head)])
+    return model

@@ -1,0 +1,74 @@
+"""Finding the parts of a transformers model that methods freeze or extend, whatever its architecture."""
+
+from __future__ import annotations
+
+import torch
+
+
+def head_modules(model: torch.nn.Module) -> list[str]:
+    """Names of the task head: the top-level children outside the pretrained body (`base_model_prefix`),
+    e.g. ['classifier'] for BERT, ['score'] for GPT-2, ['pre_classifier', 'classifier'] for DistilBERT."""
+    body = getattr(model, "base_model_prefix", "")
+    return [name for name, child in model.named_children()
+            if name != body and any(True for _ in child.parameters())]
+
+
+def transformer_layers(model: torch.nn.Module) -> torch.nn.ModuleList:
+    """The stack of transformer blocks: the ModuleList with config.num_hidden_layers entries."""
+    n = getattr(getattr(model, "config", None), "num_hidden_layers", None)
+    lists = [m for m in model.modules() if isinstance(m, torch.nn.ModuleList) and len(m) > 0]
+    for candidate in lists:
+        if len(candidate) == n:
+            return candidate
+    if lists:
+        return max(lists, key=len)
+    from tunelab.errors import TunelabError
+
+    raise TunelabError(f"{type(model).__name__}: no stack of transformer layers found to freeze")
+
+
+def embedding_parameters(model: torch.nn.Module) -> set[int]:
+    """ids of the embedding parameters: every nn.Embedding, and modules named '*embeddings' (BERT's
+    container with position/type embeddings and its LayerNorm)."""
+    found = set()
+    for name, module in model.named_modules():
+        if isinstance(module, torch.nn.Embedding) or name.split(".")[-1] == "embeddings":
+            found.update(id(p) for p in module.parameters())
+    return found
+
+
+def train_only(model: torch.nn.Module, modules: list[torch.nn.Module]) -> None:
+    """Freeze every parameter, then let those of `modules` train."""
+    for p in model.parameters():
+        p.requires_grad_(False)
+    for module in modules:
+        for p in module.parameters():
+            p.requires_grad_(True)
+
+
+def count_parameters(model: torch.nn.Module) -> dict:
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    total = sum(p.numel() for p in model.parameters())
+    return {"trainable": trainable, "total": total, "trainable_percent": round(100 * trainable / max(total, 1), 4)}
+
+
+def transformers_model(model: torch.nn.Module):
+    """The transformers model inside a method's wrapper (peft's PeftModel, our PrefixModel), or the model."""
+    from transformers import PreTrainedModel
+
+    while not isinstance(model, PreTrainedModel):
+        inner = model.get_base_model() if hasattr(model, "get_base_model") else getattr(model, "model", None)
+        if inner is None:
+            return model
+        model = inner
+    return model
+
+
+def enable_activation_checkpointing(model: torch.nn.Module) -> None:
+    """Recompute activations layer by layer in the backward pass (non-reentrant: works with frozen inputs)."""
+    inner = transformers_model(model)
+    kwargs = {"use_reentrant": False}
+    if hasattr(inner, "activation_checkpointing_enable"):
+        inner.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
+    else:
+        inner.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
