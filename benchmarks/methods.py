@@ -85,6 +85,7 @@ CASES = {f"{d}_{m}": (lambda d=d, m=m: run_method(d, m, [], f"methods-{d}-{m}"))
 CASES["sst2_lora_checkpointing"] = lambda: run_method("sst2", "lora", ["train.activation_checkpointing=true"],
                                                       "methods-sst2-lora-checkpointing")
 # the LoRA default before alpha 32 (kept to show why alpha changed)
+CASES["sst2_adapter_lr3e-3"] = lambda: run_method("sst2", "adapter", ["train.learning_rate=3e-3"], "methods-sst2-adapter-lr3e-3")
 CASES["sst2_lora_alpha16"] = lambda: run_method("sst2", "lora", ["method.lora.alpha=16"], "methods-sst2-lora-alpha16")
 SWEEP_CASES = {f"{m}_{lr:g}": _sweep_case(m, lr) for m, lrs in SWEEP.items() for lr in lrs}
 

@@ -75,9 +75,10 @@ def load_model(model_dir: Path, meta: dict):
 
 def build_base(meta: dict):
     """The pretrained base with a fresh head for the run's labels (the saved weights then replace it)."""
-    from tunelab.models.source import resolve_model
+    from tunelab.models.source import quiet_transformers, resolve_model
     from tunelab.tasks import make_task
 
+    quiet_transformers()
     task = make_task(meta["task"], meta["labels"], meta["multi_label"], meta["pair"])
     return task.build_model(resolve_model(meta["base_model"]), None, meta.get("base_revision"),
                             meta.get("trust_remote_code", False), meta.get("attention"))

@@ -34,9 +34,9 @@ class Predictor:
     def __init__(self, model_dir: str | Path, precision: str = "fp32", batch_size: int = 64, model=None):
         """`model`: an already loaded model to use instead of loading the folder's (shared-base adapters)."""
         from transformers import AutoTokenizer
+        from transformers.utils import logging as hf_logging
 
         from tunelab.methods.store import load_model
-        from transformers.utils import logging as hf_logging
 
         hf_logging.disable_progress_bar()
         self.model_dir = find_model_dir(model_dir)

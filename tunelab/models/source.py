@@ -43,6 +43,15 @@ def resolve_model(name: str) -> str:
     return name
 
 
+def quiet_transformers() -> None:
+    """Our own progress bars and messages are enough: silence transformers' load reports ("classifier.weight
+    MISSING" is expected: the head is new, or comes from the trained folder right after) and its bars."""
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+
+
 def explain_load_error(name: str, exc: Exception) -> TunelabError:
     """One sentence for the usual reason a hub id fails here: no network, or a wrong id."""
     return TunelabError(

@@ -23,10 +23,11 @@ import torch
 from tunelab.config import Config, dump_config
 from tunelab.data.clean import cleaning_settings
 from tunelab.errors import Interrupted, TunelabError
+from tunelab.methods import METHODS
 from tunelab.methods.parts import count_parameters, enable_activation_checkpointing
 from tunelab.methods.store import apply_method
 from tunelab.models.inference import iter_probabilities
-from tunelab.models.source import load_tokenizer, resolve_model
+from tunelab.models.source import load_tokenizer, quiet_transformers, resolve_model
 from tunelab.tasks import make_task
 from tunelab.tasks.encoding import cached_encode, collate
 from tunelab.tasks.metrics import Collector, best_threshold, headline
@@ -91,14 +92,6 @@ class _MetricsLog:
             f.write(json.dumps(record) + "\n")
 
 
-def _quiet_transformers() -> None:
-    """Our own progress bar and messages are enough: silence transformers' load reports and bars."""
-    from transformers.utils import logging as hf_logging
-
-    hf_logging.set_verbosity_error()
-    hf_logging.disable_progress_bar()
-
-
 def _fresh_accelerator_state() -> None:
     """accelerate keeps one global state per process and refuses a second Accelerator with other settings
     (precision, trackers). Several trainings in one process (tests, searches, notebooks) each get a fresh one;
@@ -126,7 +119,7 @@ def train(config: Config, resume: bool = False, overwrite: bool = False, quiet: 
 
     from tunelab.data import prepare
 
-    _quiet_transformers()
+    quiet_transformers()
     cfg, run_dir = config.train, config.run_dir
     ckpt_root = run_dir / "checkpoints"
     latest = (checkpoints(ckpt_root) or [None])[-1]
@@ -204,7 +197,10 @@ def train(config: Config, resume: bool = False, overwrite: bool = False, quiet: 
                                                        "epochs": cfg.epochs, "seed": cfg.seed})
     say(f"train: {len(train_enc)} examples, {total_steps} steps of {cfg.batch_size}, "
         f"method {config.method.name}, {parameters['trainable']:,} of {parameters['total']:,} parameters trainable "
-        f"({parameters['trainable_percent']:.2f}%), learning rate {config.learning_rate:g}, precision {accelerator.mixed_precision}, "
+        f"({parameters['trainable_percent']:.2f}%), learning rate {config.learning_rate:g}"
+        + (f" (set in the config; {config.method.name}'s default is {METHODS[config.method.name].LEARNING_RATE:g})"
+           if cfg.learning_rate and cfg.learning_rate != METHODS[config.method.name].LEARNING_RATE else "")
+        + f", precision {accelerator.mixed_precision}, "
         f"{accelerator.num_processes} process(es)")
 
     meta = {"task": task.name, "labels": task.labels, "multi_label": task.multi_label, "pair": task.pair,
