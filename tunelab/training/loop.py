@@ -300,8 +300,8 @@ def train(config: Config, resume: bool = False, overwrite: bool = False, quiet: 
     best = next((h for h in state.history if h["step"] == state.best_step), {})
     saved = json.loads((run_dir / "model" / "tunelab.json").read_text()).get("saved_bytes", 0) if main else 0
     say(f"train: done in {train_seconds:.0f}s; model in {run_dir / 'model'} ({saved / 1e6:.1f} MB of weights"
-        + (f": {config.method.name} modules + head, over the base {config.model.name}" if config.method.name not in
-           ("full", "freeze", "head") else "") + ")"
+        + (f": {config.method.name} modules + head, over the base {config.model.name}"
+           if METHODS[config.method.name].SAVES != "model" else "") + ")"
         + (f" (best validation score {state.best_metric:.4f} at step {state.best_step})" if state.best_step else ""))
     return TrainResult(run_dir, run_dir / "model", state.step, state.best_step, best, train_seconds,
                        seen / max(train_seconds - side_seconds, 1e-9), state.stopped_early)
