@@ -7,7 +7,6 @@ is put in place: max |logit difference| must stay within PARITY_TOLERANCE, or no
 from __future__ import annotations
 
 import json
-import os
 import shutil
 from pathlib import Path
 
@@ -15,6 +14,7 @@ import numpy as np
 import torch
 
 from tunelab.errors import TunelabError
+from tunelab.files import replace_folder
 from tunelab.methods import METHODS
 
 PARITY_TOLERANCE = 1e-4
@@ -82,8 +82,6 @@ def merge_run(run: str | Path, out: str | Path | None = None, limit: int | None 
                    "saved_bytes": (tmp / "model.safetensors").stat().st_size}
     (tmp / "tunelab.json").write_text(json.dumps(merged_meta, indent=1))
     (tmp / "parity.json").write_text(json.dumps(parity, indent=1))
-    if out.exists():
-        shutil.rmtree(out)
-    os.replace(tmp, out)
+    replace_folder(tmp, out)
     parity["out"] = str(out)
     return parity

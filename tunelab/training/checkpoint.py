@@ -8,6 +8,8 @@ import shutil
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from tunelab.files import replace_folder
+
 
 @dataclass
 class LoopState:
@@ -66,8 +68,4 @@ def save_model_folder(model, tokenizer, out: Path, meta: dict) -> None:
     meta["saved_bytes"] = sum(p.stat().st_size for p in tmp.iterdir() if p.suffix == ".safetensors")
     tokenizer.save_pretrained(tmp)
     (tmp / "tunelab.json").write_text(json.dumps(meta, indent=1))
-    old = out.with_name(out.name + ".old")
-    if out.exists():
-        os.replace(out, old)
-    os.replace(tmp, out)
-    shutil.rmtree(old, ignore_errors=True)
+    replace_folder(tmp, out)
