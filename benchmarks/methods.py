@@ -108,7 +108,8 @@ def flatten(results: dict) -> dict:
         for key, value in figures.items():
             if key in ("split", "case_wall_seconds"):
                 continue
-            flat[f"{case}_{key}"] = round(value, 4) if isinstance(value, float) else value
+            keep = not isinstance(value, float) or key == "learning_rate"  # round(5e-5, 4) would say 1e-4
+            flat[f"{case}_{key}"] = value if keep else round(value, 4)
     for d in DATASETS:
         full = flat.get(f"{d}_full_accuracy")
         head = flat.get(f"{d}_head_accuracy")

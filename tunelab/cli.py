@@ -100,16 +100,139 @@ def predict(run: Path = RUN,
 @app.command()
 def export(run: Path = RUN,
            merge: bool = typer.Option(False, "--merge", help="Fold LoRA/IA3 into the base weights: a plain transformers folder."),
-           output: Optional[Path] = typer.Option(None, "--output", "-o", help="Output folder (default runs/<name>/export/merged)."),
+           format: Optional[str] = typer.Option(None, "--format", help="onnx: an ONNX Runtime folder (LoRA/IA3 merged first)."),
+           quantize: Optional[str] = typer.Option(None, "--quantize", help="int8: dynamic int8 quantisation of the ONNX model."),
+           min_agreement: float = typer.Option(0.99, "--min-agreement", min=0.0, max=1.0,
+                                               help="int8: the least share of validation labels that must agree with fp32."),
+           output: Optional[Path] = typer.Option(None, "--output", "-o", help="Output folder (default runs/<name>/export/merged, onnx or onnx-int8)."),
            limit: Optional[int] = typer.Option(None, "--limit", min=1, help="Check parity on at most this many validation texts.")) -> None:
-    """Export a trained run (--merge: merged adapters, checked against the live adapter on validation)."""
-    if not merge:
-        raise TunelabError("say what to export: --merge (ONNX and int8 export come with the deploy stage)")
-    from tunelab.export import merge_run
+    """Export a trained run: --merge (merged adapters) or --format onnx [--quantize int8], each checked on validation."""
+    if format not in (None, "onnx"):
+        raise TunelabError(f"--format: '{format}' is not a format tunelab exports; use --format onnx (or --merge)")
+    if quantize not in (None, "int8"):
+        raise TunelabError(f"--quantize: '{quantize}' is not supported; use --quantize int8")
+    if quantize and format != "onnx":
+        raise TunelabError("--quantize int8 quantises the ONNX model: add --format onnx")
+    if merge == (format is not None):
+        raise TunelabError("say what to export: --merge, or --format onnx [--quantize int8]")
+    if merge:
+        from tunelab.export import merge_run
 
-    parity = merge_run(run, output, limit)
-    typer.echo(f"merged model: {parity['out']} (max |logit diff| {parity['max_abs_logit_diff']:.2e} "
-               f"on {parity['examples']} validation texts)")
+        parity = merge_run(run, output, limit)
+        typer.echo(f"merged model: {parity['out']} (max |logit diff| {parity['max_abs_logit_diff']:.2e} "
+                   f"on {parity['examples']} validation texts)")
+        return
+    from tunelab.export import export_onnx
+
+    parity = export_onnx(run, output, quantize, min_agreement, limit)
+    typer.echo(f"onnx model{' (int8)' if quantize else ''}: {parity['out']} ({parity['bytes'] / 1e6:.1f} MB); on "
+               f"{parity['examples']} validation texts: labels agree {parity['label_agreement']:.2%}, max |prob diff| "
+               f"{parity['max_abs_prob_diff']:.2e}")
+
+
+@app.command()
+def tune(config: Path = CONFIG, overrides: Optional[List[str]] = OVERRIDES,
+         retrain_best: bool = typer.Option(False, "--retrain-best", help="Then train the best config on train+validation and evaluate it on test.")) -> None:
+    """Hyperparameter search (the config's tune: section); run it again to continue, or on several workers at once."""
+    from tunelab.tune.run import metric_of, retrain_best as run_retrain, tune as run_tune
+
+    cfg = _load(config, overrides)
+    result = run_tune(cfg)
+    states = ", ".join(f"{n} {state}" for state, n in sorted(result.states.items()))
+    typer.echo(f"tune: {sum(result.states.values())} trials ({states}); {result.steps} training steps, {result.seconds / 60:.1f} min")
+    if result.best_trial is not None:
+        typer.echo(f"best: trial {result.best_trial}, validation {metric_of(cfg)} {result.best_value:.4f}; "
+                   f"config {result.best_config}")
+    typer.echo(f"report: {result.study_dir / 'tune' / 'report.html'}")
+    if retrain_best:
+        final = run_retrain(cfg)
+        typer.echo(f"best config retrained on train+validation ({final['steps']} steps): test accuracy "
+                   f"{final.get('test_accuracy', float('nan')):.4f}; model in {final['run_dir']}/model")
+
+
+@app.command()
+def serve(models: Optional[List[str]] = typer.Argument(None, help="Run or export folders to serve, each as PATH or NAME=PATH.", metavar="[NAME=]PATH..."),
+          base: Optional[str] = typer.Option(None, "--base", help="Base model shared by the --adapter runs."),
+          adapter: Optional[List[str]] = typer.Option(None, "--adapter", help="NAME=RUN: a LoRA/IA3 run over --base (repeatable)."),
+          config: Optional[Path] = typer.Option(None, "--config", "-c", help="YAML with the serve settings (a serve: section or its keys)."),
+          host: Optional[str] = typer.Option(None, "--host", help="Interface (default 127.0.0.1)."),
+          port: Optional[int] = typer.Option(None, "--port", help="Port (default 8000)."),
+          precision: Optional[str] = typer.Option(None, "--precision", help="torch backend: fp32 or bf16."),
+          max_batch_size: Optional[int] = typer.Option(None, "--max-batch-size", help="Most texts per model call."),
+          max_wait_ms: Optional[float] = typer.Option(None, "--max-wait-ms", help="How long a batch waits for more texts.")) -> None:
+    """Serve models over HTTP: POST /v1/predict, GET /v1/models, /healthz, /readyz, /metrics, docs at /docs."""
+    import uvicorn
+
+    from tunelab.serve.settings import serve_settings
+    from tunelab.serve.app import create_app
+
+    settings = serve_settings(config, {"host": host, "port": port, "precision": precision,
+                                       "max_batch_size": max_batch_size, "max_wait_ms": max_wait_ms})
+    named = _named(models or [], "PATH")
+    adapters = _named(adapter or [], "--adapter")
+    if adapters and base is None:
+        raise TunelabError("--adapter needs --base (the model the adapters were trained on)")
+    if not named and not adapters:
+        raise TunelabError("nothing to serve: give a run or export folder, e.g. tunelab serve runs/sentiment-demo")
+    for name, path in {**named, **adapters}.items():
+        from tunelab.models.predictor import find_model_dir
+
+        find_model_dir(path)  # a wrong path fails here, in one line, before the server starts
+    app_ = create_app(named, settings, base, adapters)
+    typer.echo(f"serving {', '.join([*named, *adapters])} on http://{settings.host}:{settings.port} (API docs at /docs)", err=True)
+    uvicorn.run(app_, host=settings.host, port=settings.port, log_level="warning",
+                timeout_graceful_shutdown=settings.shutdown_timeout_s)
+
+
+@app.command("bench-serve")
+def bench_serve(url: str = typer.Argument("http://127.0.0.1:8000", help="The server (this machine only)."),
+                input: Path = typer.Option(..., "--input", "-i", help="Texts to send: a CSV/JSONL/Parquet file with a text column, or a .txt file (one per line)."),
+                concurrency: str = typer.Option("1,8,32", "--concurrency", help="Concurrent clients; several: comma-separated."),
+                requests: int = typer.Option(500, "--requests", min=1, help="Requests per concurrency level (at most)."),
+                seconds: float = typer.Option(60.0, "--seconds", min=1, help="Time limit per concurrency level."),
+                model: Optional[str] = typer.Option(None, "--model", help="The model field of each request."),
+                text_column: str = typer.Option("text", "--text-column")) -> None:
+    """Load a local server: throughput and p50/p95/p99 latency at each concurrency (one text per request)."""
+    import os
+
+    from tunelab.serve.loadgen import bench
+
+    texts = _read_texts(input, text_column)
+    levels = [int(c) for c in concurrency.split(",") if c.strip()]
+    typer.echo("concurrency  requests  errors  throughput/s  p50 ms  p95 ms  p99 ms")
+    for c in levels:
+        r = bench(url, texts, c, requests, seconds, model, os.environ.get("TUNELAB_API_KEY"))
+        typer.echo(f"{c:>11}  {r['requests']:>8}  {r['errors']:>6}  {r['throughput']:>12.1f}  {r['p50_ms']:>6.1f}  "
+                   f"{r['p95_ms']:>6.1f}  {r['p99_ms']:>6.1f}")
+
+
+def _read_texts(path: Path, column: str) -> list[str]:
+    if not path.is_file():
+        raise TunelabError(f"--input: {path} does not exist")
+    if path.suffix == ".txt":
+        return [ln for ln in path.read_text(encoding="utf-8").splitlines() if ln.strip()]
+    from tunelab.data.load import Wanted, load_file
+
+    return list(load_file(path, Wanted(column, None, None, None), "auto", "utf-8").text)
+
+
+def _named(items: list[str], what: str) -> dict[str, str]:
+    """[NAME=]PATH items -> {name: path}; a bare path is named after its run folder."""
+    out: dict[str, str] = {}
+    for item in items:
+        name, sep, path = item.partition("=")
+        if not sep:
+            path = item
+            p = Path(item).resolve()
+            name = p.parent.name if p.name == "model" else p.name
+            if p.parent.name == "export":
+                name = f"{p.parent.parent.name}-{p.name}"
+        if not name or not path:
+            raise TunelabError(f"{what}: '{item}' is not NAME=PATH")
+        if name in out:
+            raise TunelabError(f"{what}: two models are called '{name}'; name them: NAME=PATH")
+        out[name] = path
+    return out
 
 
 @app.command()

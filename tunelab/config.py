@@ -139,6 +139,67 @@ class EvaluateConfig(Section):
     calibration_bins: int = Field(15, ge=2, description="Bins of the reliability diagram and expected calibration error.")
 
 
+class TuneConfig(Section):
+    """Hyperparameter search (`tunelab tune`): each trial is a normal training run in <runs_dir>/<name>/trial-<n>/."""
+
+    space: dict[str, list | dict] = Field(
+        default_factory=dict, description="Dotted config key -> a list of choices, or a range {uniform|log_uniform|int|log_int: "
+        "[low, high], step: s}. Keys under method.<name>. apply only to trials of that method.")
+    sampler: Literal["grid", "random", "tpe"] = Field(
+        "tpe", description="'grid': every distinct combination (lists only); 'random'; 'tpe': Bayesian (optuna's TPE).")
+    pruner: Literal["none", "median", "hyperband"] = Field(
+        "median", description="Stop a trial early when its validation score (reported at each evaluation; set "
+        "train.eval_every) trails: 'median' of earlier trials at the same step, or 'hyperband'.")
+    n_trials: int | None = Field(
+        20, ge=1, description="Trials in the study, over all workers (grid: at most the grid's size; none: the whole grid).")
+    timeout_minutes: float | None = Field(None, gt=0, description="A worker starts no new trial after this long; none: no limit.")
+    metric: str | None = Field(None, description="Validation metric to optimise; none: train.metric (accuracy, micro_f1 for multi-label).")
+    direction: Literal["auto", "maximize", "minimize"] = Field("auto", description="'auto': minimize loss and ece, maximize the rest.")
+    startup_trials: int | None = Field(
+        None, ge=0, description="Trials sampled at random before TPE models the results, and finished before pruning "
+        "starts; none: n_trials // 4, between 2 and 10.")
+    storage: str | None = Field(
+        None, description="Where the study lives: none: a journal file <runs_dir>/<name>/tune/study.journal; a file path "
+        "(journal, shared by workers on one machine or a shared disk); or a database URL (postgresql://..., mysql://...) "
+        "for workers on several machines.")
+    seed: int = Field(42, description="Seed of the sampler.")
+
+    @field_validator("space")
+    @classmethod
+    def _space_entries_parse(cls, value: dict) -> dict:
+        from tunelab.tune.space import parse_param
+
+        for key, spec in value.items():
+            try:
+                parse_param(key, spec)
+            except ValueError as exc:
+                raise ValueError(f"space key {key!r}: {exc}") from None
+        return value
+
+
+class ServeConfig(Section):
+    """`tunelab serve`: the HTTP server, its batching, limits and keys (a `serve:` section, or --config FILE)."""
+
+    host: str = Field("127.0.0.1", description="Interface to listen on (0.0.0.0: every interface).")
+    port: int = Field(8000, ge=0, le=65535, description="TCP port (0: any free port).")
+    precision: Literal["fp32", "bf16"] = Field("fp32", description="torch backend: fp32, or bf16 autocast (ONNX folders run as exported).")
+    threads: int | None = Field(None, ge=1, description="Threads for the model; none: torch's default (the cores).")
+    max_batch_size: int = Field(32, ge=1, description="Most texts in one model call (from one or several requests).")
+    max_wait_ms: float = Field(
+        0.0, ge=0, description="How long a batch waits for more texts after its first one. 0: no wait -- a batch is "
+        "whatever queued up while the model was busy, so a lone request never waits and a busy server still batches.")
+    max_queue: int = Field(1024, ge=1, description="Most texts waiting per model; beyond it requests get 503 + Retry-After.")
+    max_texts_per_request: int = Field(256, ge=1, description="More texts in one request -> 413.")
+    max_chars_per_text: int = Field(20000, ge=1, description="A longer text -> 422.")
+    max_body_bytes: int = Field(2_000_000, ge=1, description="A larger request body -> 413.")
+    too_long: Literal["truncate", "reject"] = Field(
+        "truncate", description="Texts over the model's max_length tokens: cut (as in training) or refuse with 422.")
+    api_keys_env: str = Field("TUNELAB_API_KEYS", description="Environment variable with accepted API keys (comma-separated); unset: no keys from env.")
+    api_keys_file: Path | None = Field(None, description="File with one accepted API key per line. With any key set, /v1/* needs 'Authorization: Bearer KEY'.")
+    cors_origins: list[str] = Field(default_factory=list, description="Origins allowed by CORS; empty: CORS off.")
+    shutdown_timeout_s: float = Field(30.0, gt=0, description="On SIGTERM/Ctrl-C: stop accepting, finish accepted requests for up to this long.")
+
+
 MethodConfig = create_model(  # name + one sub-section per method that has settings, straight from the registry
     "MethodConfig", __base__=Section, __doc__="How the model is fine-tuned: which weights train, what is added.",
     name=(Literal[tuple(METHODS)], Field("full", description="Fine-tuning method: " + "; ".join(
@@ -158,6 +219,8 @@ class Config(Section):
     method: MethodConfig = Field(default_factory=MethodConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
     evaluate: EvaluateConfig = Field(default_factory=EvaluateConfig)
+    tune: TuneConfig = Field(default_factory=TuneConfig)
+    serve: ServeConfig = Field(default_factory=ServeConfig)
 
     @field_validator("name")
     @classmethod
@@ -177,6 +240,20 @@ class Config(Section):
 
 
 # ---------------------------------------------------------------- loading
+
+class _YamlLoader(yaml.SafeLoader):
+    """YAML as people write it: PyYAML (YAML 1.1) reads 1e-5 or 3E4 as strings; here they are numbers, as in
+    YAML 1.2 and JSON (a search range {log_uniform: [1e-5, 1e-3]} must not arrive as two strings)."""
+
+
+_YamlLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?(?:[0-9][0-9_]*)(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"), list("-+0123456789"))
+
+
+def read_yaml(text: str):
+    return yaml.load(text, Loader=_YamlLoader)
+
 
 _ENV = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 
@@ -205,15 +282,20 @@ def apply_override(raw: dict, override: str) -> None:
     if not sep or not key.strip():
         raise ConfigError(f"override {override!r} is not of the form key.path=value (e.g. data.seed=7)")
     try:
-        value = yaml.safe_load(text) if text.strip() else None
+        value = read_yaml(text) if text.strip() else None
     except yaml.YAMLError as exc:
         raise ConfigError(f"override {override!r}: value is not valid YAML ({exc.problem})") from None
+    set_key(raw, key.strip(), value, f"override {override!r}")
+
+
+def set_key(raw: dict, key: str, value: Any, what: str = "key") -> None:
+    """Set the dotted `key` (e.g. train.learning_rate) of a raw config dict, making sections on the way."""
     node = raw
-    parts = key.strip().split(".")
+    parts = key.split(".")
     for part in parts[:-1]:
         child = node.setdefault(part, {})
         if not isinstance(child, dict):
-            raise ConfigError(f"override {override!r}: {part!r} is a value, not a section")
+            raise ConfigError(f"{what}: {part!r} is a value, not a section")
         node = child
     node[parts[-1]] = value
 
@@ -260,7 +342,7 @@ def load_config(path: str | Path | dict, overrides: list[str] | tuple[str, ...] 
         except (OSError, UnicodeDecodeError) as exc:
             raise ConfigError(f"cannot read config file {source}: {exc}") from None
         try:
-            raw = yaml.safe_load(text)
+            raw = read_yaml(text)
         except yaml.YAMLError as exc:
             mark = getattr(exc, "problem_mark", None)
             where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""

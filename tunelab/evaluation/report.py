@@ -74,7 +74,8 @@ def plot_curves(metrics_log: Path, path: Path) -> bool:
             b.plot([r["step"] for r in val], [r[key] for r in val], "o-", label=key)
     b.set_xlabel("step")
     b.set_title("Validation")
-    b.legend()
+    if b.get_legend_handles_labels()[0]:
+        b.legend()
     fig.tight_layout()
     fig.savefig(path, dpi=110, bbox_inches="tight")
     plt.close(fig)

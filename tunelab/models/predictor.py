@@ -13,7 +13,7 @@ from tunelab.data.clean import clean_text
 from tunelab.errors import TunelabError
 from tunelab.models.inference import iter_probabilities
 from tunelab.tasks import make_task
-from tunelab.tasks.encoding import encode
+from tunelab.tasks.encoding import collate, encode, eval_batches
 
 
 def find_model_dir(path: str | Path) -> Path:
@@ -28,11 +28,33 @@ def find_model_dir(path: str | Path) -> Path:
                        "or a model folder with tunelab.json); train one with `tunelab train CONFIG`")
 
 
+ONNX_FILE = "model.onnx"
+
+
+class OnnxModel:
+    """An exported ONNX classifier behind the same call as the torch model: padded batch -> logits."""
+
+    def __init__(self, path: Path, threads: int | None = None):
+        import onnxruntime as ort
+
+        options = ort.SessionOptions()
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        options.intra_op_num_threads = threads or torch.get_num_threads()
+        self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        self.inputs = [i.name for i in self.session.get_inputs()]
+
+    def logits(self, batch: dict) -> torch.Tensor:
+        feed = {k: batch[k].numpy() for k in self.inputs}
+        return torch.from_numpy(self.session.run(None, feed)[0])
+
+
 class Predictor:
-    """A trained classifier ready for inference: tokenizer, model and label names."""
+    """A trained classifier ready for inference: tokenizer, model (torch, or ONNX Runtime for an exported
+    folder) and label names."""
 
     def __init__(self, model_dir: str | Path, precision: str = "fp32", batch_size: int = 64, model=None):
-        """`model`: an already loaded model to use instead of loading the folder's (shared-base adapters)."""
+        """`model`: an already loaded model to use instead of loading the folder's (shared-base adapters).
+        A folder holding model.onnx (from `tunelab export --format onnx`) runs on ONNX Runtime."""
         from transformers import AutoTokenizer
         from transformers.utils import logging as hf_logging
 
@@ -43,7 +65,8 @@ class Predictor:
         self.meta = json.loads((self.model_dir / "tunelab.json").read_text())
         self.task = make_task(self.meta["task"], self.meta["labels"], self.meta["multi_label"], self.meta["pair"])
         self.tokenizer = AutoTokenizer.from_pretrained(self.model_dir)
-        self.model = model if model is not None else load_model(self.model_dir, self.meta)
+        self.onnx = OnnxModel(self.model_dir / ONNX_FILE) if model is None and (self.model_dir / ONNX_FILE).is_file() else None
+        self.model = None if self.onnx else (model if model is not None else load_model(self.model_dir, self.meta))
         self.max_length = int(self.meta["max_length"])
         self.threshold = float(self.meta.get("threshold", 0.5))
         self.bf16 = precision == "bf16"
@@ -64,6 +87,11 @@ class Predictor:
                    "text_pair": [clean_text(t, **how) for t in pairs] if pairs is not None else None}
         enc = encode(self.tokenizer, columns, self.task, self.max_length, with_targets=False)
         out = np.zeros((len(texts), self.task.num_labels), dtype=np.float32)
+        if self.onnx is not None:
+            for rows in eval_batches(enc.lengths, self.batch_size):
+                logits = self.onnx.logits(collate(enc, rows, self.pad_id, self.with_types))
+                out[rows] = self.task.probabilities(logits).numpy()
+            return out
         with torch.inference_mode():
             for rows, probs in iter_probabilities(self.model, enc, self.task, self.batch_size, self.pad_id,
                                                   self.with_types, autocast=self.bf16):

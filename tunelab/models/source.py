@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import copy
 import importlib.util
-from functools import lru_cache
+import weakref
 from pathlib import Path
 
 from tunelab.errors import TunelabError
@@ -73,14 +73,23 @@ def load_tokenizer(name: str, revision: str | None = None, trust_remote_code: bo
         raise explain_load_error(name, exc) from None
 
 
-@lru_cache(maxsize=16)
+_RUST_COPIES: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()  # tokenizer -> {max_length: backend}
+
+
 def rust_tokenizer(tokenizer, max_length: int | None = None):
     """The tokenizer's Rust backend, copied once, with padding off and truncation at max_length (none: off).
 
     Calling it directly (`encode_batch_fast`) skips the per-text Python lists of the transformers wrapper
-    (~2x faster). Cached, so a predictor does not copy the vocabulary on every request. None for a slow
-    (Python-only) tokenizer.
+    (~2x faster). Kept while the tokenizer lives (not longer: a search loads one per trial), so a predictor
+    does not copy the vocabulary on every request. None for a slow (Python-only) tokenizer.
     """
+    copies = _RUST_COPIES.setdefault(tokenizer, {})
+    if max_length not in copies:
+        copies[max_length] = _rust_copy(tokenizer, max_length)
+    return copies[max_length]
+
+
+def _rust_copy(tokenizer, max_length: int | None):
     backend = getattr(tokenizer, "backend_tokenizer", None)
     if backend is None:
         return None

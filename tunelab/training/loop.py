@@ -16,6 +16,7 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import torch
@@ -111,8 +112,13 @@ def _clear_run(run_dir: Path) -> None:
             path.unlink()
 
 
-def train(config: Config, resume: bool = False, overwrite: bool = False, quiet: bool = False) -> TrainResult:
-    """Fine-tune `config.model` on the prepared data of `config`; write runs/<name>/model and checkpoints."""
+def train(config: Config, resume: bool = False, overwrite: bool = False, quiet: bool = False,
+          on_evaluation: Callable[[int, float], None] | None = None) -> TrainResult:
+    """Fine-tune `config.model` on the prepared data of `config`; write runs/<name>/model and checkpoints.
+
+    `on_evaluation(step, value)` is called after each validation with the value of the train metric (the
+    search reports it to its pruner); whatever it raises stops the training and propagates.
+    """
     from accelerate import Accelerator
     from accelerate.utils import DataLoaderConfiguration, ProjectConfiguration, set_seed
     from tqdm.auto import tqdm
@@ -245,6 +251,10 @@ def train(config: Config, resume: bool = False, overwrite: bool = False, quiet: 
                         loss_sum = task.loss_sum(logits, targets, weights, cfg.label_smoothing)
                         accelerator.backward(loss_sum * world / len(rows))
                     step_loss += loss_sum.detach()
+                step_loss_value = float(accelerator.reduce(step_loss, "sum")) / len(rows)
+                if not math.isfinite(step_loss_value):  # the weights would turn NaN at this step: stop before it
+                    raise TunelabError(f"training diverged: the loss is {step_loss_value} at step {state.step + 1}; "
+                                       f"lower the learning rate (now {config.learning_rate:g})")
                 if cfg.max_grad_norm is not None:
                     accelerator.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
                 optimizer.step()
@@ -253,7 +263,7 @@ def train(config: Config, resume: bool = False, overwrite: bool = False, quiet: 
                 state.step += 1
                 state.batch_in_epoch += 1
                 seen += len(rows)
-                loss_acc += float(accelerator.reduce(step_loss, "sum")) / len(rows)
+                loss_acc += step_loss_value
                 loss_n += 1
                 if state.step % cfg.log_every == 0 or state.step == total_steps:
                     rate = seen / (time.perf_counter() - started - side_seconds)
@@ -275,8 +285,10 @@ def train(config: Config, resume: bool = False, overwrite: bool = False, quiet: 
                                                 or (cfg.eval_every is None and end_of_epoch))
                 side_start = time.perf_counter()
                 if do_eval:
-                    _evaluate_and_keep_best(evaluate_validation(), state, cfg, config, main, log, accelerator,
-                                            unwrapped, tokenizer, meta, bar, say)
+                    value = _evaluate_and_keep_best(evaluate_validation(), state, cfg, config, main, log,
+                                                    accelerator, unwrapped, tokenizer, meta, bar, say)
+                    if on_evaluation is not None:
+                        on_evaluation(state.step, value)
                 if state.step % ckpt_every == 0 and state.step < total_steps and not state.stopped_early:
                     save_checkpoint(accelerator, ckpt_root, state, cfg.keep_checkpoints)
                 side_seconds += time.perf_counter() - side_start
@@ -288,6 +300,10 @@ def train(config: Config, resume: bool = False, overwrite: bool = False, quiet: 
         accelerator.end_training()  # close the trackers' writer threads, or the process may not exit
         raise Interrupted(f"interrupted at step {state.step}; checkpoint saved in {ckpt_root}. "
                            f"Continue with: tunelab train CONFIG --resume") from None
+    except BaseException:  # divergence, a pruned search trial, a bug: close the trackers' writer threads
+        bar.close()
+        accelerator.end_training()
+        raise
     bar.close()
     train_seconds = time.perf_counter() - started
 
@@ -333,7 +349,8 @@ def _check_same_config(saved_path: Path, config: Config) -> None:
     saved = _flat(yaml.safe_load(saved_path.read_text()) or {})
     now = _flat(yaml.safe_load(dump_config(config)))
     changed = [f"{k}: {saved.get(k)!r} -> {now.get(k)!r}" for k in sorted(set(saved) | set(now))
-               if saved.get(k) != now.get(k) and k != "runs_dir"]
+               if saved.get(k) != now.get(k) and k not in ("runs_dir", "name")  # moving a run folder is fine
+               and not k.startswith(("tune.", "serve."))]  # settings of other stages
     if changed:
         raise TunelabError(f"--resume: the config differs from the one {saved_path.parent} was started with ("
                            + "; ".join(changed[:5]) + (" ..." if len(changed) > 5 else "")
@@ -371,3 +388,4 @@ def _evaluate_and_keep_best(metrics, state, cfg, config, main, log, accelerator,
             say(f"train: early stop at step {state.step}: no better {metric} in {cfg.early_stopping_patience} evaluations")
     if main and not bar.disable:
         bar.write(f"step {state.step}: validation " + ", ".join(f"{k} {v:.4f}" for k, v in headline(metrics).items()))
+    return value

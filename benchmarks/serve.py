@@ -1,0 +1,158 @@
+"""Serving throughput and latency: a plain FastAPI + transformers.pipeline server vs `tunelab serve`.
+
+One fine-tuned MiniLM (the SST-2 run of classification.py, benchmarks/work/runs/sst2; trained here on the
+20k subset if absent), served in turn by
+  baseline     FastAPI calling a transformers pipeline per request, no batching (benchmarks/serve_baseline.py)
+  torch_fp32   tunelab serve RUN
+  torch_bf16   tunelab serve RUN --precision bf16
+  onnx_int8    tunelab serve RUN/export/onnx-int8   (tunelab export RUN --format onnx --quantize int8)
+each driven by tunelab's load generator with 1, 8 and 32 concurrent clients sending single SST-2
+validation sentences over loopback (client and server share the 2 cores, the same for every server).
+Also: int8 vs fp32 accuracy on SST-2 validation and test.
+
+    .venv/bin/python benchmarks/serve.py          # about 10 minutes
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from _common import HERE, REPO, WORK, need_data, write_results
+
+LEVELS = {1: 300, 8: 800, 32: 1500}  # concurrency: requests
+SECONDS = 60
+
+
+def _port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _start(cmd: list[str], ready_path: str, env: dict | None = None) -> tuple[subprocess.Popen, str]:
+    import httpx
+
+    port = _port()
+    proc = subprocess.Popen([*cmd, "--port", str(port)], cwd=HERE, env={**os.environ, **(env or {})},
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.time() + 300
+    while time.time() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(proc.stderr.read()[-3000:])
+        try:
+            if httpx.get(url + ready_path, timeout=2).status_code == 200:
+                return proc, url
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.2)
+    proc.kill()
+    raise RuntimeError(f"{cmd} did not become ready")
+
+
+def _stop(proc: subprocess.Popen) -> None:
+    proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(30)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+
+
+def _texts(run_dir: Path, split: str) -> tuple[list[str], list[str]]:
+    import pyarrow.parquet as pq
+
+    manifest = json.loads((run_dir / "data" / "manifest.json").read_text())
+    table = pq.read_table(run_dir / "data" / manifest["files"][split], columns=["text", "label"]).to_pydict()
+    return table["text"], table["label"]
+
+
+def _model_run() -> Path:
+    run = WORK / "runs" / "sst2"
+    if (run / "model" / "tunelab.json").exists():
+        return run
+    from _common import sst2_subset_csv
+
+    from tunelab.config import load_config
+    from tunelab.training import train
+
+    config = load_config(REPO / "examples" / "sst2.yaml", [f"runs_dir={WORK / 'runs'}", "name=sst2-serve",
+                                                           f"data.train={sst2_subset_csv()}", "train.epochs=1", "train.min_steps=0"])
+    return train(config, quiet=True).run_dir
+
+
+def _accuracy(folder: Path, run_dir: Path) -> dict:
+    from tunelab.models.predictor import Predictor
+
+    predictor = Predictor(folder, batch_size=128)
+    out = {}
+    for split in ("validation", "test"):
+        texts, labels = _texts(run_dir, split)
+        probs = predictor.probabilities(texts)
+        out[split] = float(sum(predictor.labels[i] == y for i, y in zip(probs.argmax(1), labels)) / len(labels))
+    return out
+
+
+def main() -> None:
+    from tunelab.export import export_onnx
+    from tunelab.serve.loadgen import bench
+
+    need_data("sst2", "train.csv")
+    run_dir = _model_run()
+    print(f"model: {run_dir}", flush=True)
+    figures: dict = {"model_run": str(run_dir.relative_to(REPO))}
+    for quantize in (None, "int8"):
+        parity = export_onnx(run_dir, quantize=quantize, quiet=True)
+        key = "onnx_int8" if quantize else "onnx_fp32"
+        figures[f"{key}_export_seconds"] = parity["seconds"]
+        figures[f"{key}_mb"] = round(parity["bytes"] / 1e6, 1)
+        figures[f"{key}_validation_label_agreement"] = parity["label_agreement"]
+    fp32 = _accuracy(run_dir / "export" / "onnx", run_dir)
+    int8 = _accuracy(run_dir / "export" / "onnx-int8", run_dir)
+    for split in ("validation", "test"):
+        figures[f"fp32_sst2_{split}_accuracy"] = round(fp32[split], 4)
+        figures[f"int8_sst2_{split}_accuracy"] = round(int8[split], 4)
+        figures[f"int8_sst2_{split}_accuracy_drop_points"] = round(100 * (fp32[split] - int8[split]), 2)
+    print(json.dumps(figures, indent=1), flush=True)
+
+    texts, _ = _texts(run_dir, "validation")
+    tunelab = [sys.executable, "-m", "tunelab", "serve"]
+    servers = {
+        "baseline": ([sys.executable, "-m", "uvicorn", "serve_baseline:app", "--log-level", "warning"], "/healthz",
+                     {"MODEL_DIR": str(run_dir / "model")}),
+        "torch_fp32": ([*tunelab, f"sst2={run_dir}"], "/readyz", None),
+        "torch_bf16": ([*tunelab, f"sst2={run_dir}", "--precision", "bf16"], "/readyz", None),
+        "onnx_int8": ([*tunelab, f"sst2={run_dir / 'export' / 'onnx-int8'}"], "/readyz", None),
+    }
+    for name, (cmd, ready, env) in servers.items():
+        proc, url = _start(cmd, ready, env)
+        try:
+            for c, n in LEVELS.items():
+                r = bench(url, texts, c, n, SECONDS)
+                print(f"{name} c{c}: {r['throughput']:.1f}/s p50 {r['p50_ms']:.1f} p95 {r['p95_ms']:.1f} "
+                      f"p99 {r['p99_ms']:.1f} ms, {r['errors']} errors", flush=True)
+                for k in ("throughput", "p50_ms", "p95_ms", "p99_ms", "errors", "requests"):
+                    figures[f"{name}_c{c}_{k}"] = round(r[k], 2) if isinstance(r[k], float) else r[k]
+        finally:
+            _stop(proc)
+    figures["c32_throughput_ratio_onnx_int8_vs_baseline"] = round(
+        figures["onnx_int8_c32_throughput"] / figures["baseline_c32_throughput"], 2)
+    figures["c32_throughput_ratio_torch_fp32_vs_baseline"] = round(
+        figures["torch_fp32_c32_throughput"] / figures["baseline_c32_throughput"], 2)
+    figures["c1_p50_ms_onnx_int8"] = figures["onnx_int8_c1_p50_ms"]
+    figures["c32_throughput_ratio_onnx_int8_vs_baseline_target_met"] = figures["c32_throughput_ratio_onnx_int8_vs_baseline"] >= 3
+    figures["c32_p95_onnx_int8_below_baseline_target_met"] = figures["onnx_int8_c32_p95_ms"] < figures["baseline_c32_p95_ms"]
+    figures["c1_p50_ms_onnx_int8_target_met"] = figures["c1_p50_ms_onnx_int8"] <= 5
+    figures["int8_sst2_accuracy_drop_target_met"] = max(figures["int8_sst2_validation_accuracy_drop_points"],
+                                                        figures["int8_sst2_test_accuracy_drop_points"]) <= 0.5
+    write_results("serve", figures)
+
+
+if __name__ == "__main__":
+    main()

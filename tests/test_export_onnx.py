@@ -1,0 +1,77 @@
+"""ONNX export: a folder plain onnxruntime runs, equal to the torch model; int8 guarded by label agreement."""
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+import torch
+
+from tunelab.errors import TunelabError
+from tunelab.export import export_onnx
+from tunelab.models.predictor import Predictor
+from tunelab.training import train
+
+TEXTS = ["a wonderful film", "the plot was dreadful and the actor poor", "quite good", "x"]
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory, tiny_model_dir, sentiment_files):
+    from tunelab.config import load_config
+
+    root = tmp_path_factory.mktemp("runs")
+
+    def make(run, method="full"):
+        raw = {"name": run, "runs_dir": str(root), "data": {k: str(v) for k, v in sentiment_files.items()},
+               "model": {"name": str(tiny_model_dir), "max_length": 32},
+               "train": {"learning_rate": 3e-3, "batch_size": 16, "max_steps": 30, "eval_every": 15,
+                         "trackers": [], "precision": "fp32"}, "method": {"name": method}}
+        return train(load_config(raw), quiet=True).run_dir
+    return {"full": make("full"), "lora": make("lora", "lora")}
+
+
+@pytest.mark.parametrize("method", ["full", "lora"])
+def test_onnx_folder_runs_in_plain_onnxruntime_and_equals_torch(runs, method):
+    parity = export_onnx(runs[method], quiet=True)
+    out = runs[method] / "export" / "onnx"
+    assert parity["out"] == str(out) and parity["examples"] == 60 and parity["label_agreement"] == 1.0
+    assert parity["max_abs_prob_diff"] <= 1e-4
+    assert json.loads((out / "parity.json").read_text())["max_abs_prob_diff"] == parity["max_abs_prob_diff"]
+    # plain onnxruntime + the saved tokenizer, no tunelab: same logits as the torch model
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(out)
+    enc = tok(TEXTS, padding=True, return_tensors="np")
+    sess = ort.InferenceSession(str(out / "model.onnx"), providers=["CPUExecutionProvider"])
+    logits = sess.run(["logits"], {i.name: enc[i.name].astype(np.int64) for i in sess.get_inputs()})[0]
+    reference = Predictor(runs[method])
+    probs = torch.softmax(torch.from_numpy(logits), -1).numpy()
+    assert np.abs(probs - reference.probabilities(TEXTS)).max() < 1e-4
+    assert np.abs(Predictor(out).probabilities(TEXTS) - reference.probabilities(TEXTS)).max() < 1e-4
+
+
+def test_int8_export_reports_agreement_and_refuses_below_the_floor(runs, monkeypatch):
+    parity = export_onnx(runs["full"], quantize="int8", quiet=True)
+    out = runs["full"] / "export" / "onnx-int8"
+    assert parity["quantize"] == "int8" and parity["label_agreement"] >= 0.99
+    assert (out / "model.onnx").stat().st_size < 0.6 * (runs["full"] / "export" / "onnx" / "model.onnx").stat().st_size \
+        if (runs["full"] / "export" / "onnx").exists() else True
+    before = (out / "model.onnx").stat().st_mtime_ns
+    import tunelab.export.onnx as onnx_export
+
+    monkeypatch.setattr(onnx_export, "_parity", lambda *a: {"examples": 60, "label_agreement": 0.95, "max_abs_prob_diff": 0.2})
+    with pytest.raises(TunelabError, match=r"agrees with the fp32 model on 95.00% .* under the floor of 99%; nothing written.*--min-agreement 0.95"):
+        export_onnx(runs["full"], quantize="int8", quiet=True)
+    assert (out / "model.onnx").stat().st_mtime_ns == before  # the earlier export is untouched
+    assert not (runs["full"] / "export" / "onnx-int8.tmp").exists()
+
+
+def test_export_cli_mistakes_are_one_clear_line(runs):
+    for args, message in [(["--format", "tflite"], "not a format tunelab exports"),
+                          (["--quantize", "int8"], "add --format onnx"),
+                          ([], "say what to export")]:
+        done = subprocess.run([sys.executable, "-m", "tunelab", "export", str(runs["full"]), *args],
+                              capture_output=True, text=True)
+        assert done.returncode == 2 and message in done.stderr and "Traceback" not in done.stderr

@@ -1,0 +1,274 @@
+"""The server over real HTTP (uvicorn on a loopback port): contract, batching, limits, auth, overload, crashes,
+graceful shutdown, and schemathesis against the OpenAPI schema."""
+
+import json
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+
+import httpx
+import numpy as np
+import pytest
+import schemathesis
+import uvicorn
+from hypothesis import HealthCheck, settings
+
+from tunelab.config import ServeConfig
+from tunelab.models.predictor import Predictor
+from tunelab.serve.app import create_app
+from tunelab.serve.models import ServedModel
+from tunelab.training import train
+
+TEXTS = ["a wonderful film", "the plot was dreadful and the actor poor", "quite good really", "bad", "superb story"]
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory, tiny_model_dir, sentiment_files):
+    from tunelab.config import load_config
+
+    raw = {"name": "served", "runs_dir": str(tmp_path_factory.mktemp("runs")),
+           "data": {k: str(v) for k, v in sentiment_files.items()}, "model": {"name": str(tiny_model_dir), "max_length": 32},
+           "train": {"learning_rate": 3e-3, "batch_size": 16, "max_steps": 30, "eval_every": 15, "trackers": [], "precision": "fp32"}}
+    return train(load_config(raw), quiet=True).run_dir
+
+
+@pytest.fixture(scope="module")
+def predictor(run_dir):
+    return Predictor(run_dir)
+
+
+def served(predictor, name="m", delay=0.0, fail_on=None, calls=None):
+    """A ServedModel over the real tiny predictor, optionally slow or failing on one text."""
+    def probabilities(texts, pairs):
+        if calls is not None:
+            calls.append(list(texts))
+        if fail_on is not None and fail_on in texts:
+            raise RuntimeError("backend crashed")
+        time.sleep(delay)
+        return predictor.probabilities(texts, pairs)
+    return ServedModel(name, probabilities, predictor.decide, predictor.tokenizer, predictor.max_length, False,
+                       {"labels": predictor.labels})
+
+
+class Server:
+    """uvicorn in a thread on a free loopback port."""
+
+    def __init__(self, app, shutdown_timeout=10):
+        self.server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning",
+                                                    timeout_graceful_shutdown=shutdown_timeout))
+        self.thread = threading.Thread(target=self.server.run, daemon=True)
+
+    def __enter__(self):
+        self.thread.start()
+        deadline = time.time() + 60
+        while not self.server.started and time.time() < deadline:
+            time.sleep(0.01)
+        port = self.server.servers[0].sockets[0].getsockname()[1]
+        self.url = f"http://127.0.0.1:{port}"
+        return self
+
+    def __exit__(self, *exc):
+        self.server.should_exit = True
+        self.thread.join(30)
+
+
+def _metric(text: str, name: str) -> float:
+    match = re.search(rf'^{name}{{model="m"}} ([0-9.e+]+)$', text, re.M)
+    return float(match.group(1)) if match else 0.0
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_cli_server_answers_like_tunelab_predict(run_dir, predictor, tmp_path):
+    port = _free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "tunelab", "serve", f"sentiment={run_dir}", "--port", str(port)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.time() + 120
+        while time.time() < deadline:
+            try:
+                if httpx.get(f"{url}/readyz").status_code == 200:
+                    break
+            except httpx.TransportError:
+                time.sleep(0.1)
+        assert proc.poll() is None, proc.stderr.read()
+        r = httpx.post(f"{url}/v1/predict", json={"texts": TEXTS, "top_k": 2})
+        assert r.status_code == 200, r.text
+        got = r.json()
+        expected = predictor.predict(TEXTS, top_k=2)
+        assert got["model"] == "sentiment" and len(got["predictions"]) == len(TEXTS)
+        for g, e in zip(got["predictions"], expected):
+            assert g["label"] == e["label"] and [t["label"] for t in g["top_k"]] == [t["label"] for t in e["top_k"]]
+            assert max(abs(g["scores"][k] - e["scores"][k]) for k in e["scores"]) < 1e-5
+        models = httpx.get(f"{url}/v1/models").json()["models"]
+        assert models[0]["name"] == "sentiment" and models[0]["labels"] == predictor.labels
+        assert models[0]["method"] == "full" and "accuracy" in models[0]["metrics"] and models[0]["backend"] == "torch-fp32"
+        assert httpx.get(f"{url}/healthz").json() == {"status": "ok"}
+        assert httpx.get(f"{url}/openapi.json").json()["paths"]["/v1/predict"]
+        metrics = httpx.get(f"{url}/metrics").text
+        assert 'tunelab_requests_total{route="/v1/predict",status="200"} 1.0' in metrics
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(30) in (0, -signal.SIGTERM)  # uvicorn re-raises the signal after its graceful shutdown
+        assert "Traceback" not in proc.stderr.read()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+
+
+def test_concurrent_requests_are_batched_and_each_gets_its_own_rows(predictor):
+    calls = []
+    app = create_app(settings=ServeConfig(max_batch_size=16, max_wait_ms=100), loaded={"m": served(predictor, delay=0.05, calls=calls)})
+    texts = [f"{w} film number {i}" for i, w in enumerate(["good", "awful", "lovely", "poor"] * 4)]
+    results = {}
+    with Server(app) as s:
+        def ask(text):
+            results[text] = httpx.post(f"{s.url}/v1/predict", json={"texts": [text]}, timeout=30).json()["predictions"][0]
+        threads = [threading.Thread(target=ask, args=(t,)) for t in texts]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        metrics = httpx.get(f"{s.url}/metrics").text
+    assert _metric(metrics, "tunelab_batch_size_sum") == 16
+    assert _metric(metrics, "tunelab_batch_size_count") == len(calls) - 1 < 16  # -1: the warm-up call
+    alone = predictor.predict(texts)
+    for text, expected in zip(texts, alone):  # each request got the row of its own text
+        assert results[text]["label"] == expected["label"]
+        assert abs(results[text]["score"] - expected["score"]) < 1e-5
+
+
+def test_limits_auth_and_errors_return_the_documented_codes(predictor, monkeypatch):
+    monkeypatch.setenv("TUNELAB_API_KEYS", "k-one, k-two")
+    app = create_app(settings=ServeConfig(max_texts_per_request=3, max_chars_per_text=50, max_body_bytes=2000,
+                                          too_long="reject"), loaded={"m": served(predictor)})
+    good = {"Authorization": "Bearer k-two"}
+    with Server(app) as s:
+        post = lambda body, headers=good, **kw: httpx.post(f"{s.url}/v1/predict", json=body, headers=headers, **kw)  # noqa: E731
+        r = post({"texts": ["fine"]}, headers={})
+        assert r.status_code == 401 and r.headers["www-authenticate"] == "Bearer" and r.json()["error"]["code"] == "unauthorised"
+        assert post({"texts": ["fine"]}, headers={"Authorization": "Bearer k-three"}).status_code == 401
+        assert post({"texts": ["fine"]}).status_code == 200
+        assert httpx.get(f"{s.url}/v1/models").status_code == 401 and httpx.get(f"{s.url}/healthz").status_code == 200
+        r = post({"texts": ["a", "b", "c", "d"]})
+        assert r.status_code == 413 and r.json()["error"]["code"] == "too_many_texts"
+        r = post({"texts": ["x" * 51]})
+        assert r.status_code == 422 and "texts[0] has 51 characters" in r.json()["error"]["message"]
+        r = post({"texts": ["ok", "!" * 40]})  # 40 characters, 42 tokens: over max_length 32
+        assert r.status_code == 422 and "texts[1] is" in r.json()["error"]["message"] and "tokens" in r.json()["error"]["message"]
+        r = httpx.post(f"{s.url}/v1/predict", content=json.dumps({"texts": ["y" * 40] * 60}), headers={**good, "Content-Type": "application/json"})
+        assert r.status_code == 413 and r.json()["error"]["code"] == "body_too_large"
+        r = httpx.post(f"{s.url}/v1/predict", content=b"{not json", headers={**good, "Content-Type": "application/json"})
+        assert r.status_code == 422 and r.json()["error"]["code"] == "invalid_request"
+        assert post({"texts": "not a list"}).status_code == 422
+        r = post({"texts": ["fine"], "model": "other"})
+        assert r.status_code == 404 and "loaded: m" in r.json()["error"]["message"]
+        assert post({"texts": ["fine"], "text_pairs": ["x"]}).status_code == 422
+        assert post({"texts": [" "]}).status_code == 422
+
+
+def test_a_full_queue_gives_503_with_retry_after(predictor):
+    app = create_app(settings=ServeConfig(max_batch_size=1, max_wait_ms=0, max_queue=2), loaded={"m": served(predictor, delay=0.6)})
+    codes = {}
+    with Server(app) as s:
+        def ask(key, n):
+            r = httpx.post(f"{s.url}/v1/predict", json={"texts": ["fine"] * n}, timeout=30)
+            codes[key] = (r.status_code, r.headers.get("retry-after"))
+        first = threading.Thread(target=ask, args=("running", 1))
+        first.start()
+        time.sleep(0.3)  # the first text is in the model now; the queue is empty
+        second = threading.Thread(target=ask, args=("queued", 2))
+        second.start()
+        time.sleep(0.1)
+        ask("refused", 1)
+        first.join()
+        second.join()
+    assert codes == {"running": (200, None), "queued": (200, None), "refused": (503, "1")}
+
+
+def test_a_model_crash_fails_only_its_batch(predictor):
+    app = create_app(settings=ServeConfig(max_wait_ms=0), loaded={"m": served(predictor, fail_on="boom")})
+    with Server(app) as s:
+        r = httpx.post(f"{s.url}/v1/predict", json={"texts": ["boom"]})
+        assert r.status_code == 500 and r.json()["error"]["code"] == "model_error"
+        assert httpx.post(f"{s.url}/v1/predict", json={"texts": ["fine"]}).status_code == 200
+        assert httpx.get(f"{s.url}/readyz").status_code == 200
+
+
+def test_graceful_shutdown_finishes_accepted_requests(predictor):
+    app = create_app(settings=ServeConfig(max_wait_ms=0), loaded={"m": served(predictor, delay=1.0)})
+    got = {}
+    server = Server(app)
+    with server as s:
+        def ask():
+            got["r"] = httpx.post(f"{s.url}/v1/predict", json={"texts": ["fine", "bad"]}, timeout=30)
+        t = threading.Thread(target=ask)
+        t.start()
+        time.sleep(0.3)  # accepted, in the model
+        server.server.should_exit = True  # what SIGTERM does
+        t.join(30)
+    assert got["r"].status_code == 200 and len(got["r"].json()["predictions"]) == 2
+
+
+def test_no_request_the_schema_allows_makes_a_500(predictor):
+    """schemathesis generates requests from the OpenAPI schema (valid and invalid bodies) for every route."""
+    from hypothesis import given
+
+    app = create_app(settings=ServeConfig(max_wait_ms=0, max_texts_per_request=8, max_chars_per_text=200),
+                     loaded={"m": served(predictor)})
+    with Server(app) as s:
+        schema = schemathesis.openapi.from_url(f"{s.url}/openapi.json")
+        operations = [result.ok() for result in schema.get_all_operations()]
+        assert {op.path for op in operations} >= {"/v1/predict", "/v1/models", "/healthz", "/readyz", "/metrics"}
+        for op in operations:
+            @given(case=op.as_strategy())
+            @settings(max_examples=25, deadline=None, suppress_health_check=list(HealthCheck))
+            def no_server_error(case):
+                response = case.call()
+                assert response.status_code < 500, (case.path, case.body, response.text)
+            no_server_error()
+
+
+def test_several_models_and_shared_base_adapters_in_one_server(predictor, tiny_model_dir, sentiment_files, tmp_path):
+    from tunelab.config import load_config
+
+    raw = {"name": "lora", "runs_dir": str(tmp_path), "data": {k: str(v) for k, v in sentiment_files.items()},
+           "model": {"name": str(tiny_model_dir), "max_length": 32}, "method": {"name": "lora"},
+           "train": {"learning_rate": 1e-2, "batch_size": 16, "max_steps": 20, "trackers": [], "precision": "fp32"}}
+    lora_run = train(load_config(raw), quiet=True).run_dir
+    app = create_app({"full": str(predictor.model_dir)}, ServeConfig(max_wait_ms=0), base=str(tiny_model_dir),
+                     adapters={"review-lora": str(lora_run)})
+    with Server(app) as s:
+        names = [m["name"] for m in httpx.get(f"{s.url}/v1/models").json()["models"]]
+        assert names == ["full", "review-lora"]
+        r = httpx.post(f"{s.url}/v1/predict", json={"texts": TEXTS})
+        assert r.status_code == 422 and "name one: full, review-lora" in r.json()["error"]["message"]
+        by_adapter = httpx.post(f"{s.url}/v1/predict", json={"texts": TEXTS, "model": "review-lora"}).json()
+        by_full = httpx.post(f"{s.url}/v1/predict", json={"texts": TEXTS, "model": "full"}).json()
+    alone = Predictor(lora_run).predict(TEXTS)
+    assert by_adapter["model"] == "review-lora" and by_full["model"] == "full"
+    for got, expected in zip(by_adapter["predictions"], alone):
+        assert got["label"] == expected["label"] and abs(got["score"] - expected["score"]) < 1e-5
+    assert [p["score"] for p in by_full["predictions"]] != [p["score"] for p in by_adapter["predictions"]]
+
+
+def test_load_generator_refuses_other_machines_and_measures_a_local_server(predictor):
+    from tunelab.errors import TunelabError
+    from tunelab.serve.loadgen import bench
+
+    with pytest.raises(TunelabError, match="only loads servers on this machine"):
+        bench("http://example.com:8000", TEXTS, 1, 5)
+    app = create_app(settings=ServeConfig(max_wait_ms=1), loaded={"m": served(predictor)})
+    with Server(app) as s:
+        r = bench(s.url, TEXTS, concurrency=4, requests=40, seconds=30, warmup=4)
+    assert r["requests"] == 40 and r["errors"] == 0 and r["throughput"] > 0
+    assert 0 < r["p50_ms"] <= r["p95_ms"] <= r["p99_ms"]

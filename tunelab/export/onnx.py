@@ -1,0 +1,181 @@
+"""`tunelab export RUN --format onnx [--quantize int8]`: an ONNX Runtime model folder, checked before it is kept.
+
+The folder (runs/<name>/export/onnx or onnx-int8) holds model.onnx, the tokenizer and tunelab.json, so
+`tunelab serve` and `tunelab predict` take it like a run; plain onnxruntime runs model.onnx (inputs
+input_ids, attention_mask[, token_type_ids] as int64 [batch, sequence]; output logits). LoRA/IA3 runs are
+merged first. Export goes through torch.onnx's dynamo exporter (the TorchScript one bakes the padding of
+the example batch into the attention mask: measured 1e-2 logit error), with dynamic batch and sequence axes.
+
+Parity runs on the validation split against the torch fp32 model and is written to parity.json: label
+agreement and max |probability difference|. fp32 must match to FP32_TOLERANCE; int8 must agree on at least
+`min_agreement` of the labels, or nothing is written and the error says what to do.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from tunelab.errors import TunelabError
+from tunelab.files import replace_folder
+
+FP32_TOLERANCE = 1e-4  # max |probability difference| of the fp32 export
+OPSET = 18
+
+
+class _Logits(torch.nn.Module):
+    """The classifier as a function of named int64 tensors -> logits (what the ONNX graph computes)."""
+
+    def __init__(self, model, names: list[str]):
+        super().__init__()
+        self.model, self.names = model, names
+
+    def forward(self, input_ids, attention_mask, token_type_ids=None):
+        extra = {"token_type_ids": token_type_ids} if token_type_ids is not None else {}
+        return self.model(input_ids=input_ids, attention_mask=attention_mask, **extra).logits
+
+
+def _plain_model(model_dir: Path, meta: dict):
+    """The trained model as one torch module: PEFT adapters merged into the base weights."""
+    from tunelab.methods import METHODS
+    from tunelab.methods.store import load_model
+
+    method = meta.get("method", {"name": "full"})["name"]
+    model = load_model(model_dir, meta)
+    if METHODS[method].SAVES == "peft":
+        if not getattr(METHODS[method], "MERGEABLE", False):
+            raise TunelabError(f"method '{method}' cannot be exported to ONNX (its virtual tokens live in peft's "
+                               "generation wrapper); LoRA, IA3, adapters, freeze, head and full fine-tuning can")
+        model = model.merge_and_unload()
+    return model.eval().float()
+
+
+def export_onnx(run: str | Path, out: str | Path | None = None, quantize: str | None = None,
+                min_agreement: float = 0.99, limit: int | None = None, quiet: bool = False) -> dict:
+    """Write the ONNX folder and return its parity figures (also in parity.json)."""
+    from transformers import AutoTokenizer
+
+    from tunelab.export.merge import _validation_texts
+    from tunelab.models.predictor import ONNX_FILE, Predictor, find_model_dir
+    from tunelab.models.source import quiet_transformers
+
+    quiet_transformers()
+    say = (lambda m: None) if quiet else (lambda m: print(m, flush=True))
+    model_dir = find_model_dir(run)
+    if (model_dir / ONNX_FILE).is_file():
+        raise TunelabError(f"{model_dir} is already an ONNX export; export the run it came from")
+    run_dir = model_dir.parent
+    meta = json.loads((model_dir / "tunelab.json").read_text())
+    out = Path(out) if out else run_dir / "export" / ("onnx-int8" if quantize == "int8" else "onnx")
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    model = _plain_model(model_dir, meta)
+    names = ["input_ids", "attention_mask"] + (["token_type_ids"] if meta["pair"] and "token_type_ids" in tokenizer.model_input_names else [])
+    sample = tokenizer(*(["an example", "a second, longer example text"],) * (2 if len(names) == 3 else 1),
+                       padding=True, return_tensors="pt")
+    tmp = out.with_name(out.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    try:
+        started = time.perf_counter()
+        say(f"export: tracing {model_dir} to ONNX (opset {OPSET}) ...")
+        try:
+            _export(model, names, tuple(sample[n] for n in names), tmp / "model.fp32.onnx")
+        except Exception as exc:
+            method = meta.get("method", {"name": "full"})["name"]
+            raise TunelabError(f"ONNX export of this '{method}' model failed: {type(exc).__name__}: "
+                               f"{str(exc).strip().splitlines()[0] if str(exc).strip() else ''}") from exc
+        if quantize == "int8":
+            _quantize_int8(tmp / "model.fp32.onnx", tmp / ONNX_FILE)
+            (tmp / "model.fp32.onnx").unlink()
+        else:
+            (tmp / "model.fp32.onnx").rename(tmp / ONNX_FILE)
+        tokenizer.save_pretrained(tmp)
+        model.config.save_pretrained(tmp)  # labels and architecture, for readers of the folder
+        onnx_meta = {**meta, "exported_from": str(run_dir), "onnx": {"opset": OPSET, "quantize": quantize, "inputs": names}}
+        (tmp / "tunelab.json").write_text(json.dumps(onnx_meta, indent=1))
+
+        texts, pairs = _validation_texts(run_dir, limit)
+        reference = Predictor(model_dir, model=model)
+        exported = Predictor(tmp)
+        parity = _parity(reference, exported, texts, pairs)
+        parity.update(quantize=quantize, min_agreement=min_agreement if quantize else None, seconds=round(time.perf_counter() - started, 1),
+                      bytes=(tmp / ONNX_FILE).stat().st_size)
+        (tmp / "parity.json").write_text(json.dumps(parity, indent=1))
+        if quantize == "int8" and parity["label_agreement"] < min_agreement:
+            raise TunelabError(
+                f"int8 model agrees with the fp32 model on {parity['label_agreement']:.2%} of {parity['examples']} "
+                f"validation labels, under the floor of {min_agreement:.0%}; nothing written. Serve the fp32 export "
+                "(--format onnx without --quantize), or accept the loss with --min-agreement "
+                f"{max(0.0, np.floor(parity['label_agreement'] * 100) / 100):.2f}")
+        if not quantize and parity["max_abs_prob_diff"] > FP32_TOLERANCE:
+            raise TunelabError(f"the ONNX model differs from the torch model by {parity['max_abs_prob_diff']:.2e} in "
+                               f"probability (> {FP32_TOLERANCE}) on validation; nothing written (please report this)")
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    replace_folder(tmp, out)
+    parity["out"] = str(out)
+    return parity
+
+
+def _export(model, names: list[str], sample: tuple, path: Path) -> None:
+    import contextlib
+    import io
+    import warnings
+
+    from torch.export import Dim
+
+    batch, seq = Dim("batch"), Dim("sequence", max=int(getattr(model.config, "max_position_embeddings", 512)))
+    with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):  # the exporter chats on stdout
+        warnings.simplefilter("ignore")
+        program = torch.onnx.export(_Logits(model, names), sample, dynamo=True, opset_version=OPSET,
+                                    input_names=names, output_names=["logits"], verbose=False,
+                                    dynamic_shapes={n: {0: batch, 1: seq} for n in names})
+        program.save(str(path), external_data=False)
+
+
+def _quantize_int8(src: Path, dst: Path) -> None:
+    """Dynamic int8 of the weight matmuls, per output channel, except those fed by GELU.
+
+    Measured on MiniLM fine-tuned on SST-2 (872 validation texts, labels agreeing with fp32): onnxruntime's
+    defaults 97.2%; per-channel 98.3%; per-channel without the FFN down-projections, whose GELU inputs have
+    outliers that a per-tensor activation scale flattens, 99.1% (accuracy 0.880 vs fp32 0.877), keeping most
+    of the speed. Attention's activation-by-activation matmuls stay fp32 (MatMulConstBOnly).
+    """
+    import onnx
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    graph = onnx.load(str(src), load_external_data=False).graph
+    producer = {out: node for node in graph.node for out in node.output}
+    weights = {init.name for init in graph.initializer}
+
+    def after_gelu(node) -> bool:
+        source = producer.get(node.input[0])
+        return source is not None and (source.op_type in ("Gelu", "FastGelu") or "gelu" in source.name.lower())
+
+    skip = [n.name for n in graph.node if n.op_type == "MatMul" and n.input[1] in weights and after_gelu(n)]
+    root = logging.getLogger()
+    level = root.level
+    root.setLevel(logging.ERROR)  # onnxruntime advises pre-processing through the root logger on every call
+    try:
+        quantize_dynamic(str(src), str(dst), weight_type=QuantType.QInt8, per_channel=True, op_types_to_quantize=["MatMul"],
+                         nodes_to_exclude=skip, extra_options={"MatMulConstBOnly": True})
+    finally:
+        root.setLevel(level)
+
+
+def _parity(reference, exported, texts: list[str], pairs: list[str] | None) -> dict:
+    if not texts:
+        return {"examples": 0, "label_agreement": 1.0, "max_abs_prob_diff": 0.0}
+    a, b = reference.probabilities(texts, pairs), exported.probabilities(texts, pairs)
+    if reference.task.multi_label:
+        agree = float(((a >= reference.threshold) == (b >= reference.threshold)).all(axis=1).mean())
+    else:
+        agree = float((a.argmax(1) == b.argmax(1)).mean())
+    return {"examples": len(texts), "label_agreement": agree, "max_abs_prob_diff": float(np.abs(a - b).max())}

@@ -1,0 +1,103 @@
+"""Dynamic batching: texts of concurrent requests go through the model together.
+
+Requests put their texts on one bounded queue per model; a worker takes up to max_batch_size of them,
+waiting at most max_wait_ms after the first for others to arrive, runs the model in a thread (the event
+loop keeps serving), and hands each request its own rows, in order. A full queue refuses new work (503)
+instead of growing; a model error fails only the requests of that batch.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+
+import numpy as np
+
+
+class QueueFull(Exception):
+    pass
+
+
+@dataclass
+class _Item:
+    text: str
+    pair: str | None
+    future: asyncio.Future
+
+
+class Batcher:
+    def __init__(self, model, max_batch_size: int, max_wait_ms: float, max_queue: int, metrics=None):
+        self.model, self.max_batch_size, self.max_wait = model, max_batch_size, max_wait_ms / 1000
+        self.max_queue, self.metrics = max_queue, metrics
+        self.queue: asyncio.Queue[_Item] = asyncio.Queue()
+        self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"model-{model.name}")
+        self.task: asyncio.Task | None = None
+
+    def start(self) -> None:
+        self.task = asyncio.get_running_loop().create_task(self._run())
+
+    async def stop(self) -> None:
+        if self.task:
+            self.task.cancel()
+            try:
+                await self.task
+            except asyncio.CancelledError:
+                pass
+        self.executor.shutdown(wait=True)
+
+    async def submit(self, texts: list[str], pairs: list[str] | None) -> np.ndarray:
+        """Probabilities for these texts (one row each, in order), computed with whatever else is queued."""
+        if self.queue.qsize() + len(texts) > self.max_queue:
+            raise QueueFull()
+        loop = asyncio.get_running_loop()
+        items = [_Item(t, pairs[i] if pairs else None, loop.create_future()) for i, t in enumerate(texts)]
+        for item in items:
+            self.queue.put_nowait(item)
+        self._gauge()
+        rows = await asyncio.gather(*(item.future for item in items))
+        return np.stack(rows) if rows else np.zeros((0, 0), dtype=np.float32)
+
+    def _gauge(self) -> None:
+        if self.metrics:
+            self.metrics.queue_depth.labels(self.model.name).set(self.queue.qsize())
+
+    async def _run(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            batch = [await self.queue.get()]
+            deadline = loop.time() + self.max_wait
+            while len(batch) < self.max_batch_size:
+                try:
+                    batch.append(self.queue.get_nowait())
+                    continue
+                except asyncio.QueueEmpty:
+                    pass
+                left = deadline - loop.time()
+                if left <= 0:
+                    break
+                try:
+                    batch.append(await asyncio.wait_for(self.queue.get(), left))
+                except asyncio.TimeoutError:
+                    break
+            self._gauge()
+            batch = [item for item in batch if not item.future.done()]  # a client that went away
+            if not batch:
+                continue
+            texts = [item.text for item in batch]
+            pairs = [item.pair for item in batch] if batch[0].pair is not None else None
+            started = time.perf_counter()
+            try:
+                probs = await loop.run_in_executor(self.executor, self.model.probabilities, texts, pairs)
+            except Exception as exc:  # this batch fails; the server and the next batches go on
+                for item in batch:
+                    if not item.future.done():
+                        item.future.set_exception(exc)
+                continue
+            if self.metrics:
+                self.metrics.batch_size.labels(self.model.name).observe(len(batch))
+                self.metrics.inference_seconds.labels(self.model.name).observe(time.perf_counter() - started)
+            for item, row in zip(batch, probs):
+                if not item.future.done():
+                    item.future.set_result(row)

@@ -1,0 +1,28 @@
+"""The serve settings from a YAML file and command-line options, with the config's clear errors."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import ValidationError
+
+from tunelab.config import ServeConfig, read_yaml
+from tunelab.errors import ConfigError
+
+
+def serve_settings(path: Path | None, options: dict) -> ServeConfig:
+    raw: dict = {}
+    if path is not None:
+        try:
+            raw = read_yaml(Path(path).read_text(encoding="utf-8")) or {}
+        except OSError as exc:
+            raise ConfigError(f"--config {path}: {exc.strerror}") from None
+        if not isinstance(raw, dict):
+            raise ConfigError(f"--config {path}: expected a mapping of serve settings")
+        raw = raw.get("serve", raw) if "serve" in raw else raw
+    raw.update({k: v for k, v in options.items() if v is not None})
+    try:
+        return ServeConfig.model_validate(raw)
+    except ValidationError as exc:
+        lines = [f"  serve.{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors()]
+        raise ConfigError("invalid serve settings:\n" + "\n".join(lines)) from None

@@ -1,0 +1,360 @@
+"""`tunelab tune`: a worker that takes trials from the study until none is left, each a normal training run.
+
+    runs/<name>/trial-<n>/   one training run per trial (evaluate or serve any of them)
+    runs/<name>/tune/        study.journal, trials.csv, best.yaml, report.html (+ PNGs)
+
+Start the same command again (after Ctrl-C or a kill) and it continues the study: finished trials stay
+finished, an interrupted one continues from its checkpoint. Start it on several machines with one database
+URL as tune.storage and they share the study.
+"""
+
+from __future__ import annotations
+
+import copy
+import ctypes
+import gc
+import math
+import sys
+import time
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import yaml
+
+from tunelab.config import Config, dump_config, load_config, set_key
+from tunelab.errors import ConfigError, Interrupted, TunelabError
+from tunelab.tune import space as search_space
+
+
+@dataclass
+class TuneResult:
+    study_dir: Path
+    best_trial: int | None
+    best_value: float | None
+    best_config: Path | None
+    states: dict  # state name -> count
+    steps: int  # training steps over all trials (the compute spent)
+    seconds: float  # training time over all trials
+
+
+def metric_of(config: Config) -> str:
+    return config.tune.metric or config.train.metric or ("micro_f1" if config.data.multi_label else "accuracy")
+
+
+def direction_of(config: Config) -> str:
+    if config.tune.direction != "auto":
+        return config.tune.direction
+    return "minimize" if metric_of(config) in ("loss", "ece") else "maximize"
+
+
+def startup_trials(config: Config, n_trials: int) -> int:
+    given = config.tune.startup_trials
+    return given if given is not None else min(10, max(2, n_trials // 4))
+
+
+def check_space(config: Config) -> list[search_space.Param]:
+    """Parse the space and check every key is a config key taking values of that kind (errors say which)."""
+    params = search_space.parse_space(config.tune.space)
+    if not params:
+        raise ConfigError("tune.space is empty: name the keys to search, e.g.\n  tune:\n    space:\n"
+                          "      train.learning_rate: {log_uniform: [1e-5, 1e-3]}")
+    base = _trial_raw(config)
+    methods = next((set(p.choices) for p in params if p.key == "method.name"), {config.method.name})
+    for p in params:
+        if p.method and p.method not in methods:
+            raise ConfigError(f"tune.space: {p.key} acts only in '{p.method}' trials, and no trial uses '{p.method}' "
+                              f"(method.name: {', '.join(sorted(methods))}); add it to method.name's choices or drop the key")
+        if p.key.split(".")[0] in ("tune", "name", "runs_dir"):
+            raise ConfigError(f"tune.space: {p.key} cannot be searched")
+        raw = copy.deepcopy(base)
+        if p.method:
+            set_key(raw, "method.name", p.method)
+        set_key(raw, p.key, search_space.example_value(p))
+        try:
+            load_config(raw)
+        except ConfigError as exc:
+            detail = str(exc).split("\n", 1)[-1].strip()
+            raise ConfigError(f"tune.space: key {p.key!r} does not fit the config: {detail}") from None
+    return params
+
+
+def _trial_raw(config: Config) -> dict:
+    raw = yaml.safe_load(dump_config(config))
+    raw.pop("tune")
+    return raw
+
+
+def _sampler(config: Config, params, trial_number: int, n_trials: int):
+    import optuna
+
+    seed = config.tune.seed * 100_003 + trial_number  # per trial, not per worker: workers never draw alike
+    if config.tune.sampler == "tpe":
+        conditional = any(p.method for p in params)  # group: model method-specific keys apart
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            return optuna.samplers.TPESampler(seed=seed, n_startup_trials=startup_trials(config, n_trials),
+                                              multivariate=True, group=conditional, constant_liar=True)
+    return optuna.samplers.RandomSampler(seed=seed)  # grid trials come with every value fixed
+
+
+def _pruner(config: Config, n_trials: int):
+    import optuna
+
+    if config.tune.pruner == "median":
+        return optuna.pruners.MedianPruner(n_startup_trials=startup_trials(config, n_trials))
+    if config.tune.pruner == "hyperband":
+        return optuna.pruners.HyperbandPruner(min_resource=config.train.eval_every or 1)
+    return optuna.pruners.NopPruner()
+
+
+def _slots(config: Config, params) -> list[dict]:
+    if config.tune.sampler != "grid":
+        return [{} for _ in range(config.tune.n_trials or 20)]
+    try:
+        points = search_space.grid(params, config.method.name)
+    except ValueError as exc:
+        raise ConfigError(f"tune.space: {exc}") from None
+    return points[: config.tune.n_trials] if config.tune.n_trials else points
+
+
+def tune(config: Config, quiet: bool = False) -> TuneResult:
+    """Run trials of the study `config.name` until its queue is empty (or tune.timeout_minutes has passed)."""
+    import optuna
+    from tqdm.auto import tqdm
+
+    from tunelab.tune.report import write_outputs, write_report
+    from tunelab.tune.study import Heartbeat, open_storage, open_study, requeue_stale, settings_of
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    say = (lambda m: None) if quiet else (lambda m: print(m, file=sys.stderr, flush=True))
+    params = check_space(config)
+    if config.tune.pruner != "none" and config.train.eval_every is None:
+        say("tune: note: train.eval_every is not set, so a trial reports once per epoch and the pruner has "
+            "little to act on")
+    study_dir, tune_dir = config.run_dir, config.run_dir / "tune"
+    tune_dir.mkdir(parents=True, exist_ok=True)
+    slots = _slots(config, params)
+    if config.tune.sampler == "grid" and config.tune.n_trials and len(slots) == config.tune.n_trials:
+        size = len(search_space.grid(params, config.method.name))
+        if size > len(slots):
+            say(f"tune: the grid has {size} configurations; tune.n_trials = {len(slots)} runs the first {len(slots)} "
+                "(set tune.n_trials: null for all)")
+    storage = open_storage(config.tune.storage, tune_dir)
+    study = open_study(config.name, storage, direction_of(config), settings_of(config), slots)
+    n_total = len(study.get_trials(deepcopy=False))
+    study.pruner = _pruner(config, n_total)
+    finished = sum(t.state.is_finished() for t in study.get_trials(deepcopy=False))
+    say(f"tune: study '{config.name}' ({config.tune.sampler} sampler, {config.tune.pruner} pruner, "
+        f"{direction_of(config)} validation {metric_of(config)}): {finished} of {n_total} trials done")
+    deadline = time.time() + 60 * config.tune.timeout_minutes if config.tune.timeout_minutes else math.inf
+    heartbeat = Heartbeat(storage)
+    bar = tqdm(total=n_total, initial=finished, unit="trial", desc="tune", disable=quiet, dynamic_ncols=True)
+    try:
+        while time.time() < deadline:
+            back = requeue_stale(study, storage)  # trials of workers that died, here or elsewhere
+            if back and not quiet:
+                bar.write(f"tune: trial(s) {', '.join(map(str, back))} lost their worker; they continue from "
+                          "their checkpoints", file=sys.stderr)
+            trial = _next_trial(study, storage, config, params, n_total)
+            if trial is None:
+                break
+            heartbeat.trial_id = trial._trial_id
+            trial.set_user_attr("rss_mb_at_start", _rss_mb())
+            line = run_trial(study, storage, trial, config, params)
+            heartbeat.trial_id = None
+            _release_memory()
+            write_outputs(study, config, tune_dir)
+            bar.update(1)
+            if not quiet:
+                bar.write(line, file=sys.stderr)
+    finally:
+        heartbeat.stop()
+        bar.close()
+    write_outputs(study, config, tune_dir)
+    write_report(study, config, tune_dir)
+    return summarise(study, config)
+
+
+def _next_trial(study, storage, config, params, n_total):
+    import optuna
+
+    from tunelab.tune.study import take_trial
+
+    taken = take_trial(study, storage)
+    if taken is None:
+        return None
+    study.sampler = _sampler(config, params, taken.number, n_total)  # seeded by the trial's number
+    return optuna.trial.Trial(study, taken._trial_id)
+
+
+def run_trial(study, storage, trial, config: Config, params) -> str:
+    """Train one trial; tell the study how it ended; return a one-line summary."""
+    import optuna
+    from optuna.trial import TrialState
+
+    from tunelab.training import train
+
+    started = time.perf_counter()
+    values = search_space.suggest(trial, params, config.method.name)
+    shown = ", ".join(f"{k.split('.')[-1] if k != 'method.name' else 'method'}={_short(v)}" for k, v in values.items())
+    metric = metric_of(config)
+    same = _same_config_done(study, trial, values)
+    if same is not None:  # a config already measured (random draws repeat on small choice sets)
+        trial.set_user_attr("same_as", same.number)
+        trial.set_user_attr("steps", 0)
+        study.tell(trial, same.value)
+        return f"trial {trial.number}: {shown}: same config as trial {same.number}: {metric} {same.value:.4f}"
+    progress = {"step": 0}
+
+    def report(step: int, value: float) -> None:
+        progress["step"] = step
+        trial.report(value, step)
+        if trial.should_prune():
+            raise optuna.TrialPruned()
+
+    def finish(state, value=None, reason=None, **attrs) -> None:
+        for key, val in {"steps": progress["step"], "seconds": round(time.perf_counter() - started, 1),
+                         "run_dir": str(run_dir), **attrs}.items():
+            trial.set_user_attr(key, val)
+        if reason:
+            trial.set_user_attr("reason", reason)
+        study.tell(trial, value, state=state)
+
+    run_dir = config.run_dir / f"trial-{trial.number}"
+    try:
+        raw = _trial_raw(config)
+        raw.update(name=f"trial-{trial.number}", runs_dir=str(config.run_dir))
+        set_key(raw, "train.metric", metric)
+        for key, value in values.items():
+            set_key(raw, key, value)
+        trial_config = load_config(raw)
+        resume = any((run_dir / "checkpoints").glob("step-*"))
+        result = train(trial_config, resume=resume, overwrite=not resume, quiet=True, on_evaluation=report)
+        progress["step"] = result.steps
+        value = result.validation.get(metric)
+        if value is None:
+            finish(TrialState.FAIL, reason=f"no validation {metric}: the validation split is empty")
+            return f"trial {trial.number}: {shown}: failed: no validation split"
+        finish(TrialState.COMPLETE, value, best_step=result.best_step)
+        return f"trial {trial.number}: {shown}: {metric} {value:.4f} ({progress['step']} steps)"
+    except optuna.TrialPruned:
+        finish(TrialState.PRUNED)
+        return f"trial {trial.number}: {shown}: pruned at step {progress['step']}"
+    except Interrupted:  # the checkpoint is saved: back to the queue, to continue on the next start
+        storage.set_trial_state_values(trial._trial_id, TrialState.WAITING)
+        raise Interrupted(f"tune: interrupted in trial {trial.number} (checkpoint saved); run the same command "
+                          "again to continue the study") from None
+    except KeyboardInterrupt:
+        storage.set_trial_state_values(trial._trial_id, TrialState.WAITING)
+        raise
+    except Exception as exc:  # a bad combination, divergence, a bug: recorded, and the search goes on
+        reason = " ".join((str(exc) if isinstance(exc, TunelabError) else f"{type(exc).__name__}: {exc}").split())
+        finish(TrialState.FAIL, reason=reason[:500])
+        return f"trial {trial.number}: {shown}: failed: {reason[:300]}"
+
+
+def _same_config_done(study, trial, values: dict):
+    from optuna.trial import TrialState
+
+    for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
+        if t.number != trial.number and t.params == values:
+            return t
+    return None
+
+
+def _short(value) -> str:
+    return f"{value:.3g}" if isinstance(value, float) else str(value)
+
+
+def _rss_mb() -> float:
+    """This process's resident memory now (Linux; 0 elsewhere)."""
+    try:
+        pages = int(Path("/proc/self/statm").read_text().split()[1])
+    except (OSError, IndexError, ValueError):
+        return 0.0
+    import os
+
+    return round(pages * os.sysconf("SC_PAGE_SIZE") / 2**20, 1)
+
+
+def _release_memory() -> None:
+    """Give the finished trial's memory back to the OS before the next one (glibc keeps freed arenas)."""
+    gc.collect()
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
+
+
+def summarise(study, config: Config) -> TuneResult:
+    from tunelab.tune.report import best_trial
+
+    trials = study.get_trials(deepcopy=False)
+    states: dict = {}
+    for t in trials:
+        states[t.state.name.lower()] = states.get(t.state.name.lower(), 0) + 1
+    best = best_trial(study, direction_of(config))
+    best_yaml = config.run_dir / "tune" / "best.yaml"
+    return TuneResult(config.run_dir, best.number if best else None, best.value if best else None,
+                      best_yaml if best_yaml.exists() else None, states,
+                      sum(int(t.user_attrs.get("steps", 0)) for t in trials),
+                      sum(float(t.user_attrs.get("seconds", 0)) for t in trials))
+
+
+def retrain_best(config: Config, quiet: bool = False) -> dict:
+    """Train the best trial's config on train + validation, for as many passes over the data as the best
+    trial's kept model had seen, and evaluate it on the test split: the honest final figure of a search."""
+    from tunelab.data.pipeline import load_prepared
+    from tunelab.evaluation import evaluate
+    from tunelab.training import train
+    from tunelab.tune.study import open_storage
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    try:
+        study = optuna.load_study(study_name=config.name, storage=open_storage(config.tune.storage, config.run_dir / "tune"))
+    except KeyError:
+        raise TunelabError(f"no study '{config.name}' yet; run tunelab tune first") from None
+    best = summarise(study, config).best_trial
+    if best is None:
+        raise TunelabError(f"the study '{config.name}' has no finished trial yet")
+    trial = study.trials[best]
+    trial_dir = Path(trial.user_attrs["run_dir"])
+    prepared = load_prepared(trial_dir / "data")
+    if prepared is None:
+        raise TunelabError(f"{trial_dir / 'data'}: the best trial's prepared data is missing")
+    out_dir = config.run_dir / "best"
+    out_dir.mkdir(parents=True, exist_ok=True)
+    combined, n_train, n_all = _concat_splits(prepared, out_dir)
+    raw = yaml.safe_load((trial_dir / "config.yaml").read_text())
+    raw.update(name="best", runs_dir=str(config.run_dir))
+    data = raw["data"]
+    data.update(train=str(combined), validation=None, test=str(prepared.files["test"]), validation_fraction=0.0,
+                labels=prepared.labels, format="auto", text_column="text", label_column="label",
+                text_pair_column="text_pair" if data.get("text_pair_column") else None, id_column=None)
+    raw["train"].update(max_steps=max(1, round(trial.user_attrs["best_step"] * n_all / n_train)),
+                        early_stopping_patience=None)
+    retrain_config = load_config(raw)
+    result = train(retrain_config, overwrite=True, quiet=quiet)
+    test = evaluate(retrain_config.run_dir, "test", quiet=quiet).metrics
+    return {"trial": best, "run_dir": str(result.run_dir), "steps": result.steps, "train_rows": n_all,
+            **{f"test_{k}": v for k, v in test.items() if isinstance(v, (int, float))}}
+
+
+def _concat_splits(prepared, out_dir: Path) -> tuple[Path, int, int]:
+    """train + validation of a prepared data folder, as one file of the same format."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    train_file, val_file = prepared.files["train"], prepared.files["validation"]
+    if train_file.suffix == ".parquet":
+        tables = [pq.read_table(f) for f in (train_file, val_file)]
+        columns = [c for c in ("text", "text_pair", "label") if c in tables[0].column_names]
+        out = out_dir / "train+validation.parquet"
+        pq.write_table(pa.concat_tables([t.select(columns) for t in tables]), out)
+        return out, tables[0].num_rows, tables[0].num_rows + tables[1].num_rows
+    lines = [f.read_text(encoding="utf-8").splitlines() for f in (train_file, val_file)]
+    out = out_dir / "train+validation.jsonl"
+    out.write_text("".join(ln + "\n" for part in lines for ln in part if ln.strip()), encoding="utf-8")
+    return out, len(lines[0]), len(lines[0]) + len(lines[1])
