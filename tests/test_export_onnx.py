@@ -56,8 +56,10 @@ def test_int8_export_reports_agreement_and_refuses_below_the_floor(runs, monkeyp
     parity = export_onnx(runs["full"], quantize="int8", quiet=True)
     out = runs["full"] / "export" / "onnx-int8"
     assert parity["quantize"] == "int8" and parity["label_agreement"] >= 0.99
-    assert (out / "model.onnx").stat().st_size < 0.6 * (runs["full"] / "export" / "onnx" / "model.onnx").stat().st_size \
-        if (runs["full"] / "export" / "onnx").exists() else True
+    import onnx
+
+    ops = {n.op_type for n in onnx.load(str(out / "model.onnx")).graph.node}
+    assert {"DynamicQuantizeLinear", "MatMulInteger"} <= ops or "DynamicQuantizeMatMul" in ops, ops  # int8 matmuls
     before = (out / "model.onnx").stat().st_mtime_ns
     import tunelab.export.onnx as onnx_export
 

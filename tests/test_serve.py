@@ -167,6 +167,10 @@ def test_limits_auth_and_errors_return_the_documented_codes(predictor, monkeypat
         assert r.status_code == 422 and "texts[1] is" in r.json()["error"]["message"] and "tokens" in r.json()["error"]["message"]
         r = httpx.post(f"{s.url}/v1/predict", content=json.dumps({"texts": ["y" * 40] * 60}), headers={**good, "Content-Type": "application/json"})
         assert r.status_code == 413 and r.json()["error"]["code"] == "body_too_large"
+        chunks = (b'{"texts": ["' + b"y" * 500 + b'"' for _ in range(6))  # no Content-Length: counted as it streams
+        r = httpx.post(f"{s.url}/v1/predict", content=chunks, headers={**good, "Content-Type": "application/json"})
+        assert r.status_code == 413 and r.json()["error"]["code"] == "body_too_large"
+        assert httpx.get(f"{s.url}/no/such/route").json()["error"]["code"] == "not_found"
         r = httpx.post(f"{s.url}/v1/predict", content=b"{not json", headers={**good, "Content-Type": "application/json"})
         assert r.status_code == 422 and r.json()["error"]["code"] == "invalid_request"
         assert post({"texts": "not a list"}).status_code == 422
@@ -272,3 +276,18 @@ def test_load_generator_refuses_other_machines_and_measures_a_local_server(predi
         r = bench(s.url, TEXTS, concurrency=4, requests=40, seconds=30, warmup=4)
     assert r["requests"] == 40 and r["errors"] == 0 and r["throughput"] > 0
     assert 0 < r["p50_ms"] <= r["p95_ms"] <= r["p99_ms"]
+
+
+def test_serve_cli_mistakes_are_one_clear_line(run_dir, tmp_path):
+    bad_yaml = tmp_path / "serve.yaml"
+    bad_yaml.write_text("serve: {port: [\n")
+    texts = tmp_path / "texts.txt"
+    texts.write_text("one\ntwo\n")
+    cases = [(["serve", str(tmp_path / "nowhere")], "no trained model here"),
+             (["serve", str(run_dir), "--config", str(bad_yaml)], "is not valid YAML"),
+             (["serve", str(run_dir), "--port", "70000"], "serve.port"),
+             (["serve", "--adapter", f"a={run_dir}"], "--adapter needs --base"),
+             (["bench-serve", "http://127.0.0.1:1", "-i", str(texts), "--concurrency", "8,x"], "--concurrency")]
+    for args, message in cases:
+        done = subprocess.run([sys.executable, "-m", "tunelab", *args], capture_output=True, text=True, timeout=120)
+        assert done.returncode == 2 and message in done.stderr and "Traceback" not in done.stderr, (args, done.stderr[-800:])

@@ -44,6 +44,8 @@ def test_space_errors_name_the_key_and_what_is_allowed():
         load_config({"name": "x", "data": {"train": "t.csv"}, "tune": {"space": {"train.learning_rate": {"uniform": [1, 0]}}}})
     with pytest.raises(ConfigError, match="log_uniform needs a positive low bound"):
         load_config({"name": "x", "data": {"train": "t.csv"}, "tune": {"space": {"train.learning_rate": {"log_uniform": [0, 1]}}}})
+    with pytest.raises(ConfigError, match="int needs a whole-number step, got 0.5"):
+        load_config({"name": "x", "data": {"train": "t.csv"}, "tune": {"space": {"train.batch_size": {"int": [8, 32], "step": 0.5}}}})
     with pytest.raises(ConfigError, match="a range is one of uniform, log_uniform, int, log_int"):
         load_config({"name": "x", "data": {"train": "t.csv"}, "tune": {"space": {"train.epochs": {"between": [1, 3]}}}})
 
@@ -52,7 +54,7 @@ def test_an_unknown_or_mistyped_key_is_refused_before_any_trial(tiny_config):
     with pytest.raises(ConfigError, match="'train.learnin_rate' does not fit the config.*unknown key"):
         check_space(_config(tiny_config, tune_section={"space": {"train.learnin_rate": [1e-3]}}))
     with pytest.raises(ConfigError, match="'method.lora.rank' does not fit"):
-        check_space(_config(tiny_config, tune_section={"space": {"method.lora.rank": [4, 8]}}))
+        check_space(_config(tiny_config, tune_section={"space": {"method.name": ["lora"], "method.lora.rank": [4, 8]}}))
     with pytest.raises(ConfigError, match="'train.batch_size' does not fit"):
         check_space(_config(tiny_config, tune_section={"space": {"train.batch_size": ["big"]}}))
     with pytest.raises(ConfigError, match="tune.space is empty"):

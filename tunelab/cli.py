@@ -161,6 +161,9 @@ def serve(models: Optional[List[str]] = typer.Argument(None, help="Run or export
           max_batch_size: Optional[int] = typer.Option(None, "--max-batch-size", help="Most texts per model call."),
           max_wait_ms: Optional[float] = typer.Option(None, "--max-wait-ms", help="How long a batch waits for more texts.")) -> None:
     """Serve models over HTTP: POST /v1/predict, GET /v1/models, /healthz, /readyz, /metrics, docs at /docs."""
+    import os
+
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch loads: idle OpenMP threads sleep, not spin
     import uvicorn
 
     from tunelab.serve.settings import serve_settings
@@ -174,11 +177,10 @@ def serve(models: Optional[List[str]] = typer.Argument(None, help="Run or export
         raise TunelabError("--adapter needs --base (the model the adapters were trained on)")
     if not named and not adapters:
         raise TunelabError("nothing to serve: give a run or export folder, e.g. tunelab serve runs/sentiment-demo")
-    for name, path in {**named, **adapters}.items():
-        from tunelab.models.predictor import find_model_dir
+    from tunelab.serve.models import load_models
 
-        find_model_dir(path)  # a wrong path fails here, in one line, before the server starts
-    app_ = create_app(named, settings, base, adapters)
+    loaded = load_models(named, settings.precision, base, adapters, settings.threads)  # mistakes: one line, no server
+    app_ = create_app(settings=settings, loaded=loaded)
     typer.echo(f"serving {', '.join([*named, *adapters])} on http://{settings.host}:{settings.port} (API docs at /docs)", err=True)
     uvicorn.run(app_, host=settings.host, port=settings.port, log_level="warning",
                 timeout_graceful_shutdown=settings.shutdown_timeout_s)
@@ -198,7 +200,12 @@ def bench_serve(url: str = typer.Argument("http://127.0.0.1:8000", help="The ser
     from tunelab.serve.loadgen import bench
 
     texts = _read_texts(input, text_column)
-    levels = [int(c) for c in concurrency.split(",") if c.strip()]
+    try:
+        levels = [int(c) for c in concurrency.split(",") if c.strip()]
+    except ValueError:
+        levels = []
+    if not levels or min(levels) < 1:
+        raise TunelabError(f"--concurrency: '{concurrency}' is not a list of client counts, e.g. 1,8,32")
     typer.echo("concurrency  requests  errors  throughput/s  p50 ms  p95 ms  p99 ms")
     for c in levels:
         r = bench(url, texts, c, requests, seconds, model, os.environ.get("TUNELAB_API_KEY"))

@@ -132,12 +132,18 @@ def _export(model, names: list[str], sample: tuple, path: Path) -> None:
     from torch.export import Dim
 
     batch, seq = Dim("batch"), Dim("sequence", max=int(getattr(model.config, "max_position_embeddings", 512)))
-    with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):  # the exporter chats on stdout
-        warnings.simplefilter("ignore")
-        program = torch.onnx.export(_Logits(model, names), sample, dynamo=True, opset_version=OPSET,
-                                    input_names=names, output_names=["logits"], verbose=False,
-                                    dynamic_shapes={n: {0: batch, 1: seq} for n in names})
-        program.save(str(path), external_data=False)
+    exporter_log = logging.getLogger("torch.onnx")
+    level = exporter_log.level
+    exporter_log.setLevel(logging.ERROR)  # "torchvision is not installed. Skipping torchvision::nms" and the like
+    try:
+        with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):  # the exporter chats on stdout
+            warnings.simplefilter("ignore")
+            program = torch.onnx.export(_Logits(model, names), sample, dynamo=True, opset_version=OPSET,
+                                        input_names=names, output_names=["logits"], verbose=False,
+                                        dynamic_shapes={n: {0: batch, 1: seq} for n in names})
+            program.save(str(path), external_data=False)
+    finally:
+        exporter_log.setLevel(level)
 
 
 def _quantize_int8(src: Path, dst: Path) -> None:

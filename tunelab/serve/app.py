@@ -19,6 +19,7 @@ from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse
 from pydantic import BaseModel, Field
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from tunelab.config import ServeConfig
 from tunelab.errors import TunelabError
@@ -76,19 +77,29 @@ class _BodyLimit:
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
         length = dict(scope.get("headers") or []).get(b"content-length")
-        too_big = _error(413, "body_too_large", f"the request body is over {self.max_bytes} bytes")
+        message = f"the request body is over {self.max_bytes} bytes"
         if length is not None and length.isdigit() and int(length) > self.max_bytes:
-            return await too_big(scope, receive, send)
-        seen = 0
+            return await _error(413, "body_too_large", message)(scope, receive, send)
+        if length is not None:  # the server (h11/httptools) holds the client to its Content-Length
+            return await self.app(scope, receive, send)
+        body, more = b"", True  # streamed without a length: read it here, at most max_bytes, then hand it on
+        while more:
+            chunk = await receive()
+            if chunk["type"] != "http.request":
+                return
+            body += chunk.get("body", b"")
+            more = chunk.get("more_body", False)
+            if len(body) > self.max_bytes:
+                return await _error(413, "body_too_large", message)(scope, receive, send)
+        replayed = False
 
-        async def counted():
-            nonlocal seen
-            message = await receive()
-            seen += len(message.get("body", b""))
-            if seen > self.max_bytes:
-                raise ApiError(413, "body_too_large", f"the request body is over {self.max_bytes} bytes")
-            return message
-        return await self.app(scope, counted, send)
+        async def replay():
+            nonlocal replayed
+            if not replayed:
+                replayed = True
+                return {"type": "http.request", "body": body, "more_body": False}
+            return await receive()
+        return await self.app(scope, replay, send)
 
 
 def create_app(models: dict[str, str | Path] | None = None, settings: ServeConfig | None = None,
@@ -108,13 +119,18 @@ def create_app(models: dict[str, str | Path] | None = None, settings: ServeConfi
     async def lifespan(app: FastAPI):
         import asyncio
 
-        served = loaded if loaded is not None else await asyncio.to_thread(
-            load_models, models or {}, settings.precision, base, adapters, settings.threads)
-        for name, model in served.items():
-            await asyncio.to_thread(model.probabilities, ["warm up"], ["warm up"] if model.pair else None)
-            batcher = Batcher(model, settings.max_batch_size, settings.max_wait_ms, settings.max_queue, metrics)
-            batcher.start()
-            state["batchers"][name] = batcher
+        try:
+            served = loaded if loaded is not None else await asyncio.to_thread(
+                load_models, models or {}, settings.precision, base, adapters, settings.threads)
+            for name, model in served.items():
+                await asyncio.to_thread(model.probabilities, ["warm up"], ["warm up"] if model.pair else None)
+                batcher = Batcher(model, settings.max_batch_size, settings.max_wait_ms, settings.max_queue, metrics)
+                batcher.start()
+                state["batchers"][name] = batcher
+        except BaseException:
+            for batcher in state["batchers"].values():
+                await batcher.stop()
+            raise
         state["models"], state["ready"] = served, True
         yield
         state["ready"] = False
@@ -128,6 +144,11 @@ def create_app(models: dict[str, str | Path] | None = None, settings: ServeConfi
     async def _api_error(request: Request, exc: ApiError):
         return _error(exc.status, exc.code, exc.message, exc.headers)
 
+    @app.exception_handler(StarletteHTTPException)
+    async def _http_error(request: Request, exc: StarletteHTTPException):
+        codes = {404: "not_found", 405: "method_not_allowed", 413: "body_too_large"}
+        return _error(exc.status_code, codes.get(exc.status_code, "http_error"), str(exc.detail), getattr(exc, "headers", None))
+
     @app.exception_handler(RequestValidationError)
     async def _invalid(request: Request, exc: RequestValidationError):
         first = exc.errors()[0] if exc.errors() else {}
@@ -137,10 +158,7 @@ def create_app(models: dict[str, str | Path] | None = None, settings: ServeConfi
     @app.middleware("http")
     async def _observe(request: Request, call_next):
         started = time.perf_counter()
-        try:
-            response = await call_next(request)
-        except ApiError as exc:  # raised while the body streamed in (the size limit)
-            response = _error(exc.status, exc.code, exc.message, exc.headers)
+        response = await call_next(request)
         route = request.scope.get("route")
         path = getattr(route, "path", "unmatched")
         metrics.requests.labels(path, str(response.status_code)).inc()

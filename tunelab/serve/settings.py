@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import yaml
 from pydantic import ValidationError
 
 from tunelab.config import ServeConfig, read_yaml
@@ -17,9 +18,12 @@ def serve_settings(path: Path | None, options: dict) -> ServeConfig:
             raw = read_yaml(Path(path).read_text(encoding="utf-8")) or {}
         except OSError as exc:
             raise ConfigError(f"--config {path}: {exc.strerror}") from None
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"--config {path} is not valid YAML: {getattr(exc, 'problem', exc)}") from None
+        if isinstance(raw, dict) and "serve" in raw:
+            raw = raw["serve"] or {}
         if not isinstance(raw, dict):
-            raise ConfigError(f"--config {path}: expected a mapping of serve settings")
-        raw = raw.get("serve", raw) if "serve" in raw else raw
+            raise ConfigError(f"--config {path}: expected a mapping of serve settings (host, port, max_batch_size, ...)")
     raw.update({k: v for k, v in options.items() if v is not None})
     try:
         return ServeConfig.model_validate(raw)

@@ -48,11 +48,24 @@ def write_outputs(study, config, tune_dir: Path) -> None:
     write_text_atomic(tune_dir / "trials.csv", buf.getvalue())
     best = best_trial(study, direction_of(config))
     if best is not None:
-        raw = yaml.safe_load((Path(best.user_attrs["run_dir"]) / "config.yaml").read_text())
+        raw = best_config(config, best.params)
         raw.update(name=f"{config.name}-best", runs_dir=str(config.runs_dir))
         note = (f"# The best trial ({best.number}) of the search '{config.name}': validation "
                 f"{raw['train']['metric']} {best.value:.4f}.\n# Train it again with: tunelab train {tune_dir / 'best.yaml'}\n")
         write_text_atomic(tune_dir / "best.yaml", note + yaml.safe_dump(raw, sort_keys=False, allow_unicode=True))
+
+
+def best_config(config, params: dict) -> dict:
+    """A trial's whole config, from the search's config and the trial's values (no file of the trial is read:
+    with a shared database the trial may have run on another machine)."""
+    from tunelab.config import set_key
+    from tunelab.tune.run import _trial_raw, metric_of
+
+    raw = _trial_raw(config)
+    set_key(raw, "train.metric", metric_of(config))
+    for key, value in params.items():
+        set_key(raw, key, value)
+    return raw
 
 
 def write_report(study, config, tune_dir: Path) -> Path:

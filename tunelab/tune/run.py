@@ -195,17 +195,12 @@ def run_trial(study, storage, trial, config: Config, params) -> str:
 
     from tunelab.training import train
 
+    from tunelab.tune.study import put_back
+
     started = time.perf_counter()
-    values = search_space.suggest(trial, params, config.method.name)
-    shown = ", ".join(f"{k.split('.')[-1] if k != 'method.name' else 'method'}={_short(v)}" for k, v in values.items())
     metric = metric_of(config)
-    same = _same_config_done(study, trial, values)
-    if same is not None:  # a config already measured (random draws repeat on small choice sets)
-        trial.set_user_attr("same_as", same.number)
-        trial.set_user_attr("steps", 0)
-        study.tell(trial, same.value)
-        return f"trial {trial.number}: {shown}: same config as trial {same.number}: {metric} {same.value:.4f}"
     progress = {"step": 0}
+    shown = ""
 
     def report(step: int, value: float) -> None:
         progress["step"] = step
@@ -214,15 +209,24 @@ def run_trial(study, storage, trial, config: Config, params) -> str:
             raise optuna.TrialPruned()
 
     def finish(state, value=None, reason=None, **attrs) -> None:
-        for key, val in {"steps": progress["step"], "seconds": round(time.perf_counter() - started, 1),
-                         "run_dir": str(run_dir), **attrs}.items():
-            trial.set_user_attr(key, val)
-        if reason:
-            trial.set_user_attr("reason", reason)
-        study.tell(trial, value, state=state)
+        try:
+            for key, val in {"steps": progress["step"], "seconds": round(time.perf_counter() - started, 1),
+                             "run_dir": str(run_dir), **attrs, **({"reason": reason} if reason else {})}.items():
+                trial.set_user_attr(key, val)
+        except optuna.exceptions.UpdateFinishedTrialError:
+            return  # a worker that was thought dead finished it first
+        study.tell(trial, value, state=state, skip_if_finished=True)
 
     run_dir = config.run_dir / f"trial-{trial.number}"
     try:
+        values = search_space.suggest(trial, params, config.method.name)
+        shown = ", ".join(f"{k.split('.')[-1] if k != 'method.name' else 'method'}={_short(v)}" for k, v in values.items())
+        same = _same_config_done(study, trial, values)
+        if same is not None:  # a config already measured (random draws repeat on small choice sets)
+            trial.set_user_attr("same_as", same.number)
+            trial.set_user_attr("steps", 0)
+            study.tell(trial, same.value, skip_if_finished=True)
+            return f"trial {trial.number}: {shown}: same config as trial {same.number}: {metric} {same.value:.4f}"
         raw = _trial_raw(config)
         raw.update(name=f"trial-{trial.number}", runs_dir=str(config.run_dir))
         set_key(raw, "train.metric", metric)
@@ -242,11 +246,11 @@ def run_trial(study, storage, trial, config: Config, params) -> str:
         finish(TrialState.PRUNED)
         return f"trial {trial.number}: {shown}: pruned at step {progress['step']}"
     except Interrupted:  # the checkpoint is saved: back to the queue, to continue on the next start
-        storage.set_trial_state_values(trial._trial_id, TrialState.WAITING)
+        put_back(storage, trial._trial_id)
         raise Interrupted(f"tune: interrupted in trial {trial.number} (checkpoint saved); run the same command "
                           "again to continue the study") from None
     except KeyboardInterrupt:
-        storage.set_trial_state_values(trial._trial_id, TrialState.WAITING)
+        put_back(storage, trial._trial_id)
         raise
     except Exception as exc:  # a bad combination, divergence, a bug: recorded, and the search goes on
         reason = " ".join((str(exc) if isinstance(exc, TunelabError) else f"{type(exc).__name__}: {exc}").split())
@@ -308,6 +312,7 @@ def retrain_best(config: Config, quiet: bool = False) -> dict:
     from tunelab.data.pipeline import load_prepared
     from tunelab.evaluation import evaluate
     from tunelab.training import train
+    from tunelab.tune.report import best_config
     from tunelab.tune.study import open_storage
     import optuna
 
@@ -327,7 +332,7 @@ def retrain_best(config: Config, quiet: bool = False) -> dict:
     out_dir = config.run_dir / "best"
     out_dir.mkdir(parents=True, exist_ok=True)
     combined, n_train, n_all = _concat_splits(prepared, out_dir)
-    raw = yaml.safe_load((trial_dir / "config.yaml").read_text())
+    raw = best_config(config, trial.params)
     raw.update(name="best", runs_dir=str(config.run_dir))
     data = raw["data"]
     data.update(train=str(combined), validation=None, test=str(prepared.files["test"]), validation_fraction=0.0,

@@ -65,6 +65,8 @@ def parse_param(key: str, spec: Any) -> Param:
     step = spec.get("step")
     if step is not None and (log or not isinstance(step, (int, float)) or step <= 0):
         raise ValueError("step must be a positive number, and cannot go with a log range")
+    if step is not None and kind is int and not float(step).is_integer():
+        raise ValueError(f"{kinds[0]} needs a whole-number step, got {step}")
     return Param(key, low=low, high=high, kind=kind, log=log, step=step)
 
 

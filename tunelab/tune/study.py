@@ -93,12 +93,22 @@ def requeue_stale(study, storage) -> list[int]:
     now, back = time.time(), []
     for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
         worker, beat = t.user_attrs.get("worker", ""), t.user_attrs.get("heartbeat", 0)
-        alive = _alive(worker) if worker else False
-        if alive is False or (alive is None and now - beat > STALE_SECONDS):
-            storage.set_trial_system_attr(t._trial_id, "requeued_at", now)
-            storage.set_trial_state_values(t._trial_id, TrialState.WAITING)
+        if not worker:  # just taken, its owner not written yet (or a worker that died right then)
+            started = t.datetime_start.timestamp() if t.datetime_start else 0
+            stale = now - started > STALE_SECONDS
+        else:
+            alive = _alive(worker)
+            stale = alive is False or (alive is None and now - beat > STALE_SECONDS)
+        if stale:
+            put_back(storage, t._trial_id)
             back.append(t.number)
     return back
+
+
+def put_back(storage, trial_id: int) -> None:
+    """Back to the queue; the owner is cleared first, so nobody takes the next owner for a dead one."""
+    storage.set_trial_user_attr(trial_id, "worker", "")
+    storage.set_trial_state_values(trial_id, TrialState.WAITING)
 
 
 def take_trial(study, storage) -> optuna.trial.FrozenTrial | None:
