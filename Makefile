@@ -22,10 +22,11 @@ demo: install
 test: install
 	$(BIN)/python -m pytest -q
 
-# The measured figures in BENCHMARKS.md (about an hour on 2 cores; needs ../shared/data or TUNELAB_DATA).
+# The measured figures in BENCHMARKS.md (about two hours on 2 cores; needs ../shared/data or TUNELAB_DATA).
 bench: install
 	cd benchmarks && ../$(BIN)/python prepare.py && ../$(BIN)/python classification.py \
-	  && ../$(BIN)/python methods.py && ../$(BIN)/python method_memory.py
+	  && ../$(BIN)/python methods.py && ../$(BIN)/python method_memory.py \
+	  && ../$(BIN)/python tune.py && ../$(BIN)/python serve.py
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache

@@ -38,7 +38,7 @@ def _search(name: str, sampler: str, pruner: str, budget_steps: int | None) -> d
     import shutil
 
     from tunelab.evaluation import evaluate
-    from tunelab.tune import tune
+    from tunelab.tuning import tune
 
     shutil.rmtree(WORK / "runs" / f"tune-{name}", ignore_errors=True)
     started = time.perf_counter()

@@ -15,8 +15,8 @@ import yaml
 from tunelab.config import dump_config, load_config
 from tunelab.errors import ConfigError
 from tunelab.training import train
-from tunelab.tune import space as S
-from tunelab.tune.run import check_space, retrain_best, tune
+from tunelab.tuning import space as S
+from tunelab.tuning.run import check_space, retrain_best, tune
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 

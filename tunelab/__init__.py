@@ -1,7 +1,8 @@
 """tunelab: turn a pretrained transformer into a working, monitored application.
 
 The Python API mirrors the CLI: `tunelab.prepare(load_config("cfg.yaml"))` is `tunelab prepare cfg.yaml`,
-`tunelab.train(config)` is `tunelab train`, `tunelab.evaluate(run_dir)` is `tunelab evaluate`.
+`tunelab.train(config)` is `tunelab train`, `tunelab.evaluate(run_dir)` is `tunelab evaluate`,
+`tunelab.tune(config)` is `tunelab tune`, `tunelab.create_app({...})` is the app `tunelab serve` runs.
 Heavy modules (torch, transformers) load only when a function that needs them is called.
 """
 
@@ -21,6 +22,11 @@ _LAZY = {  # public name -> module that defines it (stage folders are named so t
     "Predictor": "tunelab.models.predictor",
     "load": "tunelab.models.adapters",
     "AdapterSet": "tunelab.models.adapters",
+    "tune": "tunelab.tuning.run",
+    "retrain_best": "tunelab.tuning.run",
+    "merge_run": "tunelab.export.merge",
+    "export_onnx": "tunelab.export.onnx",
+    "create_app": "tunelab.serve.app",
 }
 
 __all__ = ["__version__", *_LAZY]

@@ -167,7 +167,7 @@ class TuneConfig(Section):
     @field_validator("space")
     @classmethod
     def _space_entries_parse(cls, value: dict) -> dict:
-        from tunelab.tune.space import parse_param
+        from tunelab.tuning.space import parse_param
 
         for key, spec in value.items():
             try:

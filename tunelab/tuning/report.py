@@ -38,7 +38,7 @@ def best_trial(study, direction: str):
 
 def write_outputs(study, config, tune_dir: Path) -> None:
     """trials.csv (every trial) and best.yaml (a config that trains the best trial again)."""
-    from tunelab.tune.run import direction_of
+    from tunelab.tuning.run import direction_of
 
     header, rows = trial_rows(study)
     buf = io.StringIO()
@@ -59,7 +59,7 @@ def best_config(config, params: dict) -> dict:
     """A trial's whole config, from the search's config and the trial's values (no file of the trial is read:
     with a shared database the trial may have run on another machine)."""
     from tunelab.config import set_key
-    from tunelab.tune.run import _trial_raw, metric_of
+    from tunelab.tuning.run import _trial_raw, metric_of
 
     raw = _trial_raw(config)
     set_key(raw, "train.metric", metric_of(config))
@@ -77,7 +77,7 @@ def write_report(study, config, tune_dir: Path) -> Path:
     from optuna.visualization import matplotlib as plots
 
     from tunelab.evaluation.report import _img, _table
-    from tunelab.tune.run import direction_of, metric_of
+    from tunelab.tuning.run import direction_of, metric_of
 
     figures, notes = [], []
     for name, title, draw in [("history", "Optimization history", plots.plot_optimization_history),

@@ -24,7 +24,7 @@ import yaml
 
 from tunelab.config import Config, dump_config, load_config, set_key
 from tunelab.errors import ConfigError, Interrupted, TunelabError
-from tunelab.tune import space as search_space
+from tunelab.tuning import space as search_space
 
 
 @dataclass
@@ -123,8 +123,8 @@ def tune(config: Config, quiet: bool = False) -> TuneResult:
     import optuna
     from tqdm.auto import tqdm
 
-    from tunelab.tune.report import write_outputs, write_report
-    from tunelab.tune.study import Heartbeat, open_storage, open_study, requeue_stale, settings_of
+    from tunelab.tuning.report import write_outputs, write_report
+    from tunelab.tuning.study import Heartbeat, open_storage, open_study, requeue_stale, settings_of
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     say = (lambda m: None) if quiet else (lambda m: print(m, file=sys.stderr, flush=True))
@@ -179,7 +179,7 @@ def tune(config: Config, quiet: bool = False) -> TuneResult:
 def _next_trial(study, storage, config, params, n_total):
     import optuna
 
-    from tunelab.tune.study import take_trial
+    from tunelab.tuning.study import take_trial
 
     taken = take_trial(study, storage)
     if taken is None:
@@ -195,7 +195,7 @@ def run_trial(study, storage, trial, config: Config, params) -> str:
 
     from tunelab.training import train
 
-    from tunelab.tune.study import put_back
+    from tunelab.tuning.study import put_back
 
     started = time.perf_counter()
     metric = metric_of(config)
@@ -292,7 +292,7 @@ def _release_memory() -> None:
 
 
 def summarise(study, config: Config) -> TuneResult:
-    from tunelab.tune.report import best_trial
+    from tunelab.tuning.report import best_trial
 
     trials = study.get_trials(deepcopy=False)
     states: dict = {}
@@ -312,8 +312,8 @@ def retrain_best(config: Config, quiet: bool = False) -> dict:
     from tunelab.data.pipeline import load_prepared
     from tunelab.evaluation import evaluate
     from tunelab.training import train
-    from tunelab.tune.report import best_config
-    from tunelab.tune.study import open_storage
+    from tunelab.tuning.report import best_config
+    from tunelab.tuning.study import open_storage
     import optuna
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
