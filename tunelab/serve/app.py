@@ -187,7 +187,7 @@ def create_app(models: dict[str, str | Path] | None = None, settings: ServeConfi
             raise ApiError(404, "unknown_model", f"no model '{name}'; loaded: {', '.join(served)}")
         return name
 
-    @app.post("/v1/predict", response_model=PredictResponse, dependencies=[Depends(authorised)],
+    @app.post("/v1/predict", response_model=PredictResponse, response_model_exclude_none=True, dependencies=[Depends(authorised)],
               responses={401: {}, 404: {}, 413: {}, 422: {}, 500: {}, 503: {}})
     async def predict(body: PredictRequest) -> PredictResponse:
         """Labels and scores for each text, in the order given."""
