@@ -365,5 +365,16 @@ def dump_config(config: Config) -> str:
     return yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False, allow_unicode=True)
 
 
+def flat_keys(tree: dict, prefix: str = "") -> dict:
+    """{"train": {"seed": 1}} -> {"train.seed": 1}: configs compared key by key (resume, search restarts)."""
+    out = {}
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            out.update(flat_keys(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
+
+
 def config_schema() -> dict:
     return Config.model_json_schema()

@@ -21,7 +21,7 @@ from typing import Callable
 import numpy as np
 import torch
 
-from tunelab.config import Config, dump_config
+from tunelab.config import Config, dump_config, flat_keys
 from tunelab.data.clean import cleaning_settings
 from tunelab.errors import Interrupted, TunelabError
 from tunelab.methods import METHODS
@@ -330,24 +330,14 @@ def _portable_base(name: str) -> str:
     return str(path.resolve()) if name != "default" and path.is_dir() else name
 
 
-def _flat(tree: dict, prefix: str = "") -> dict:
-    out = {}
-    for key, value in tree.items():
-        if isinstance(value, dict):
-            out.update(_flat(value, f"{prefix}{key}."))
-        else:
-            out[f"{prefix}{key}"] = value
-    return out
-
-
 def _check_same_config(saved_path: Path, config: Config) -> None:
     """--resume continues the run it finds: a changed config would silently train something else."""
     import yaml
 
     if not saved_path.is_file():
         return
-    saved = _flat(yaml.safe_load(saved_path.read_text()) or {})
-    now = _flat(yaml.safe_load(dump_config(config)))
+    saved = flat_keys(yaml.safe_load(saved_path.read_text()) or {})
+    now = flat_keys(yaml.safe_load(dump_config(config)))
     changed = [f"{k}: {saved.get(k)!r} -> {now.get(k)!r}" for k in sorted(set(saved) | set(now))
                if saved.get(k) != now.get(k) and k not in ("runs_dir", "name")  # moving a run folder is fine
                and not k.startswith(("tune.", "serve."))]  # settings of other stages

@@ -149,7 +149,7 @@ class Heartbeat:
 def settings_of(config) -> dict:
     """What must not change between the workers and restarts of one study: the whole config but the tune
     section's budget and storage, flattened to dotted keys."""
-    from tunelab.config import dump_config
+    from tunelab.config import dump_config, flat_keys
     import yaml
 
     raw = yaml.safe_load(dump_config(config))
@@ -157,14 +157,4 @@ def settings_of(config) -> dict:
         raw["tune"].pop(key, None)
     for key in ("name", "runs_dir", "serve"):
         raw.pop(key, None)
-    return {k: json.dumps(v) for k, v in _flat(raw).items()}
-
-
-def _flat(tree: dict, prefix: str = "") -> dict:
-    out = {}
-    for key, value in tree.items():
-        if isinstance(value, dict) and value and not (prefix == "tune." and key == "space"):
-            out.update(_flat(value, f"{prefix}{key}."))
-        else:
-            out[f"{prefix}{key}"] = value
-    return out
+    return {k: json.dumps(v) for k, v in flat_keys(raw).items()}
