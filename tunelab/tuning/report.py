@@ -38,7 +38,7 @@ def best_trial(study, direction: str):
 
 def write_outputs(study, config, tune_dir: Path) -> None:
     """trials.csv (every trial) and best.yaml (a config that trains the best trial again)."""
-    from tunelab.tuning.run import direction_of
+    from tunelab.tuning.run import direction_of, trial_raw
 
     header, rows = trial_rows(study)
     buf = io.StringIO()
@@ -48,24 +48,11 @@ def write_outputs(study, config, tune_dir: Path) -> None:
     write_text_atomic(tune_dir / "trials.csv", buf.getvalue())
     best = best_trial(study, direction_of(config))
     if best is not None:
-        raw = best_config(config, best.params)
+        raw = trial_raw(config, best.params)
         raw.update(name=f"{config.name}-best", runs_dir=str(config.runs_dir))
         note = (f"# The best trial ({best.number}) of the search '{config.name}': validation "
                 f"{raw['train']['metric']} {best.value:.4f}.\n# Train it again with: tunelab train {tune_dir / 'best.yaml'}\n")
         write_text_atomic(tune_dir / "best.yaml", note + yaml.safe_dump(raw, sort_keys=False, allow_unicode=True))
-
-
-def best_config(config, params: dict) -> dict:
-    """A trial's whole config, from the search's config and the trial's values (no file of the trial is read:
-    with a shared database the trial may have run on another machine)."""
-    from tunelab.config import set_key
-    from tunelab.tuning.run import _trial_raw, metric_of
-
-    raw = _trial_raw(config)
-    set_key(raw, "train.metric", metric_of(config))
-    for key, value in params.items():
-        set_key(raw, key, value)
-    return raw
 
 
 def write_report(study, config, tune_dir: Path) -> Path:

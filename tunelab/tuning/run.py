@@ -59,7 +59,7 @@ def check_space(config: Config) -> list[search_space.Param]:
     if not params:
         raise ConfigError("tune.space is empty: name the keys to search, e.g.\n  tune:\n    space:\n"
                           "      train.learning_rate: {log_uniform: [1e-5, 1e-3]}")
-    base = _trial_raw(config)
+    base = _base_raw(config)
     methods = next((set(p.choices) for p in params if p.key == "method.name"), {config.method.name})
     for p in params:
         if p.method and p.method not in methods:
@@ -79,9 +79,19 @@ def check_space(config: Config) -> list[search_space.Param]:
     return params
 
 
-def _trial_raw(config: Config) -> dict:
+def _base_raw(config: Config) -> dict:
     raw = yaml.safe_load(dump_config(config))
     raw.pop("tune")
+    return raw
+
+
+def trial_raw(config: Config, values: dict) -> dict:
+    """A trial's whole config (raw dict) from the search's config and the trial's values. Built, not read from the
+    trial's folder: with a shared database the trial may have run on another machine."""
+    raw = _base_raw(config)
+    set_key(raw, "train.metric", metric_of(config))
+    for key, value in values.items():
+        set_key(raw, key, value)
     return raw
 
 
@@ -227,11 +237,8 @@ def run_trial(study, storage, trial, config: Config, params) -> str:
             trial.set_user_attr("steps", 0)
             study.tell(trial, same.value, skip_if_finished=True)
             return f"trial {trial.number}: {shown}: same config as trial {same.number}: {metric} {same.value:.4f}"
-        raw = _trial_raw(config)
+        raw = trial_raw(config, values)
         raw.update(name=f"trial-{trial.number}", runs_dir=str(config.run_dir))
-        set_key(raw, "train.metric", metric)
-        for key, value in values.items():
-            set_key(raw, key, value)
         trial_config = load_config(raw)
         resume = any((run_dir / "checkpoints").glob("step-*"))
         result = train(trial_config, resume=resume, overwrite=not resume, quiet=True, on_evaluation=report)
@@ -312,7 +319,6 @@ def retrain_best(config: Config, quiet: bool = False) -> dict:
     from tunelab.data.pipeline import load_prepared
     from tunelab.evaluation import evaluate
     from tunelab.training import train
-    from tunelab.tuning.report import best_config
     from tunelab.tuning.study import open_storage
     import optuna
 
@@ -332,7 +338,7 @@ def retrain_best(config: Config, quiet: bool = False) -> dict:
     out_dir = config.run_dir / "best"
     out_dir.mkdir(parents=True, exist_ok=True)
     combined, n_train, n_all = _concat_splits(prepared, out_dir)
-    raw = best_config(config, trial.params)
+    raw = trial_raw(config, trial.params)
     raw.update(name="best", runs_dir=str(config.run_dir))
     data = raw["data"]
     data.update(train=str(combined), validation=None, test=str(prepared.files["test"]), validation_fraction=0.0,
