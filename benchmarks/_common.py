@@ -5,8 +5,11 @@ from __future__ import annotations
 import json
 import os
 import platform
+import signal
+import socket
 import subprocess
 import sys
+import time
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -94,11 +97,13 @@ def sst2_subset_csv(size: int | None = None) -> Path:
     return path
 
 
-def run_cases(script: str, cases: dict, case: str | None, only: list[str], results_name: str) -> dict | None:
+def run_cases(script: str, cases: dict, case: str | None, only: list[str], results_name: str,
+              tag: str = "") -> dict | None:
     """Run each case of a benchmark script in its own process (so its peak RSS is its own).
 
     With `case` set we are that child process: run it, print its figures, return None. Otherwise run the
-    cases (all, or `only`, merged into the stored results) and return {case: figures}.
+    cases (all, or `only`, merged into the stored results) and return {case: figures}; a `tag` stores
+    them as case_tag (a variant being tried beside the defaults' figures).
     """
     import resource
     import time
@@ -112,17 +117,63 @@ def run_cases(script: str, cases: dict, case: str | None, only: list[str], resul
     results_path = WORK / f"{results_name}_cases.json"
     results = json.loads(results_path.read_text()) if results_path.exists() and only else {}
     for name in only or list(cases):
-        print(f"== {name}", flush=True)
+        key = f"{name}_{tag}" if tag else name
+        print(f"== {key}", flush=True)
         t = time.perf_counter()
         proc = subprocess.run([sys.executable, script, "--case", name], capture_output=True, text=True,
                               env={**os.environ, "TUNELAB_DATA": str(DATA)})
         line = next((ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")), None)
         if proc.returncode or line is None:
             print(proc.stderr[-3000:], file=sys.stderr)
-            results[name] = {"error": proc.stderr.strip().splitlines()[-1] if proc.stderr.strip() else "failed"}
+            results[key] = {"error": proc.stderr.strip().splitlines()[-1] if proc.stderr.strip() else "failed"}
         else:
-            results[name] = json.loads(line[len("RESULT "):])
-        results[name]["case_wall_seconds"] = time.perf_counter() - t
-        print(json.dumps(results[name]), flush=True)
+            results[key] = json.loads(line[len("RESULT "):])
+        results[key]["case_wall_seconds"] = time.perf_counter() - t
+        print(json.dumps(results[key]), flush=True)
         results_path.write_text(json.dumps(results, indent=1))
     return results
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start_server(cmd: list[str], ready_path: str, env: dict | None = None) -> tuple[subprocess.Popen, str]:
+    """Start a server command on a free loopback port (--port is appended); wait until ready_path answers 200."""
+    import httpx
+
+    port = free_port()
+    proc = subprocess.Popen([*cmd, "--port", str(port)], cwd=HERE, env={**os.environ, **(env or {})},
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.time() + 300
+    while time.time() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(proc.stderr.read()[-3000:])
+        try:
+            if httpx.get(url + ready_path, timeout=2).status_code == 200:
+                return proc, url
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.2)
+    proc.kill()
+    raise RuntimeError(f"{cmd} did not become ready")
+
+
+def stop_server(proc: subprocess.Popen) -> None:
+    proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(30)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+
+
+def split_texts(run_dir: Path, split: str) -> tuple[list[str], list[str]]:
+    """Texts and labels of a run's prepared split."""
+    import pyarrow.parquet as pq
+
+    manifest = json.loads((run_dir / "data" / "manifest.json").read_text())
+    table = pq.read_table(run_dir / "data" / manifest["files"][split], columns=["text", "label"]).to_pydict()
+    return table["text"], table["label"]

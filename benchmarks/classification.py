@@ -15,6 +15,7 @@ Each case runs in its own process, so its peak RSS is its own.
 from __future__ import annotations
 
 import argparse
+import os
 import time
 
 from _common import REPO, WORK, need_data, run_cases, sst2_subset, sst2_subset_csv, write_results
@@ -81,7 +82,10 @@ def _tunelab(example: str, name: str, overrides: list[str], splits=("validation"
     from tunelab.evaluation import evaluate
     from tunelab.training import train
 
-    config = load_config(REPO / "examples" / example, [f"runs_dir={WORK / 'runs'}", f"name={name}", *overrides])
+    extra = [o for o in os.environ.get("TUNELAB_BENCH_SET", "").split(";") if o]  # --set, for trying a change
+    tag = "-" + os.environ["TUNELAB_BENCH_TAG"] if os.environ.get("TUNELAB_BENCH_TAG") else ""
+    config = load_config(REPO / "examples" / example,
+                         [f"runs_dir={WORK / 'runs'}", f"name={name}{tag}", *overrides, *extra])
     t = time.perf_counter()
     result = train(config, overwrite=True, quiet=True)
     wall = time.perf_counter() - t
@@ -108,11 +112,19 @@ CASES = {  # the two fast speed cases first, back to back, so they see the same 
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--only", default="", help="comma-separated case names")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="config override for the tunelab accuracy cases (a change being tried); needs --tag")
+    parser.add_argument("--tag", default="", help="suffix of the case names (and run folders) of this variant")
     parser.add_argument("--case", help=argparse.SUPPRESS)  # internal: run one case in this process
     args = parser.parse_args()
     need_data("sst2", "train.csv")
     need_data("banking77", "train.csv")
-    results = run_cases(__file__, CASES, args.case, [n for n in args.only.split(",") if n], "classification")
+    if args.set and not args.tag:
+        parser.error("--set needs --tag, so the variant's figures do not overwrite the defaults' figures")
+    if not args.case:  # the parent hands the variant to its case processes through the environment
+        os.environ.update(TUNELAB_BENCH_SET=";".join(args.set), TUNELAB_BENCH_TAG=args.tag)
+    only = [n for n in args.only.split(",") if n]
+    results = run_cases(__file__, CASES, args.case, only, "classification", tag=args.tag)
     if results is not None:
         write_results("classification", flatten(results))
 

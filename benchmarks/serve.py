@@ -16,61 +16,13 @@ Also: int8 vs fp32 accuracy on SST-2 validation and test.
 from __future__ import annotations
 
 import json
-import os
-import signal
-import socket
-import subprocess
 import sys
-import time
 from pathlib import Path
 
-from _common import HERE, REPO, WORK, need_data, write_results
+from _common import REPO, WORK, need_data, split_texts, start_server, stop_server, write_results
 
 LEVELS = {1: 300, 8: 800, 32: 1500}  # concurrency: requests
 SECONDS = 60
-
-
-def _port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _start(cmd: list[str], ready_path: str, env: dict | None = None) -> tuple[subprocess.Popen, str]:
-    import httpx
-
-    port = _port()
-    proc = subprocess.Popen([*cmd, "--port", str(port)], cwd=HERE, env={**os.environ, **(env or {})},
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.time() + 300
-    while time.time() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(proc.stderr.read()[-3000:])
-        try:
-            if httpx.get(url + ready_path, timeout=2).status_code == 200:
-                return proc, url
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.2)
-    proc.kill()
-    raise RuntimeError(f"{cmd} did not become ready")
-
-
-def _stop(proc: subprocess.Popen) -> None:
-    proc.send_signal(signal.SIGTERM)
-    try:
-        proc.wait(30)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-
-
-def _texts(run_dir: Path, split: str) -> tuple[list[str], list[str]]:
-    import pyarrow.parquet as pq
-
-    manifest = json.loads((run_dir / "data" / "manifest.json").read_text())
-    table = pq.read_table(run_dir / "data" / manifest["files"][split], columns=["text", "label"]).to_pydict()
-    return table["text"], table["label"]
 
 
 def _model_run() -> Path:
@@ -93,7 +45,7 @@ def _accuracy(folder: Path, run_dir: Path) -> dict:
     predictor = Predictor(folder, batch_size=128)
     out = {}
     for split in ("validation", "test"):
-        texts, labels = _texts(run_dir, split)
+        texts, labels = split_texts(run_dir, split)
         probs = predictor.probabilities(texts)
         out[split] = float(sum(predictor.labels[i] == y for i, y in zip(probs.argmax(1), labels)) / len(labels))
     return out
@@ -123,7 +75,7 @@ def main() -> None:
         figures[f"int8_sst2_{split}_accuracy_drop_points"] = round(100 * (fp32[split] - int8[split]), 2)
     print(json.dumps(figures, indent=1), flush=True)
 
-    texts, _ = _texts(run_dir, "validation")
+    texts, _ = split_texts(run_dir, "validation")
     tunelab = [sys.executable, "-m", "tunelab", "serve"]
     servers = {
         "baseline": ([sys.executable, "-m", "uvicorn", "serve_baseline:app", "--log-level", "warning"], "/healthz",
@@ -133,7 +85,7 @@ def main() -> None:
         "onnx_int8": ([*tunelab, f"sst2={run_dir / 'export' / 'onnx-int8'}"], "/readyz", None),
     }
     for name, (cmd, ready, env) in servers.items():
-        proc, url = _start(cmd, ready, env)
+        proc, url = start_server(cmd, ready, env)
         try:
             for c, n in LEVELS.items():
                 r = bench(url, texts, c, n, SECONDS)
@@ -142,7 +94,7 @@ def main() -> None:
                 for k in ("throughput", "p50_ms", "p95_ms", "p99_ms", "errors", "requests"):
                     figures[f"{name}_c{c}_{k}"] = round(r[k], 2) if isinstance(r[k], float) else r[k]
         finally:
-            _stop(proc)
+            stop_server(proc)
     figures["c32_throughput_ratio_onnx_int8_vs_baseline"] = round(
         figures["onnx_int8_c32_throughput"] / figures["baseline_c32_throughput"], 2)
     figures["c32_throughput_ratio_torch_fp32_vs_baseline"] = round(

@@ -120,3 +120,16 @@ def tiny_config(tmp_path, tiny_model_dir, sentiment_files):
             raw["method"] = method
         return load_config(raw)
     return _make
+
+
+@pytest.fixture(scope="session")
+def served_run(tmp_path_factory, tiny_model_dir, sentiment_files):
+    """A tiny sentiment model trained once for the serving and monitoring tests (its run folder)."""
+    from tunelab.config import load_config
+    from tunelab.training import train
+
+    raw = {"name": "served", "runs_dir": str(tmp_path_factory.mktemp("runs")),
+           "data": {k: str(v) for k, v in sentiment_files.items()}, "model": {"name": str(tiny_model_dir), "max_length": 32},
+           "train": {"learning_rate": 3e-3, "batch_size": 16, "max_steps": 40, "eval_every": 20, "trackers": [],
+                     "precision": "fp32"}}
+    return train(load_config(raw), quiet=True).run_dir

@@ -16,7 +16,9 @@ from tunelab.training import train
 
 
 def _weights(model_dir: Path) -> dict:
-    (path,) = [p for p in model_dir.glob("*.safetensors")]  # model, adapter_model or method_weights
+    from tunelab.monitor.profile import EMBEDDINGS_FILE
+
+    (path,) = [p for p in model_dir.glob("*.safetensors") if p.name != EMBEDDINGS_FILE]  # model, adapter_model or method_weights
     return load_file(path)
 
 

@@ -2,20 +2,16 @@
 graceful shutdown, and schemathesis against the OpenAPI schema."""
 
 import json
-import os
 import re
 import signal
-import socket
 import subprocess
 import sys
 import threading
 import time
 
 import httpx
-import numpy as np
 import pytest
 import schemathesis
-import uvicorn
 from hypothesis import HealthCheck, settings
 
 from tunelab.config import ServeConfig
@@ -24,17 +20,14 @@ from tunelab.serve.app import create_app
 from tunelab.serve.models import ServedModel
 from tunelab.training import train
 
+from servers import Server, serve_process
+
 TEXTS = ["a wonderful film", "the plot was dreadful and the actor poor", "quite good really", "bad", "superb story"]
 
 
 @pytest.fixture(scope="module")
-def run_dir(tmp_path_factory, tiny_model_dir, sentiment_files):
-    from tunelab.config import load_config
-
-    raw = {"name": "served", "runs_dir": str(tmp_path_factory.mktemp("runs")),
-           "data": {k: str(v) for k, v in sentiment_files.items()}, "model": {"name": str(tiny_model_dir), "max_length": 32},
-           "train": {"learning_rate": 3e-3, "batch_size": 16, "max_steps": 30, "eval_every": 15, "trackers": [], "precision": "fp32"}}
-    return train(load_config(raw), quiet=True).run_dir
+def run_dir(served_run):
+    return served_run
 
 
 @pytest.fixture(scope="module")
@@ -44,37 +37,15 @@ def predictor(run_dir):
 
 def served(predictor, name="m", delay=0.0, fail_on=None, calls=None):
     """A ServedModel over the real tiny predictor, optionally slow or failing on one text."""
-    def probabilities(texts, pairs):
+    def infer(texts, pairs, embeddings=True):
         if calls is not None:
             calls.append(list(texts))
         if fail_on is not None and fail_on in texts:
             raise RuntimeError("backend crashed")
         time.sleep(delay)
-        return predictor.probabilities(texts, pairs)
-    return ServedModel(name, probabilities, predictor.decide, predictor.tokenizer, predictor.max_length, False,
-                       {"labels": predictor.labels})
-
-
-class Server:
-    """uvicorn in a thread on a free loopback port."""
-
-    def __init__(self, app, shutdown_timeout=10):
-        self.server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning",
-                                                    timeout_graceful_shutdown=shutdown_timeout))
-        self.thread = threading.Thread(target=self.server.run, daemon=True)
-
-    def __enter__(self):
-        self.thread.start()
-        deadline = time.time() + 60
-        while not self.server.started and time.time() < deadline:
-            time.sleep(0.01)
-        port = self.server.servers[0].sockets[0].getsockname()[1]
-        self.url = f"http://127.0.0.1:{port}"
-        return self
-
-    def __exit__(self, *exc):
-        self.server.should_exit = True
-        self.thread.join(30)
+        return predictor.infer(texts, pairs, embeddings)
+    return ServedModel(name, infer, predictor.decide, predictor.tokenizer, predictor.max_length, False,
+                       {"labels": predictor.labels, "path": str(predictor.model_dir)})
 
 
 def _metric(text: str, name: str) -> float:
@@ -82,25 +53,9 @@ def _metric(text: str, name: str) -> float:
     return float(match.group(1)) if match else 0.0
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_cli_server_answers_like_tunelab_predict(run_dir, predictor, tmp_path):
-    port = _free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "tunelab", "serve", f"sentiment={run_dir}", "--port", str(port)],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    url = f"http://127.0.0.1:{port}"
+    proc, url = serve_process(f"sentiment={run_dir}")
     try:
-        deadline = time.time() + 120
-        while time.time() < deadline:
-            try:
-                if httpx.get(f"{url}/readyz").status_code == 200:
-                    break
-            except httpx.TransportError:
-                time.sleep(0.1)
         assert proc.poll() is None, proc.stderr.read()
         r = httpx.post(f"{url}/v1/predict", json={"texts": TEXTS, "top_k": 2})
         assert r.status_code == 200, r.text
@@ -287,6 +242,7 @@ def test_serve_cli_mistakes_are_one_clear_line(run_dir, tmp_path):
              (["serve", str(run_dir), "--config", str(bad_yaml)], "is not valid YAML"),
              (["serve", str(run_dir), "--port", "70000"], "serve.port"),
              (["serve", "--adapter", f"a={run_dir}"], "--adapter needs --base"),
+             (["serve", str(run_dir), "--monitor-db", "nosuchdb://x"], "monitor database"),
              (["bench-serve", "http://127.0.0.1:1", "-i", str(texts), "--concurrency", "8,x"], "--concurrency")]
     for args, message in cases:
         done = subprocess.run([sys.executable, "-m", "tunelab", *args], capture_output=True, text=True, timeout=120)

@@ -92,17 +92,21 @@ def test_each_option_changes_the_result(tiny_config, option):
     assert not all(torch.equal(wa[k], wb[k]) for k in wa), option
 
 
-def test_parameter_groups_never_decay_bias_or_layernorm(tiny_model_dir):
+def test_parameter_groups_never_decay_bias_or_layernorm_and_give_the_head_its_rate(tiny_model_dir):
     from transformers import AutoModelForSequenceClassification
 
     from tunelab.training.optim import parameter_groups
 
     model = AutoModelForSequenceClassification.from_pretrained(tiny_model_dir, num_labels=2)
-    decay, no_decay = parameter_groups(model, 0.1)
+    groups = parameter_groups(model, 0.1, 1e-4, 2e-3)
     names = {id(p): n for n, p in model.named_parameters()}
-    assert decay["weight_decay"] == 0.1 and no_decay["weight_decay"] == 0.0
-    assert all(names[id(p)].endswith("bias") or "LayerNorm" in names[id(p)] for p in no_decay["params"])
-    assert all(not names[id(p)].endswith("bias") and "LayerNorm" not in names[id(p)] for p in decay["params"])
+    for group in groups:
+        group_names = [names[id(p)] for p in group["params"]]
+        no_decay = [n.endswith("bias") or "LayerNorm" in n for n in group_names]
+        assert all(no_decay) if group["weight_decay"] == 0.0 else not any(no_decay), group_names
+        assert all(n.startswith("classifier.") == (group["lr"] == 2e-3) for n in group_names), group_names
+    assert sum(len(g["params"]) for g in groups) == len(names)
+    assert {(g["weight_decay"], g["lr"]) for g in groups} == {(0.1, 1e-4), (0.0, 1e-4), (0.1, 2e-3), (0.0, 2e-3)}
 
 
 @pytest.mark.parametrize("name", ["linear", "cosine", "constant"])

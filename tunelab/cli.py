@@ -19,6 +19,8 @@ app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_
                   help="tunelab: fine-tune, evaluate, serve and monitor transformer models.")
 config_app = typer.Typer(no_args_is_help=True, help="Show the resolved config or its JSON schema.")
 app.add_typer(config_app, name="config")
+monitor_app = typer.Typer(no_args_is_help=True, help="Monitoring: a model's reference profile, reports from the log.")
+app.add_typer(monitor_app, name="monitor")
 
 CONFIG = typer.Argument(..., exists=False, help="The run's YAML config.", metavar="CONFIG")
 OVERRIDES = typer.Argument(None, help="Overrides as dotted key=value, e.g. data.seed=7 model.max_length=128.",
@@ -159,8 +161,11 @@ def serve(models: Optional[List[str]] = typer.Argument(None, help="Run or export
           port: Optional[int] = typer.Option(None, "--port", help="Port (default 8000)."),
           precision: Optional[str] = typer.Option(None, "--precision", help="torch backend: fp32 or bf16."),
           max_batch_size: Optional[int] = typer.Option(None, "--max-batch-size", help="Most texts per model call."),
-          max_wait_ms: Optional[float] = typer.Option(None, "--max-wait-ms", help="How long a batch waits for more texts.")) -> None:
-    """Serve models over HTTP: POST /v1/predict, GET /v1/models, /healthz, /readyz, /metrics, docs at /docs."""
+          max_wait_ms: Optional[float] = typer.Option(None, "--max-wait-ms", help="How long a batch waits for more texts."),
+          monitor_db: Optional[str] = typer.Option(None, "--monitor-db", help="SQLAlchemy URL of the prediction log (default: monitor.db in the run folder)."),
+          no_monitor: bool = typer.Option(False, "--no-monitor", help="Keep no prediction log, drift or alerts.")) -> None:
+    """Serve models over HTTP: POST /v1/predict and /v1/feedback, GET /v1/models, /v1/monitor, /dashboard,
+    /healthz, /readyz, /metrics, docs at /docs."""
     import os
 
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch loads: idle OpenMP threads sleep, not spin
@@ -179,11 +184,62 @@ def serve(models: Optional[List[str]] = typer.Argument(None, help="Run or export
         raise TunelabError("nothing to serve: give a run or export folder, e.g. tunelab serve runs/sentiment-demo")
     from tunelab.serve.models import load_models
 
+    if no_monitor:
+        settings.monitor.enabled = False
+    if monitor_db:
+        settings.monitor.database = monitor_db
     loaded = load_models(named, settings.precision, base, adapters, settings.threads)  # mistakes: one line, no server
+    if settings.monitor.enabled:  # a bad database URL: one line now, not a failed server start
+        from tunelab.monitor.live import default_database
+        from tunelab.monitor.store import open_database
+
+        settings.monitor.database = settings.monitor.database or default_database(loaded)
+        if settings.monitor.database is None:
+            raise TunelabError("no run folder to keep monitor.db in: give --monitor-db URL or --no-monitor")
+        open_database(settings.monitor.database).dispose()
     app_ = create_app(settings=settings, loaded=loaded)
-    typer.echo(f"serving {', '.join([*named, *adapters])} on http://{settings.host}:{settings.port} (API docs at /docs)", err=True)
+    url = f"http://{settings.host}:{settings.port}"
+    typer.echo(f"serving {', '.join([*named, *adapters])} on {url} (API docs at {url}/docs"
+               + (f", dashboard at {url}/dashboard; log in {settings.monitor.database})" if settings.monitor.enabled else ")"),
+               err=True)
     uvicorn.run(app_, host=settings.host, port=settings.port, log_level="warning",
                 timeout_graceful_shutdown=settings.shutdown_timeout_s)
+
+
+@monitor_app.command("profile")
+def monitor_profile(run: Path = typer.Argument(..., help="A run, model or export folder.")) -> None:
+    """(Re)build the reference profile drift is measured against (train and export write it themselves)."""
+    from tunelab.monitor.profile import build_profile
+
+    build_profile(run, quiet=False)
+
+
+@monitor_app.command("report")
+def monitor_report(run: Path = typer.Argument(..., help="The served run (or model/export) folder."),
+                   since: str = typer.Option("24h", "--since", help="Period: 30m, 24h, 7d, or an ISO time."),
+                   database: Optional[str] = typer.Option(None, "--database", help="SQLAlchemy URL (default: RUN/monitor.db)."),
+                   out: Optional[Path] = typer.Option(None, "--out", help="Folder (default: RUN/monitor/).")) -> None:
+    """The dashboard as a static report (HTML + PNGs) from the prediction log."""
+    from tunelab.config import DEFAULT_ALERTS
+    from tunelab.models.predictor import find_model_dir
+    from tunelab.monitor.profile import load_profile, run_of
+    from tunelab.monitor.report import parse_since, write_monitor_report
+
+    start = parse_since(since)
+    model_dir = find_model_dir(run)
+    meta = json.loads((model_dir / "tunelab.json").read_text())
+    run_dir = run_of(model_dir, meta)
+    if database is None:
+        db = run_dir / "monitor.db"
+        if not db.is_file():
+            raise TunelabError(f"{db} does not exist: nothing was served from this run with monitoring on "
+                               "(or give --database URL)")
+        database = f"sqlite:///{db.resolve()}"
+    profile = load_profile(model_dir)
+    profiles = {"*": profile} if profile else {}  # served under any name: the run's profile
+    thresholds = {a["metric"]: a.get("above", a.get("below")) for a in DEFAULT_ALERTS}
+    path = write_monitor_report(database, out or run_dir / "monitor", start, profiles, thresholds)
+    typer.echo(path)
 
 
 @app.command("bench-serve")

@@ -100,6 +100,9 @@ class TrainConfig(Section):
     gradient_accumulation_steps: int = Field(1, ge=1, description="Micro-batches summed per optimizer step (memory: batch_size / this per micro-batch).")
     learning_rate: float | None = Field(
         None, gt=0, description="Peak learning rate; none: the method's measured default (full 1e-4, lora 1e-3, ...; see `tunelab methods`).")
+    head_learning_rate: float | None = Field(
+        None, gt=0, description="Peak learning rate of the newly initialised task head (e.g. the classifier); none: "
+        "the method's default, which is the body's rate except where a method measured better.")
     optimizer: Literal["adamw", "sgd"] = Field("adamw", description="Optimizer.")
     weight_decay: float = Field(0.01, ge=0, description="Decoupled weight decay; never applied to biases and LayerNorm weights.")
     adam_betas: tuple[float, float] = Field((0.9, 0.999), description="AdamW betas.")
@@ -177,6 +180,82 @@ class TuneConfig(Section):
         return value
 
 
+class AlertRule(Section):
+    """One alert: fires when a monitored figure crosses its limit at a check, resolves when it is back."""
+
+    name: str = Field(description="Name shown in events, the dashboard and the Prometheus gauge.")
+    metric: Literal["label_psi", "label_chi2_p", "length_psi", "length_ks_p", "confidence_psi", "confidence_ks_p",
+                    "unknown_rate_increase", "embedding_auc", "live_accuracy", "live_macro_f1", "accuracy_drop",
+                    "p95_latency_ms", "error_rate"] = Field(
+        description="What is watched: drift of the live window against the training profile (psi, p-values, the "
+        "domain classifier's AUC on embeddings, unknown-token rate minus training's), live accuracy from feedback "
+        "(accuracy_drop: validation accuracy minus live accuracy), p95 latency or 5xx rate over the window.")
+    above: float | None = Field(None, description="Fire when the figure is above this.")
+    below: float | None = Field(None, description="Fire when the figure is below this (p-values, accuracy).")
+    p_value_below: float | None = Field(
+        None, gt=0, lt=1, description="For label_psi, length_psi and confidence_psi: fire only when the paired test "
+        "(chi-square, Kolmogorov-Smirnov) is also significant at this level. PSI alone over 100 predictions crossed 0.2 "
+        "in 27 of 100 same-distribution windows; with p < 0.01 as well, in 2 (benchmarks/drift_psi_replay.py).")
+
+    @model_validator(mode="after")
+    def _one_limit(self):
+        if (self.above is None) == (self.below is None):
+            raise ValueError(f"alert '{self.name}': give exactly one of above / below")
+        if self.p_value_below is not None and self.metric not in PAIRED_TESTS:
+            raise ValueError(f"alert '{self.name}': p_value_below applies to {', '.join(PAIRED_TESTS)} only")
+        return self
+
+
+PAIRED_TESTS = {"label_psi": "label_chi2_p", "length_psi": "length_ks_p", "confidence_psi": "confidence_ks_p"}
+
+
+DEFAULT_ALERTS = [
+    {"name": "label_drift", "metric": "label_psi", "above": 0.2, "p_value_below": 0.01},
+    {"name": "length_drift", "metric": "length_psi", "above": 0.2, "p_value_below": 0.01},
+    {"name": "confidence_drift", "metric": "confidence_psi", "above": 0.2, "p_value_below": 0.01},
+    {"name": "unknown_tokens", "metric": "unknown_rate_increase", "above": 0.02},
+    {"name": "embedding_drift", "metric": "embedding_auc", "above": 0.75},
+    {"name": "accuracy", "metric": "accuracy_drop", "above": 0.05},
+    {"name": "latency", "metric": "p95_latency_ms", "above": 500.0},
+    {"name": "errors", "metric": "error_rate", "above": 0.05},
+]
+
+
+class MonitorConfig(Section):
+    """What `tunelab serve` records and watches: prediction log, feedback, drift, alerts (serve.monitor)."""
+
+    enabled: bool = Field(True, description="Log predictions and watch drift; off: the server keeps no log.")
+    database: str | None = Field(
+        None, description="SQLAlchemy URL of the prediction log (sqlite:///path.db, postgresql+psycopg://user@host/db); "
+        "none: monitor.db (SQLite) in the first model's run folder.")
+    store_text: bool = Field(True, description="Store each text in the log; off: only its SHA-256 (privacy).")
+    flush_interval_s: float = Field(
+        1.0, gt=0, description="Predictions are written in batches this often, off the request path; a crash (SIGKILL) "
+        "can lose at most about this much of the log.")
+    retention_days: float | None = Field(30.0, gt=0, description="Delete log rows older than this; none: keep all.")
+    window: int = Field(500, ge=10, description="Drift compares the last this many predictions (per model) with the profile.")
+    min_window: int = Field(100, ge=10, description="No drift figure before the window holds this many predictions.")
+    check_every_s: float = Field(10.0, gt=0, description="How often drift, accuracy and alerts are evaluated (a check costs ~0.2 s of CPU).")
+    accuracy_window: int = Field(200, ge=1, description="Live accuracy over the last this many predictions with feedback.")
+    min_feedback: int = Field(
+        100, ge=1, description="No live accuracy before this many predictions have feedback (at 0.9 accuracy, 100 answers "
+        "still vary by +-3 points: fewer would make the accuracy alert fire on chance).")
+    alerts: list[AlertRule] = Field(default_factory=lambda: [AlertRule(**a) for a in DEFAULT_ALERTS],
+                                    description="Alert rules; the defaults cover every drift statistic, accuracy, latency and errors.")
+    webhook_url: str | None = Field(None, pattern=r"^https?://\S+$",
+                                    description="POST each firing/resolved event here as JSON (never blocks serving).")
+    webhook_timeout_s: float = Field(5.0, gt=0, description="Timeout of one webhook call.")
+    webhook_retries: int = Field(3, ge=0, description="Retries of a failed webhook call (1 s, 2 s, 4 s ... apart).")
+
+    @model_validator(mode="after")
+    def _windows(self):
+        if self.min_window > self.window:
+            raise ValueError(f"min_window ({self.min_window}) is larger than window ({self.window}): drift would never be computed")
+        if self.min_feedback > self.accuracy_window:
+            raise ValueError(f"min_feedback ({self.min_feedback}) is larger than accuracy_window ({self.accuracy_window})")
+        return self
+
+
 class ServeConfig(Section):
     """`tunelab serve`: the HTTP server, its batching, limits and keys (a `serve:` section, or --config FILE)."""
 
@@ -198,6 +277,7 @@ class ServeConfig(Section):
     api_keys_file: Path | None = Field(None, description="File with one accepted API key per line. With any key set, /v1/* needs 'Authorization: Bearer KEY'.")
     cors_origins: list[str] = Field(default_factory=list, description="Origins allowed by CORS; empty: CORS off.")
     shutdown_timeout_s: float = Field(30.0, gt=0, description="On SIGTERM/Ctrl-C: stop accepting, finish accepted requests for up to this long.")
+    monitor: MonitorConfig = Field(default_factory=MonitorConfig, description="Prediction log, drift, alerts, dashboard.")
 
 
 MethodConfig = create_model(  # name + one sub-section per method that has settings, straight from the registry
@@ -237,6 +317,12 @@ class Config(Section):
     def learning_rate(self) -> float:
         """train.learning_rate, or the method's default when it is not set."""
         return self.train.learning_rate or METHODS[self.method.name].LEARNING_RATE
+
+    @property
+    def head_learning_rate(self) -> float:
+        """train.head_learning_rate, or the method's HEAD_LEARNING_RATE, or the body's rate."""
+        return self.train.head_learning_rate or getattr(METHODS[self.method.name], "HEAD_LEARNING_RATE", None) \
+            or self.learning_rate
 
 
 # ---------------------------------------------------------------- loading

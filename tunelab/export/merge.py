@@ -78,10 +78,15 @@ def merge_run(run: str | Path, out: str | Path | None = None, limit: int | None 
     shutil.rmtree(tmp, ignore_errors=True)
     merged.save_pretrained(tmp, safe_serialization=True)
     tokenizer.save_pretrained(tmp)
-    merged_meta = {**meta, "method": {"name": "full"}, "merged_from": {"run": str(run_dir), "method": meta["method"]},
+    merged_meta = {**meta, "method": {"name": "full"}, "merged_from": {"run": str(run_dir.resolve()), "method": meta["method"]},
                    "saved_bytes": (tmp / "model.safetensors").stat().st_size}
     (tmp / "tunelab.json").write_text(json.dumps(merged_meta, indent=1))
     (tmp / "parity.json").write_text(json.dumps(parity, indent=1))
+    from tunelab.monitor.profile import EMBEDDINGS_FILE, PROFILE_FILE
+
+    for name in (EMBEDDINGS_FILE, PROFILE_FILE):  # same predictions (checked above), same monitoring reference
+        if (model_dir / name).is_file():
+            shutil.copy2(model_dir / name, tmp / name)
     replace_folder(tmp, out)
     parity["out"] = str(out)
     return parity

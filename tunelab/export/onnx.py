@@ -2,7 +2,8 @@
 
 The folder (runs/<name>/export/onnx or onnx-int8) holds model.onnx, the tokenizer and tunelab.json, so
 `tunelab serve` and `tunelab predict` take it like a run; plain onnxruntime runs model.onnx (inputs
-input_ids, attention_mask[, token_type_ids] as int64 [batch, sequence]; output logits). LoRA/IA3 runs are
+input_ids, attention_mask[, token_type_ids] as int64 [batch, sequence]; outputs logits and sentence_embedding,
+the mean-pooled last layer that drift monitoring uses). LoRA/IA3 runs are
 merged first. Export goes through torch.onnx's dynamo exporter (the TorchScript one bakes the padding of
 the example batch into the attention mask: measured 1e-2 logit error), with dynamic batch and sequence axes.
 
@@ -30,15 +31,19 @@ OPSET = 18
 
 
 class _Logits(torch.nn.Module):
-    """The classifier as a function of named int64 tensors -> logits (what the ONNX graph computes)."""
+    """The classifier as a function of named int64 tensors -> (logits, embedding): what the ONNX graph
+    computes. The embedding (mean-pooled last layer) is what the server's drift monitor compares."""
 
     def __init__(self, model, names: list[str]):
         super().__init__()
         self.model, self.names = model, names
 
     def forward(self, input_ids, attention_mask, token_type_ids=None):
+        from tunelab.models.inference import mean_pool
+
         extra = {"token_type_ids": token_type_ids} if token_type_ids is not None else {}
-        return self.model(input_ids=input_ids, attention_mask=attention_mask, **extra).logits
+        out = self.model(input_ids=input_ids, attention_mask=attention_mask, output_hidden_states=True, **extra)
+        return out.logits, mean_pool(out.hidden_states[-1], attention_mask)
 
 
 def _plain_model(model_dir: Path, meta: dict):
@@ -64,6 +69,7 @@ def export_onnx(run: str | Path, out: str | Path | None = None, quantize: str | 
     from tunelab.export.merge import _validation_texts
     from tunelab.models.predictor import ONNX_FILE, Predictor, find_model_dir
     from tunelab.models.source import quiet_transformers
+    from tunelab.monitor.profile import build_profile
 
     quiet_transformers()
     say = (lambda m: None) if quiet else (lambda m: print(m, flush=True))
@@ -97,7 +103,7 @@ def export_onnx(run: str | Path, out: str | Path | None = None, quantize: str | 
             (tmp / "model.fp32.onnx").rename(tmp / ONNX_FILE)
         tokenizer.save_pretrained(tmp)
         model.config.save_pretrained(tmp)  # labels and architecture, for readers of the folder
-        onnx_meta = {**meta, "exported_from": str(run_dir), "onnx": {"opset": OPSET, "quantize": quantize, "inputs": names}}
+        onnx_meta = {**meta, "exported_from": str(run_dir.resolve()), "onnx": {"opset": OPSET, "quantize": quantize, "inputs": names}}
         (tmp / "tunelab.json").write_text(json.dumps(onnx_meta, indent=1))
 
         texts, pairs = _validation_texts(run_dir, limit)
@@ -116,6 +122,7 @@ def export_onnx(run: str | Path, out: str | Path | None = None, quantize: str | 
         if not quantize and parity["max_abs_prob_diff"] > FP32_TOLERANCE:
             raise TunelabError(f"the ONNX model differs from the torch model by {parity['max_abs_prob_diff']:.2e} in "
                                f"probability (> {FP32_TOLERANCE}) on validation; nothing written (please report this)")
+        build_profile(tmp, run_dir)  # the monitor's reference, as this model (int8 included) sees the data
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -139,7 +146,7 @@ def _export(model, names: list[str], sample: tuple, path: Path) -> None:
         with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):  # the exporter chats on stdout
             warnings.simplefilter("ignore")
             program = torch.onnx.export(_Logits(model, names), sample, dynamo=True, opset_version=OPSET,
-                                        input_names=names, output_names=["logits"], verbose=False,
+                                        input_names=names, output_names=["logits", "sentence_embedding"], verbose=False,
                                         dynamic_shapes={n: {0: batch, 1: seq} for n in names})
             program.save(str(path), external_data=False)
     finally:

@@ -76,6 +76,11 @@ class AdapterSet:
         with self._lock:
             return self._use(adapter).probabilities(texts, pairs)
 
+    def infer(self, texts: list[str], adapter: str, pairs: list[str] | None = None, embeddings: bool = True):
+        """Predictor.infer through one adapter (probabilities, embeddings, token counts)."""
+        with self._lock:
+            return self._use(adapter).infer(texts, pairs, embeddings)
+
     def predict(self, texts: list[str], adapter: str, pairs: list[str] | None = None, top_k: int | None = None) -> list[dict]:
         with self._lock:
             predictor = self._use(adapter)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
-import numpy as np
 import torch
 
 from tunelab.tasks.encoding import Encoded, collate, eval_batches
@@ -12,16 +11,49 @@ from tunelab.tasks.encoding import Encoded, collate, eval_batches
 
 @torch.inference_mode()
 def iter_probabilities(model, enc: Encoded, task, batch_size: int, pad_id: int, with_types: bool,
-                       autocast: bool = False) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-    """Yield (row indices, probabilities) batch by batch; rows come longest first, not in file order."""
+                       autocast: bool = False, embeddings: bool = False) -> Iterator[tuple]:
+    """Yield (row indices, probabilities) batch by batch -- (rows, probabilities, embeddings) with
+    `embeddings` -- rows longest first, not in file order."""
     was_training = model.training
     model.eval()
     device = next(model.parameters()).device
+    captured: dict = {}
+    hook = _capture_last_hidden_state(model, captured) if embeddings else None
     try:
         for rows in eval_batches(enc.lengths, batch_size):
             batch = {k: v.to(device) for k, v in collate(enc, rows, pad_id, with_types).items()}
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast):
-                logits = model(**batch).logits
-            yield rows, task.probabilities(logits).cpu().numpy()
+                out = model(**batch, output_hidden_states=embeddings and hook is None)
+            probs = task.probabilities(out.logits).cpu().numpy()
+            if embeddings:
+                hidden = captured.pop("hidden") if hook is not None else out.hidden_states[-1]
+                yield rows, probs, mean_pool(hidden, batch["attention_mask"]).float().cpu().numpy()
+            else:
+                yield rows, probs
     finally:
+        if hook is not None:
+            hook.remove()
         model.train(was_training)
+
+
+def _capture_last_hidden_state(model, captured: dict):
+    """A forward hook on the encoder body that keeps its last hidden state (output_hidden_states would keep
+    every layer's for the whole batch); None when the model has no separate body."""
+    from tunelab.methods.parts import transformers_model
+
+    inner = transformers_model(model)
+    body = getattr(inner, "base_model", inner)
+    if body is inner:
+        return None
+
+    def keep(_module, _args, output):
+        captured["hidden"] = output[0] if isinstance(output, tuple) else output.last_hidden_state
+    return body.register_forward_hook(keep)
+
+
+def mean_pool(hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """The mean of the last layer over the real tokens of each row: the text's embedding (drift monitoring).
+    Virtual tokens that a method prepends (prompt tuning) are left out."""
+    hidden = hidden[:, -mask.shape[1]:]
+    weights = mask.unsqueeze(-1).to(hidden.dtype)
+    return (hidden * weights).sum(1) / weights.sum(1).clamp(min=1)

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -46,9 +47,25 @@ class OnnxModel:
         self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
         self.inputs = [i.name for i in self.session.get_inputs()]
 
+        self.has_embedding = len(self.session.get_outputs()) > 1  # exports before 0.4 give logits only
+
     def logits(self, batch: dict) -> torch.Tensor:
-        feed = {k: batch[k].numpy() for k in self.inputs}
-        return torch.from_numpy(self.session.run(None, feed)[0])
+        return self.outputs(batch)[0]
+
+    def outputs(self, batch: dict) -> tuple[torch.Tensor, np.ndarray | None]:
+        """(logits, mean-pooled embeddings or None)."""
+        out = self.session.run(None, {k: batch[k].numpy() for k in self.inputs})
+        return torch.from_numpy(out[0]), (out[1] if len(out) > 1 else None)
+
+
+@dataclass
+class Inference:
+    """What one model call gives: probabilities, and what monitoring compares with the training data."""
+
+    probs: np.ndarray  # one row per text
+    embeddings: np.ndarray | None  # mean-pooled last layer per text; None for an ONNX export without it
+    lengths: np.ndarray  # tokens per text (after truncation)
+    unknown: np.ndarray  # unknown tokens per text
 
 
 class Predictor:
@@ -83,6 +100,10 @@ class Predictor:
 
     def probabilities(self, texts: list[str], pairs: list[str] | None = None) -> np.ndarray:
         """Class (or per-label) probabilities, one row per text, in input order."""
+        return self.infer(texts, pairs, embeddings=False).probs
+
+    def infer(self, texts: list[str], pairs: list[str] | None = None, embeddings: bool = True) -> Inference:
+        """Probabilities, and (with `embeddings`) each text's embedding, token count and unknown tokens."""
         if self.task.pair and pairs is None:
             raise TunelabError("this model classifies sentence pairs: give a second text for each input")
         how = self.meta.get("clean", {})
@@ -90,16 +111,28 @@ class Predictor:
                    "text_pair": [clean_text(t, **how) for t in pairs] if pairs is not None else None}
         enc = encode(self.tokenizer, columns, self.task, self.max_length, with_targets=False)
         out = np.zeros((len(texts), self.task.num_labels), dtype=np.float32)
+        emb = None
         if self.onnx is not None:
+            embeddings = embeddings and self.onnx.has_embedding
             for rows in eval_batches(enc.lengths, self.batch_size):
-                logits = self.onnx.logits(collate(enc, rows, self.pad_id, self.with_types))
+                logits, pooled = self.onnx.outputs(collate(enc, rows, self.pad_id, self.with_types))
                 out[rows] = self.task.probabilities(logits).numpy()
-            return out
-        with torch.inference_mode():
-            for rows, probs in iter_probabilities(self.model, enc, self.task, self.batch_size, self.pad_id,
-                                                  self.with_types, autocast=self.bf16):
-                out[rows] = probs
-        return out
+                if embeddings:
+                    emb = np.zeros((len(texts), pooled.shape[1]), dtype=np.float32) if emb is None else emb
+                    emb[rows] = pooled
+        else:
+            with torch.inference_mode():
+                for rows, probs, *pooled in iter_probabilities(self.model, enc, self.task, self.batch_size, self.pad_id,
+                                                               self.with_types, autocast=self.bf16, embeddings=embeddings):
+                    out[rows] = probs
+                    if embeddings:
+                        emb = np.zeros((len(texts), pooled[0].shape[1]), dtype=np.float32) if emb is None else emb
+                        emb[rows] = pooled[0]
+        lengths = enc.lengths
+        unk = self.tokenizer.unk_token_id
+        unknown = (np.bincount(np.repeat(np.arange(len(texts)), lengths)[enc.ids == unk], minlength=len(texts))
+                   if unk is not None else np.zeros(len(texts), dtype=np.int64))
+        return Inference(out, emb, lengths, unknown.astype(np.int64))
 
     def decide(self, probs: np.ndarray, top_k: int | None = None) -> list[dict]:
         """Probabilities -> one result per row: the label(s), the score and all scores by label."""

@@ -1,8 +1,9 @@
-"""The HTTP API (FastAPI): /v1/predict, /v1/models, /healthz, /readyz, /metrics, OpenAPI docs at /docs.
+"""The HTTP API (FastAPI): /v1/predict, /v1/feedback, /v1/models, /v1/monitor, /dashboard, /healthz, /readyz,
+/metrics, OpenAPI docs at /docs.
 
     create_app({"sentiment": "runs/sst2"}, ServeConfig(...))      # an ASGI app; `tunelab serve` runs it in uvicorn
 
-Errors are JSON: {"error": {"code": ..., "message": ...}} with 401 (API key), 404 (unknown model), 413 (body or
+Errors are JSON: {"error": {"code": ..., "message": ...}} with 401 (API key), 404 (unknown model or prediction id), 413 (body or
 text count), 422 (invalid request, text too long), 503 (queue full: Retry-After; or not ready), 500 (the model
 failed on this batch; the server stays up).
 """
@@ -15,14 +16,16 @@ import time
 from contextlib import asynccontextmanager
 from pathlib import Path
 
+import numpy as np
 from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, PlainTextResponse
+from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse
 from pydantic import BaseModel, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from tunelab.config import ServeConfig
 from tunelab.errors import TunelabError
+from tunelab.monitor.live import FeedbackError, Monitor, create_monitor
 from tunelab.serve.batcher import Batcher, QueueFull
 from tunelab.serve.metrics import Metrics
 from tunelab.serve.models import ServedModel, load_models
@@ -36,6 +39,7 @@ class PredictRequest(BaseModel):
 
 
 class Prediction(BaseModel):
+    id: str | None = Field(None, description="The prediction's id in the monitor's log: name it in POST /v1/feedback.")
     label: str | None = None
     labels: list[str] | None = None
     score: float | None = None
@@ -46,6 +50,17 @@ class Prediction(BaseModel):
 class PredictResponse(BaseModel):
     model: str
     predictions: list[Prediction]
+
+
+class FeedbackItem(BaseModel):
+    id: str = Field(max_length=64, description="A prediction's id, as /v1/predict returned it.")
+    label: str | list[str] = Field(description="The true label (a list of labels for multi-label models).")
+
+
+class FeedbackRequest(BaseModel):
+    id: str | None = Field(None, max_length=64, description="One prediction's id (or give `items`).")
+    label: str | list[str] | None = Field(None, description="Its true label.")
+    items: list[FeedbackItem] | None = Field(None, max_length=10000, description="Several (id, label) at once.")
 
 
 class ApiError(Exception):
@@ -113,7 +128,7 @@ def create_app(models: dict[str, str | Path] | None = None, settings: ServeConfi
     settings = settings or ServeConfig()
     keys = api_keys(settings)
     metrics = Metrics()
-    state: dict = {"ready": False, "models": {}, "batchers": {}}
+    state: dict = {"ready": False, "models": {}, "batchers": {}, "monitor": None}
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
@@ -122,23 +137,30 @@ def create_app(models: dict[str, str | Path] | None = None, settings: ServeConfi
         try:
             served = loaded if loaded is not None else await asyncio.to_thread(
                 load_models, models or {}, settings.precision, base, adapters, settings.threads)
+            monitor = await asyncio.to_thread(create_monitor, settings.monitor, served, metrics)
             for name, model in served.items():
                 await asyncio.to_thread(model.probabilities, ["warm up"], ["warm up"] if model.pair else None)
-                batcher = Batcher(model, settings.max_batch_size, settings.max_wait_ms, settings.max_queue, metrics)
+                batcher = Batcher(model, settings.max_batch_size, settings.max_wait_ms, settings.max_queue, metrics,
+                                  embeddings=monitor is not None)
                 batcher.start()
                 state["batchers"][name] = batcher
         except BaseException:
             for batcher in state["batchers"].values():
                 await batcher.stop()
             raise
-        state["models"], state["ready"] = served, True
+        if monitor is not None:
+            monitor.start()
+        state["models"], state["monitor"], state["ready"] = served, monitor, True
         yield
         state["ready"] = False
         for batcher in state["batchers"].values():
             await batcher.stop()
+        if monitor is not None:  # after the batchers: every answered prediction is in the log
+            await asyncio.to_thread(monitor.stop)
 
     app = FastAPI(title="tunelab", version=_version(), lifespan=lifespan,
                   description="Text classification with models fine-tuned by tunelab.")
+    app.state.tunelab = state  # models, batchers, monitor: for code embedding the app (and tests)
 
     @app.exception_handler(ApiError)
     async def _api_error(request: Request, exc: ApiError):
@@ -158,11 +180,19 @@ def create_app(models: dict[str, str | Path] | None = None, settings: ServeConfi
     @app.middleware("http")
     async def _observe(request: Request, call_next):
         started = time.perf_counter()
-        response = await call_next(request)
+        try:
+            response = await call_next(request)
+        except Exception:  # an unhandled error is a 500 for the error rate too
+            if state["monitor"] is not None and request.url.path == "/v1/predict":
+                state["monitor"].record_request(500, time.perf_counter() - started)
+            raise
         route = request.scope.get("route")
         path = getattr(route, "path", "unmatched")
+        seconds = time.perf_counter() - started
         metrics.requests.labels(path, str(response.status_code)).inc()
-        metrics.latency.labels(path).observe(time.perf_counter() - started)
+        metrics.latency.labels(path).observe(seconds)
+        if path == "/v1/predict" and state["monitor"] is not None:
+            state["monitor"].record_request(response.status_code, seconds)
         return response
 
     def authorised(request: Request) -> None:
@@ -190,17 +220,58 @@ def create_app(models: dict[str, str | Path] | None = None, settings: ServeConfi
     @app.post("/v1/predict", response_model=PredictResponse, response_model_exclude_none=True, dependencies=[Depends(authorised)],
               responses={401: {}, 404: {}, 413: {}, 422: {}, 500: {}, 503: {}})
     async def predict(body: PredictRequest) -> PredictResponse:
-        """Labels and scores for each text, in the order given."""
+        """Labels and scores for each text, in the order given (with ids for feedback when monitoring)."""
+        started = time.perf_counter()
         name = choose(body.model)
         model: ServedModel = state["models"][name]
         _check(body, model, settings)
         try:
-            probs = await state["batchers"][name].submit(body.texts, body.text_pairs)
+            rows = await state["batchers"][name].submit(body.texts, body.text_pairs)
         except QueueFull:
             raise ApiError(503, "overloaded", "the server is at capacity; retry shortly", {"Retry-After": "1"}) from None
         except Exception as exc:
             raise ApiError(500, "model_error", f"the model failed on this batch: {type(exc).__name__}") from None
-        return PredictResponse(model=name, predictions=model.decide(probs, body.top_k) if len(body.texts) else [])
+        if not rows:
+            return PredictResponse(model=name, predictions=[])
+        results = model.decide(np.stack([r.probs for r in rows]), body.top_k)
+        monitor: Monitor | None = state["monitor"]
+        if monitor is not None:
+            for result, pid in zip(results, monitor.record(name, body.texts, rows, results, time.perf_counter() - started)):
+                result["id"] = pid
+        return PredictResponse(model=name, predictions=results)
+
+    @app.post("/v1/feedback", dependencies=[Depends(authorised)], responses={401: {}, 404: {}, 422: {}, 503: {}})
+    async def post_feedback(body: FeedbackRequest) -> dict:
+        """The true label of earlier predictions (one, or a batch in `items`): live accuracy comes from these."""
+        import asyncio
+
+        monitor: Monitor | None = state["monitor"]
+        if monitor is None:
+            raise ApiError(503, "monitor_off", "monitoring is off on this server (serve.monitor.enabled)")
+        if (body.items is None) == (body.id is None) or (body.id is None) != (body.label is None):
+            raise ApiError(422, "invalid_request", "give either id and label, or items: [{id, label}, ...]")
+        items = [(i.id, i.label) for i in body.items] if body.items is not None else [(body.id, body.label)]
+        if not items:
+            raise ApiError(422, "invalid_request", "items is empty")
+        try:
+            return await asyncio.to_thread(monitor.add_feedback, items)
+        except FeedbackError as exc:
+            raise ApiError(exc.status, exc.code, exc.message) from None
+
+    @app.get("/v1/monitor", dependencies=[Depends(authorised)], responses={401: {}, 503: {}})
+    async def monitor_state() -> dict:
+        """What the dashboard shows: request rate, latency, errors, label shares vs training, drift figures with
+        their thresholds, live accuracy, alerts."""
+        if state["monitor"] is None:
+            raise ApiError(503, "monitor_off", "monitoring is off on this server (serve.monitor.enabled)")
+        return state["monitor"].snapshot()
+
+    @app.get("/dashboard", response_class=HTMLResponse)
+    async def dashboard() -> HTMLResponse:
+        """The monitoring dashboard (a self-contained page that polls /v1/monitor)."""
+        from tunelab.monitor.dashboard import dashboard_html
+
+        return HTMLResponse(dashboard_html())
 
     @app.get("/v1/models", dependencies=[Depends(authorised)], responses={401: {}})
     async def list_models() -> dict:

@@ -21,6 +21,16 @@ class QueueFull(Exception):
 
 
 @dataclass
+class Row:
+    """One text's share of a model call."""
+
+    probs: np.ndarray
+    embedding: np.ndarray | None
+    tokens: int
+    unknown: int
+
+
+@dataclass
 class _Item:
     text: str
     pair: str | None
@@ -28,8 +38,10 @@ class _Item:
 
 
 class Batcher:
-    def __init__(self, model, max_batch_size: int, max_wait_ms: float, max_queue: int, metrics=None):
+    def __init__(self, model, max_batch_size: int, max_wait_ms: float, max_queue: int, metrics=None,
+                 embeddings: bool = True):
         self.model, self.max_batch_size, self.max_wait = model, max_batch_size, max_wait_ms / 1000
+        self.embeddings = embeddings  # the monitor's drift needs them; without a monitor, skip the work
         self.max_queue, self.metrics = max_queue, metrics
         self.queue: asyncio.Queue[_Item] = asyncio.Queue()
         self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"model-{model.name}")
@@ -47,8 +59,8 @@ class Batcher:
                 pass
         self.executor.shutdown(wait=True)
 
-    async def submit(self, texts: list[str], pairs: list[str] | None) -> np.ndarray:
-        """Probabilities for these texts (one row each, in order), computed with whatever else is queued."""
+    async def submit(self, texts: list[str], pairs: list[str] | None) -> list[Row]:
+        """One Row per text, in order, computed with whatever else is queued."""
         if self.queue.qsize() + len(texts) > self.max_queue:
             raise QueueFull()
         loop = asyncio.get_running_loop()
@@ -56,8 +68,7 @@ class Batcher:
         for item in items:
             self.queue.put_nowait(item)
         self._gauge()
-        rows = await asyncio.gather(*(item.future for item in items))
-        return np.stack(rows) if rows else np.zeros((0, 0), dtype=np.float32)
+        return list(await asyncio.gather(*(item.future for item in items)))
 
     def _gauge(self) -> None:
         if self.metrics:
@@ -89,7 +100,7 @@ class Batcher:
             pairs = [item.pair for item in batch] if batch[0].pair is not None else None
             started = time.perf_counter()
             try:
-                probs = await loop.run_in_executor(self.executor, self.model.probabilities, texts, pairs)
+                out = await loop.run_in_executor(self.executor, self.model.infer, texts, pairs, self.embeddings)
             except Exception as exc:  # this batch fails; the server and the next batches go on
                 for item in batch:
                     if not item.future.done():
@@ -98,6 +109,9 @@ class Batcher:
             if self.metrics:
                 self.metrics.batch_size.labels(self.model.name).observe(len(batch))
                 self.metrics.inference_seconds.labels(self.model.name).observe(time.perf_counter() - started)
-            for item, row in zip(batch, probs):
+            for i, item in enumerate(batch):
                 if not item.future.done():
-                    item.future.set_result(row)
+                    # copies: a kept row must not keep the whole batch's arrays alive (the monitor's window)
+                    item.future.set_result(Row(out.probs[i].copy(),
+                                               out.embeddings[i].copy() if out.embeddings is not None else None,
+                                               int(out.lengths[i]), int(out.unknown[i])))

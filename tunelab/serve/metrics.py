@@ -17,6 +17,9 @@ class Metrics:
                                  buckets=LATENCY_BUCKETS, registry=r)
         self.batch_size = Histogram("tunelab_batch_size", "Texts per model call", ["model"], buckets=BATCH_BUCKETS, registry=r)
         self.queue_depth = Gauge("tunelab_queue_depth", "Texts waiting for the model", ["model"], registry=r)
+        self.monitor = Gauge("tunelab_monitor", "Latest monitored figure (drift, live accuracy, latency, errors)",
+                             ["model", "metric"], registry=r)
+        self.alert_firing = Gauge("tunelab_alert_firing", "1 while an alert rule fires", ["rule", "model"], registry=r)
         self.inference_seconds = Histogram("tunelab_inference_seconds", "Model time per batch", ["model"],
                                            buckets=LATENCY_BUCKETS, registry=r)
 

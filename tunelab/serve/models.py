@@ -14,12 +14,17 @@ from tunelab.errors import TunelabError
 @dataclass
 class ServedModel:
     name: str
-    probabilities: Callable[[list[str], list[str] | None], np.ndarray]  # not thread-safe: one caller at a time
+    infer: Callable  # (texts, pairs, embeddings) -> Inference; not thread-safe: one caller at a time
     decide: Callable[[np.ndarray, int | None], list[dict]]
     tokenizer: object
     max_length: int
     pair: bool
     info: dict = field(default_factory=dict)
+    profile: dict | None = None  # the training profile drift is measured against (monitor/profile.py)
+    threshold: float = 0.5
+
+    def probabilities(self, texts: list[str], pairs: list[str] | None = None) -> np.ndarray:
+        return self.infer(texts, pairs, False).probs
 
 
 def _info(predictor, backend: str, path: Path) -> dict:
@@ -38,6 +43,7 @@ def load_models(models: dict[str, str | Path], precision: str = "fp32", base: st
 
     from tunelab.models.adapters import AdapterSet
     from tunelab.models.predictor import Predictor
+    from tunelab.monitor.profile import load_profile
 
     if threads:
         torch.set_num_threads(threads)
@@ -45,8 +51,9 @@ def load_models(models: dict[str, str | Path], precision: str = "fp32", base: st
     for name, path in models.items():
         predictor = Predictor(path, precision=precision)
         backend = ("onnx-" + (predictor.meta["onnx"].get("quantize") or "fp32")) if predictor.onnx else f"torch-{precision}"
-        served[name] = ServedModel(name, predictor.probabilities, predictor.decide, predictor.tokenizer,
-                                   predictor.max_length, predictor.task.pair, _info(predictor, backend, predictor.model_dir))
+        served[name] = ServedModel(name, predictor.infer, predictor.decide, predictor.tokenizer,
+                                   predictor.max_length, predictor.task.pair, _info(predictor, backend, predictor.model_dir),
+                                   load_profile(predictor.model_dir), predictor.threshold)
     if adapters:
         if base is None:
             raise TunelabError("adapters need their base model: --base MODEL")
@@ -55,9 +62,10 @@ def load_models(models: dict[str, str | Path], precision: str = "fp32", base: st
             if name in served:
                 raise TunelabError(f"two models are called '{name}'")
             p = shared.predictors[name]
-            served[name] = ServedModel(name, lambda texts, pairs, _n=name: shared.probabilities(texts, _n, pairs),
+            served[name] = ServedModel(name, lambda texts, pairs, embeddings=True, _n=name: shared.infer(texts, _n, pairs, embeddings),
                                        p.decide, p.tokenizer, p.max_length, p.task.pair,
-                                       {**_info(p, f"torch-{precision}", p.model_dir), "shared_base": base})
+                                       {**_info(p, f"torch-{precision}", p.model_dir), "shared_base": base},
+                                       load_profile(p.model_dir), p.threshold)
     if not served:
         raise TunelabError("nothing to serve: give a run or export folder (or --base with --adapter)")
     return served

@@ -187,7 +187,7 @@ def train(config: Config, resume: bool = False, overwrite: bool = False, quiet: 
     parameters = count_parameters(model)
     steps_per_epoch = math.ceil(len(train_enc) / cfg.batch_size)
     total_steps = cfg.max_steps or planned_steps(cfg, steps_per_epoch, task.num_labels)
-    optimizer = build_optimizer(model, cfg, config.learning_rate)
+    optimizer = build_optimizer(model, cfg, config.learning_rate, config.head_learning_rate)
     scheduler = build_scheduler(optimizer, cfg, total_steps)
     model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
     weights = task.class_weights(train_enc.targets, cfg.class_weights)
@@ -311,6 +311,14 @@ def train(config: Config, resume: bool = False, overwrite: bool = False, quiet: 
         if main:
             meta["validation"] = {}
             save_model_folder(unwrapped, tokenizer, run_dir / "model", meta)
+    if main:
+        from tunelab.monitor.profile import build_profile
+
+        try:  # what live traffic is compared with when served (monitor/)
+            build_profile(run_dir / "model", run_dir)
+        except Exception as exc:  # noqa: BLE001 -- the model is saved; the profile can be made later
+            say(f"train: warning: no monitoring profile ({type(exc).__name__}: {exc}); "
+                f"make it with: tunelab monitor profile {run_dir}")
     accelerator.wait_for_everyone()
     accelerator.end_training()
     best = next((h for h in state.history if h["step"] == state.best_step), {})

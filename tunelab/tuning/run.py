@@ -142,7 +142,7 @@ def tune(config: Config, quiet: bool = False) -> TuneResult:
     if config.tune.pruner != "none" and config.train.eval_every is None:
         say("tune: note: train.eval_every is not set, so a trial reports once per epoch and the pruner has "
             "little to act on")
-    study_dir, tune_dir = config.run_dir, config.run_dir / "tune"
+    tune_dir = config.run_dir / "tune"
     tune_dir.mkdir(parents=True, exist_ok=True)
     slots = _slots(config, params)
     if config.tune.sampler == "grid" and config.tune.n_trials and len(slots) == config.tune.n_trials:

@@ -1,0 +1,58 @@
+"""Servers for tests: the app in a uvicorn thread, or `tunelab serve` as a process, on free loopback ports."""
+
+import socket
+import subprocess
+import sys
+import threading
+import time
+
+import httpx
+import uvicorn
+
+
+class Server:
+    """uvicorn in a thread on a free loopback port: `with Server(app) as s: httpx.get(s.url + ...)`."""
+
+    def __init__(self, app, shutdown_timeout=10):
+        self.app = app
+        self.server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning",
+                                                    timeout_graceful_shutdown=shutdown_timeout))
+        self.thread = threading.Thread(target=self.server.run, daemon=True)
+
+    def __enter__(self):
+        self.thread.start()
+        deadline = time.time() + 60
+        while not self.server.started and time.time() < deadline:
+            time.sleep(0.01)
+        self.url = f"http://127.0.0.1:{self.server.servers[0].sockets[0].getsockname()[1]}"
+        return self
+
+    @property
+    def monitor(self):
+        return self.app.state.tunelab["monitor"]
+
+    def __exit__(self, *exc):
+        self.server.should_exit = True
+        self.thread.join(30)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def serve_process(*args: str) -> tuple[subprocess.Popen, str]:
+    """`tunelab serve ARGS --port P` as a process, once /readyz answers (or it exited: the caller checks poll())."""
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "tunelab", "serve", *args, "--port", str(port)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.time() + 120
+    while time.time() < deadline and proc.poll() is None:
+        try:
+            if httpx.get(f"{url}/readyz").status_code == 200:
+                break
+        except httpx.TransportError:
+            time.sleep(0.1)
+    return proc, url
