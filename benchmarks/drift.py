@@ -115,7 +115,8 @@ def throughput(folder: Path, texts: list[str], rounds: int = 5) -> dict:
     cpu: dict[str, list[float]] = {"off": [], "on": []}
     for mode in ("off", "on") * rounds:
         db = WORK / "drift" / "throughput.db"
-        db.unlink(missing_ok=True)
+        for stale in (db, db.with_name(db.name + "-wal"), db.with_name(db.name + "-shm")):
+            stale.unlink(missing_ok=True)
         extra = ["--no-monitor"] if mode == "off" else ["--monitor-db", f"sqlite:///{db}"]
         proc, url = start_server([sys.executable, "-m", "tunelab", "serve", f"fpb={folder}", *extra], "/readyz")
         try:

@@ -195,7 +195,7 @@ def create_app(models: dict[str, str | Path] | None = None, settings: ServeConfi
             state["monitor"].record_request(response.status_code, seconds)
         return response
 
-    def authorised(request: Request) -> None:
+    async def authorised(request: Request) -> None:  # async: FastAPI would run a plain def in a worker thread
         if not keys:
             return
         header = request.headers.get("authorization", "")
