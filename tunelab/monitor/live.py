@@ -25,7 +25,7 @@ from tunelab.errors import TunelabError
 from tunelab.monitor import store
 from tunelab.monitor.alerts import AlertRules, Event, Webhook
 from tunelab.monitor.drift import load_statistics, window_drift
-from tunelab.monitor.profile import confidence, run_of
+from tunelab.monitor.profile import confidence, label_counts, run_of
 
 log = logging.getLogger("tunelab.monitor")
 RECENT_IDS = 200_000  # predictions whose id feedback can name without a database lookup
@@ -302,7 +302,7 @@ class Monitor:
         profile = served.profile
         if snapshot is not None and profile is not None and n >= self.settings.min_window:
             labels, conf, tokens, unknown, embedded = snapshot
-            counts = _counts(labels, len(profile["labels"]), bool(profile.get("multi_label")))
+            counts = label_counts(labels, bool(profile.get("multi_label")), len(profile["labels"]))
             unique = list({digest: emb for digest, emb in embedded}.values())  # repeated texts once
             figures = window_drift(profile, counts, conf, tokens, float(unknown.sum() / max(tokens.sum(), 1)),
                                    np.stack(unique) if unique else None)
@@ -332,7 +332,7 @@ class Monitor:
         labels = self.models[name].info.get("labels") or (self.models[name].profile or {}).get("labels") or []
         with self.lock:
             window = list(live.labels)
-        counts = _counts(window, len(labels), bool(self.models[name].info.get("multi_label")))
+        counts = label_counts(window, bool(self.models[name].info.get("multi_label")), len(labels))
         total = max(sum(counts), 1)
         return {lab: c / total for lab, c in zip(labels, counts)}
 
@@ -366,14 +366,6 @@ class Monitor:
                 "log": {"database": store._safe(self.database), "written": self.log.written,
                         "pending": len(self.log.pending)},
                 "check_every_s": self.settings.check_every_s}
-
-
-def _counts(labels: list, n_labels: int, multi_label: bool) -> list[int]:
-    if not labels:
-        return [0] * n_labels
-    if multi_label:
-        return np.asarray(labels).sum(0).astype(int).tolist()
-    return np.bincount(np.asarray(labels, dtype=int), minlength=n_labels).tolist()
 
 
 def _accuracy(feedback: list, min_feedback: int) -> dict:
