@@ -25,7 +25,7 @@ from tunelab.errors import TunelabError
 from tunelab.monitor import store
 from tunelab.monitor.alerts import AlertRules, Event, Webhook
 from tunelab.monitor.drift import load_statistics, window_drift
-from tunelab.monitor.profile import confidence, label_counts, run_of
+from tunelab.monitor.profile import confidence, label_counts, reference_shares, run_of, shares
 
 log = logging.getLogger("tunelab.monitor")
 RECENT_IDS = 200_000  # predictions whose id feedback can name without a database lookup
@@ -332,9 +332,7 @@ class Monitor:
         labels = self.models[name].info.get("labels") or (self.models[name].profile or {}).get("labels") or []
         with self.lock:
             window = list(live.labels)
-        counts = label_counts(window, bool(self.models[name].info.get("multi_label")), len(labels))
-        total = max(sum(counts), 1)
-        return {lab: c / total for lab, c in zip(labels, counts)}
+        return shares(labels, label_counts(window, bool(self.models[name].info.get("multi_label")), len(labels)))
 
     def snapshot(self) -> dict:
         """Everything the dashboard shows (GET /v1/monitor)."""
@@ -347,13 +345,9 @@ class Monitor:
             served = self.models[name]
             profile = served.profile
             labels = served.info.get("labels", [])
-            reference = {}
-            if profile:
-                total = max(sum(profile["prediction_counts"]), 1)
-                reference = {lab: c / total for lab, c in zip(profile["labels"], profile["prediction_counts"])}
             models[name] = {"predictions": live.total, "window": len(live.labels), "feedback": len(live.feedback),
                             "profile": profile is not None, "labels": labels, "figures": live.figures,
-                            "label_shares": {"reference": reference, "live": self._shares(name, live)},
+                            "label_shares": {"reference": reference_shares(profile), "live": self._shares(name, live)},
                             "history": list(live.history)}
         thresholds = {}
         for rule in self.rules.rules:

@@ -125,6 +125,17 @@ def label_counts(labels: np.ndarray, multi_label: bool, n_labels: int) -> list[i
     return np.bincount(labels.astype(int), minlength=n_labels).astype(int).tolist()
 
 
+def shares(labels: list[str], counts: list[int]) -> dict[str, float]:
+    """Counts per label -> each label's share of the total."""
+    total = max(sum(counts), 1)
+    return {lab: c / total for lab, c in zip(labels, counts)}
+
+
+def reference_shares(profile: dict | None) -> dict[str, float]:
+    """The model's predicted-label shares on its reference data ({} without a profile)."""
+    return shares(profile["labels"], profile["prediction_counts"]) if profile else {}
+
+
 def accuracy(probs: np.ndarray, targets, multi_label: bool, threshold: float = 0.5) -> float:
     if targets is None or len(probs) == 0:
         return float("nan")

@@ -13,6 +13,7 @@ import sqlalchemy as sa
 
 from tunelab.errors import TunelabError
 from tunelab.monitor import store
+from tunelab.monitor.profile import reference_shares
 
 UNITS = {"m": "minutes", "h": "hours", "d": "days", "w": "weeks"}
 
@@ -93,10 +94,7 @@ def write_monitor_report(database: str, out_dir: Path, since: datetime, profiles
             labels = profile["labels"]
         if rows and labels:
             shares = {lab: np.mean([lab in r.label.split("|") for r in rows]) for lab in labels}
-            reference = {}
-            if profile:
-                total = max(sum(profile["prediction_counts"]), 1)
-                reference = {lab: n / total for lab, n in zip(profile["labels"], profile["prediction_counts"])}
+            reference = reference_shares(profile)
             sections.append(f"<h2>{html.escape(model)}: labels</h2>" + _table(
                 ["label", "share of predictions", "training reference"],
                 [[lab, float(shares[lab]), float(reference[lab]) if lab in reference else "-"] for lab in labels]))
