@@ -60,6 +60,16 @@ def test_int8_export_reports_agreement_and_refuses_below_the_floor(runs, monkeyp
 
     ops = {n.op_type for n in onnx.load(str(out / "model.onnx")).graph.node}
     assert {"DynamicQuantizeLinear", "MatMulInteger"} <= ops or "DynamicQuantizeMatMul" in ops, ops  # int8 matmuls
+
+    def fp32_weight_matmuls(path):
+        graph = onnx.load(str(path)).graph
+        weights = {i.name for i in graph.initializer}
+        return sum(n.op_type == "MatMul" and n.input[1] in weights for n in graph.node)
+    assert fp32_weight_matmuls(out / "model.onnx") == 0  # every weight matmul int8 by default
+    kept = export_onnx(runs["full"], runs["full"] / "export" / "int8-ffn", quantize="int8", quiet=True, ffn_down_fp32=True)
+    layers = json.loads((runs["full"] / "model" / "config.json").read_text())["num_hidden_layers"]
+    assert fp32_weight_matmuls(runs["full"] / "export" / "int8-ffn" / "model.onnx") == layers  # one GELU-fed each
+    assert kept["label_agreement"] >= 0.99
     before = (out / "model.onnx").stat().st_mtime_ns
     import tunelab.export.onnx as onnx_export
 
@@ -73,6 +83,7 @@ def test_int8_export_reports_agreement_and_refuses_below_the_floor(runs, monkeyp
 def test_export_cli_mistakes_are_one_clear_line(runs):
     for args, message in [(["--format", "tflite"], "not a format tunelab exports"),
                           (["--quantize", "int8"], "add --format onnx"),
+                          (["--format", "onnx", "--ffn-down-fp32"], "an int8 setting: add --quantize int8"),
                           ([], "say what to export")]:
         done = subprocess.run([sys.executable, "-m", "tunelab", "export", str(runs["full"]), *args],
                               capture_output=True, text=True)

@@ -106,6 +106,7 @@ def export(run: Path = RUN,
            quantize: Optional[str] = typer.Option(None, "--quantize", help="int8: dynamic int8 quantisation of the ONNX model."),
            min_agreement: float = typer.Option(0.99, "--min-agreement", min=0.0, max=1.0,
                                                help="int8: the least share of validation labels that must agree with fp32."),
+           ffn_down_fp32: bool = typer.Option(False, "--ffn-down-fp32", help="int8: keep the feed-forward down-projections (fed by GELU) in fp32: slower, sometimes closer to fp32."),
            output: Optional[Path] = typer.Option(None, "--output", "-o", help="Output folder (default runs/<name>/export/merged, onnx or onnx-int8)."),
            limit: Optional[int] = typer.Option(None, "--limit", min=1, help="Check parity on at most this many validation texts.")) -> None:
     """Export a trained run: --merge (merged adapters) or --format onnx [--quantize int8], each checked on validation."""
@@ -126,7 +127,9 @@ def export(run: Path = RUN,
         return
     from tunelab.export import export_onnx
 
-    parity = export_onnx(run, output, quantize, min_agreement, limit)
+    if ffn_down_fp32 and not quantize:
+        raise TunelabError("--ffn-down-fp32 is an int8 setting: add --quantize int8")
+    parity = export_onnx(run, output, quantize, min_agreement, limit, ffn_down_fp32=ffn_down_fp32)
     typer.echo(f"onnx model{' (int8)' if quantize else ''}: {parity['out']} ({parity['bytes'] / 1e6:.1f} MB); on "
                f"{parity['examples']} validation texts: labels agree {parity['label_agreement']:.2%}, max |prob diff| "
                f"{parity['max_abs_prob_diff']:.2e}")

@@ -11,7 +11,7 @@ from tunelab.tasks.encoding import Encoded, collate, eval_batches
 
 @torch.inference_mode()
 def iter_probabilities(model, enc: Encoded, task, batch_size: int, pad_id: int, with_types: bool,
-                       autocast: bool = False, embeddings: bool = False) -> Iterator[tuple]:
+                       autocast: bool = False, embeddings: bool = False, call_tokens: int = 32) -> Iterator[tuple]:
     """Yield (row indices, probabilities) batch by batch -- (rows, probabilities, embeddings) with
     `embeddings` -- rows longest first, not in file order."""
     was_training = model.training
@@ -20,7 +20,7 @@ def iter_probabilities(model, enc: Encoded, task, batch_size: int, pad_id: int, 
     captured: dict = {}
     hook = _capture_last_hidden_state(model, captured) if embeddings else None
     try:
-        for rows in eval_batches(enc.lengths, batch_size):
+        for rows in eval_batches(enc.lengths, batch_size, call_tokens):
             batch = {k: v.to(device) for k, v in collate(enc, rows, pad_id, with_types).items()}
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast):
                 out = model(**batch, output_hidden_states=embeddings and hook is None)

@@ -30,6 +30,10 @@ def find_model_dir(path: str | Path) -> Path:
 
 
 ONNX_FILE = "model.onnx"
+# The fixed cost of one model call in tokens' worth of compute, for cutting batches by length (eval_batches),
+# by backend. From a sweep on this 2-core CPU (BENCHMARKS.md, "Serving"): ONNX Runtime calls are cheap; an
+# eager torch forward pays Python per module; bf16 matmuls (AMX) want big batches more than little padding.
+CALL_TOKENS = {"onnx": 32, "fp32": 64, "bf16": 256}
 
 
 class OnnxModel:
@@ -91,6 +95,7 @@ class Predictor:
         self.threshold = float(self.meta.get("threshold", 0.5))
         self.bf16 = precision == "bf16"
         self.batch_size = batch_size
+        self.call_tokens = CALL_TOKENS["onnx" if self.onnx else "bf16" if self.bf16 else "fp32"]
         self.pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
         self.with_types = self.task.pair and "token_type_ids" in self.tokenizer.model_input_names
 
@@ -114,7 +119,7 @@ class Predictor:
         emb = None
         if self.onnx is not None:
             embeddings = embeddings and self.onnx.has_embedding
-            for rows in eval_batches(enc.lengths, self.batch_size):
+            for rows in eval_batches(enc.lengths, self.batch_size, self.call_tokens):
                 logits, pooled = self.onnx.outputs(collate(enc, rows, self.pad_id, self.with_types))
                 out[rows] = self.task.probabilities(logits).numpy()
                 if embeddings:
@@ -123,7 +128,8 @@ class Predictor:
         else:
             with torch.inference_mode():
                 for rows, probs, *pooled in iter_probabilities(self.model, enc, self.task, self.batch_size, self.pad_id,
-                                                               self.with_types, autocast=self.bf16, embeddings=embeddings):
+                                                               self.with_types, autocast=self.bf16, embeddings=embeddings,
+                                                               call_tokens=self.call_tokens):
                     out[rows] = probs
                     if embeddings:
                         emb = np.zeros((len(texts), pooled[0].shape[1]), dtype=np.float32) if emb is None else emb
