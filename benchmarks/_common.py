@@ -15,7 +15,9 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
-DATA = Path(os.environ.get("TUNELAB_DATA", REPO.parent / "shared" / "data"))
+DATA = Path(os.environ.get("TUNELAB_DATA", REPO.parent / "shared" / "data")).resolve()
+# the example configs read ${TUNELAB_DATA:-../shared/data}: without this, relative to whatever folder we run in
+os.environ["TUNELAB_DATA"] = str(DATA)
 WORK = HERE / "work"  # scratch space (git-ignored)
 SUBSET = int(os.environ.get("BENCH_SUBSET", 20_000))  # the fixed SST-2 training subset; smaller only to smoke-test
 
@@ -55,11 +57,13 @@ def run_measured(code: str) -> dict:
     return out
 
 
-def write_results(script: str, figures: dict) -> Path:
+def write_results(script: str, figures: dict, merge: bool = False) -> Path:
+    """Write results/<script>.json; `merge` keeps the stored figures of the cases not run this time (--only)."""
     WORK.mkdir(exist_ok=True)
     out = HERE / "results" / f"{script}.json"
     out.parent.mkdir(exist_ok=True)
-    figures = {"date": datetime.now(timezone.utc).strftime("%Y-%m-%d"), "machine": machine(), **figures}
+    kept = json.loads(out.read_text()) if merge and out.exists() else {}
+    figures = {**kept, "date": datetime.now(timezone.utc).strftime("%Y-%m-%d"), "machine": machine(), **figures}
     out.write_text(json.dumps(figures, indent=1) + "\n")
     print(json.dumps(figures, indent=1))
     return out

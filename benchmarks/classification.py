@@ -126,7 +126,7 @@ def main() -> None:
     only = [n for n in args.only.split(",") if n]
     results = run_cases(__file__, CASES, args.case, only, "classification", tag=args.tag)
     if results is not None:
-        write_results("classification", flatten(results))
+        write_results("classification", flatten(results), merge=bool(only))
 
 
 def flatten(results: dict) -> dict:

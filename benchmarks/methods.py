@@ -90,6 +90,7 @@ CASES["sst2_lora_checkpointing"] = lambda: run_method("sst2", "lora", ["train.ac
                                                       "methods-sst2-lora-checkpointing")
 # the LoRA default before alpha 32 (kept to show why alpha changed)
 CASES["sst2_adapter_lr3e-3"] = lambda: run_method("sst2", "adapter", ["train.learning_rate=3e-3"], "methods-sst2-adapter-lr3e-3")
+CASES["sst2_adapter_pooler"] = lambda: run_method("sst2", "adapter", ["method.adapter.train_pooler=true"], "methods-sst2-adapter-pooler")
 CASES["sst2_lora_alpha16"] = lambda: run_method("sst2", "lora", ["method.lora.alpha=16"], "methods-sst2-lora-alpha16")
 SWEEP_CASES = {f"{m}_{lr:g}": _sweep_case(m, lr) for m, lrs in SWEEP.items() for lr in lrs}
 
@@ -102,8 +103,9 @@ def _variants(cases, dataset: str) -> list[str]:
     return [m for m in METHOD_NAMES if m in names] + sorted(n for n in names if n not in METHOD_NAMES)
 
 
-def flatten(results: dict) -> dict:
-    flat = {}
+def flatten(results: dict, stored: dict | None = None) -> dict:
+    """Flat figures of `results`, over the `stored` ones of the cases not run this time (--only)."""
+    flat = {k: v for k, v in (stored or {}).items() if k not in ("date", "machine")}
     for case, figures in results.items():
         figures = dict(figures)
         peak = figures.get("peak_rss_training_mb", figures.get("peak_rss_mb"))  # older runs: the whole case's peak
@@ -117,13 +119,12 @@ def flatten(results: dict) -> dict:
     for d in DATASETS:
         full = flat.get(f"{d}_full_accuracy")
         head = flat.get(f"{d}_head_accuracy")
-        for m in METHOD_NAMES[1:]:
+        for m in _variants(_cases(flat), d)[1:]:
             acc = flat.get(f"{d}_{m}_accuracy")
             if full is not None and acc is not None:
                 flat[f"{d}_{m}_gap_points"] = round(100 * (full - acc), 2)
-            if head is not None and acc is not None and m != "head":
+            if head is not None and acc is not None and m in METHOD_NAMES and m != "head":
                 flat[f"{d}_{m}_above_head_points"] = round(100 * (acc - head), 2)
-        for m in _variants(results, d)[1:]:
             mem, full_mem = flat.get(f"{d}_{m}_train_memory_mb"), flat.get(f"{d}_full_train_memory_mb")
             if mem is not None and full_mem:
                 flat[f"{d}_{m}_train_memory_ratio_vs_full"] = round(mem / full_mem, 4)
@@ -139,13 +140,17 @@ def flatten(results: dict) -> dict:
     return flat
 
 
-def markdown_table(flat: dict, results: dict) -> str:
+def _cases(flat: dict) -> list[str]:
+    return [k[:-len("_accuracy")] for k in flat if k.endswith("_accuracy")]
+
+
+def markdown_table(flat: dict) -> str:
     """The BENCHMARKS.md table, straight from the figures."""
     head = ("| data | method | lr | accuracy | macro-F1 | gap to full (points) | trainable % | saved MB | "
             "train s | samples/s | peak RSS MB | train memory MB (× full) |\n" + "|---" * 12 + "|")
     rows = []
     for d in DATASETS:
-        for m in _variants(results, d):
+        for m in _variants(_cases(flat), d):
             g = lambda k, fmt="{:.4f}": fmt.format(flat[f"{d}_{m}_{k}"]) if f"{d}_{m}_{k}" in flat else "–"  # noqa: E731
             rows.append(f"| {d} | {m} | {g('learning_rate', '{:g}')} | {g('accuracy')} | {g('macro_f1')} | "
                         f"{g('gap_points', '{:+.2f}') if m != 'full' else '–'} | {g('trainable_percent', '{:.3f}')} | "
@@ -179,9 +184,10 @@ def main() -> None:
         flat.update({f"{m}_best_learning_rate": lr for m, (_, lr) in best.items()})
         write_results("methods_sweep", flat)
     else:
-        flat = flatten(results)
+        stored = Path(__file__).parent / "results" / "methods.json"
+        flat = flatten(results, json.loads(stored.read_text()) if only and stored.exists() else None)
         write_results("methods", flat)
-        print(markdown_table(flat, results))
+        print(markdown_table(flat))
 
 
 if __name__ == "__main__":

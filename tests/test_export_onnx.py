@@ -52,6 +52,21 @@ def test_onnx_folder_runs_in_plain_onnxruntime_and_equals_torch(runs, method):
     assert np.abs(Predictor(out).probabilities(TEXTS) - reference.probabilities(TEXTS)).max() < 1e-4
 
 
+def test_parallel_onnx_calls_give_each_row_its_own_result(runs):
+    from tunelab.models.predictor import OnnxModel
+
+    out = runs["full"] / "export" / "onnx-parallel"
+    export_onnx(runs["full"], out=out, quiet=True)
+    predictor = Predictor(out, batch_size=4)
+    predictor.onnx = OnnxModel(out / "model.onnx", threads=3)  # 3 calls at once, whatever the machine's cores
+    texts = [" ".join(["good"] * (i % 7 + 1) + ["bad"] * (i % 5)) + f" {i}" for i in range(41)]
+    together = predictor.infer(texts)  # >= 11 batches of at most 4, cut by length, run 3 at a time
+    alone = [predictor.infer([t]) for t in texts]
+    assert np.abs(together.probs - np.vstack([a.probs for a in alone])).max() < 1e-5
+    assert np.abs(together.embeddings - np.vstack([a.embeddings for a in alone])).max() < 1e-4
+    assert list(together.lengths) == [int(a.lengths[0]) for a in alone]
+
+
 def test_int8_export_reports_agreement_and_refuses_below_the_floor(runs, monkeypatch):
     parity = export_onnx(runs["full"], quantize="int8", quiet=True)
     out = runs["full"] / "export" / "onnx-int8"

@@ -123,6 +123,29 @@ def test_save_then_load_predicts_the_same(tiny_model_dir, tokenizer, tmp_path, m
     assert torch.allclose(got, expected, atol=1e-6), f"{method}: max diff {(got - expected).abs().max():.2e}"
 
 
+def test_adapter_train_pooler_adds_the_pooler_and_saves_it(tiny_model_dir, tokenizer, tmp_path):
+    raw = {"name": "t", "data": {"train": "x.csv"}, "method": {"name": "adapter", "adapter": {"train_pooler": True}}}
+    method_config = load_config(raw).method
+    task = make_task("classification", **TASKS["single"])
+    torch.manual_seed(0)
+    model = apply_method(task.build_model(str(tiny_model_dir)), method_config)
+    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+    pooler = {n for n in trainable if "pooler" in n}
+    assert pooler and trainable == {n for n, _ in model.named_parameters() if _head(n) or TRAINS["adapter"](n)} | pooler
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if name in pooler:
+                p.add_(0.05)  # as if trained: the saved state must carry the pooler, not the base's
+    model.eval()
+    batch, _ = _batch(task)
+    with torch.no_grad():
+        expected = model(**batch).logits
+    save_model_folder(model, tokenizer, tmp_path / "model", _meta(task, method_config, tiny_model_dir))
+    loaded = load_model(tmp_path / "model", json.loads((tmp_path / "model" / "tunelab.json").read_text()))
+    with torch.no_grad():
+        assert torch.allclose(loaded(**batch).logits, expected, atol=1e-6)
+
+
 @pytest.mark.parametrize("method", [n for n, m in METHODS.items() if getattr(m, "MERGEABLE", False)])
 def test_merged_model_predicts_the_same(tiny_model_dir, method):
     from transformers import AutoModelForSequenceClassification

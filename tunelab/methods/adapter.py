@@ -31,6 +31,7 @@ class Settings(Section):
         "houlsby", description="'houlsby': after attention and feed-forward; 'pfeiffer': after feed-forward only.")
     nonlinearity: Literal["gelu", "relu", "tanh"] = Field("gelu", description="Activation inside the bottleneck.")
     train_layer_norm: bool = Field(True, description="Also train the LayerNorm weights (as Houlsby et al. do).")
+    train_pooler: bool = Field(False, description="Also train the pooler (BERT's dense layer over [CLS] under the head).")
 
 
 class Bottleneck(torch.nn.Module):
@@ -76,5 +77,6 @@ def apply(model, settings: Settings, head):
             _add_after_output(module, adapter)
             adapters.append(adapter)
     norms = [m for m in model.modules() if "norm" in type(m).__name__.lower()] if settings.train_layer_norm else []
-    train_only(model, [*adapters, *norms, *(getattr(model, name) for name in head)])
+    poolers = [m for n, m in model.named_modules() if n.split(".")[-1] == "pooler"] if settings.train_pooler else []
+    train_only(model, [*adapters, *norms, *poolers, *(getattr(model, name) for name in head)])
     return model

@@ -4,6 +4,9 @@
 from __future__ import annotations
 
 import json
+from collections import deque
+from collections.abc import Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -37,20 +40,26 @@ CALL_TOKENS = {"onnx": 32, "fp32": 64, "bf16": 256}
 
 
 class OnnxModel:
-    """An exported ONNX classifier behind the same call as the torch model: padded batch -> logits."""
+    """An exported ONNX classifier behind the same call as the torch model: padded batch -> logits.
+
+    Each call runs on one thread, and up to `calls` (the cores, or `threads`) calls run at once on one
+    session (ONNX Runtime's run() is thread-safe). Measured on this 2-core CPU with MiniLM int8
+    (BENCHMARKS.md, "Serving"): one text takes 2.8 ms on one thread against 3.6 ms on two, whose per-operator
+    hand-offs cost more than they split; and two one-thread calls at once do 1.3-1.5x the texts per second of
+    one two-thread call at batches of 8-16. One session: the weights are held once.
+    """
 
     def __init__(self, path: Path, threads: int | None = None):
         import onnxruntime as ort
 
         options = ort.SessionOptions()
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        options.intra_op_num_threads = threads or torch.get_num_threads()
-        # idle threads sleep instead of spinning: a server shares its cores with the event loop (and, measured
-        # here, spinning threads starved it on 2 cores)
-        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        options.intra_op_num_threads = 1
+        options.inter_op_num_threads = 1
         self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
         self.inputs = [i.name for i in self.session.get_inputs()]
-
+        self.calls = threads or torch.get_num_threads()
+        self.pool = ThreadPoolExecutor(self.calls, thread_name_prefix="onnx") if self.calls > 1 else None
         self.has_embedding = len(self.session.get_outputs()) > 1  # exports before 0.4 give logits only
 
     def logits(self, batch: dict) -> torch.Tensor:
@@ -60,6 +69,20 @@ class OnnxModel:
         """(logits, mean-pooled embeddings or None)."""
         out = self.session.run(None, {k: batch[k].numpy() for k in self.inputs})
         return torch.from_numpy(out[0]), (out[1] if len(out) > 1 else None)
+
+    def outputs_many(self, batches: Iterable[dict]) -> Iterator[tuple[torch.Tensor, np.ndarray | None]]:
+        """outputs() of each batch, in order, `calls` of them running at once (one more waiting: memory stays
+        bounded however many batches come)."""
+        if self.pool is None:
+            yield from map(self.outputs, batches)
+            return
+        pending: deque = deque()
+        for batch in batches:
+            pending.append(self.pool.submit(self.outputs, batch))
+            if len(pending) > self.calls:
+                yield pending.popleft().result()
+        while pending:
+            yield pending.popleft().result()
 
 
 @dataclass
@@ -119,8 +142,13 @@ class Predictor:
         emb = None
         if self.onnx is not None:
             embeddings = embeddings and self.onnx.has_embedding
-            for rows in eval_batches(enc.lengths, self.batch_size, self.call_tokens):
-                logits, pooled = self.onnx.outputs(collate(enc, rows, self.pad_id, self.with_types))
+            # at least as many batches as parallel calls: 32 texts of one length run as 2 x 16, not 1 x 32
+            most = max(1, min(self.batch_size, -(-len(texts) // self.onnx.calls)))
+            batches = eval_batches(enc.lengths, most, self.call_tokens)
+            padded = (collate(enc, rows, self.pad_id, self.with_types) for rows in batches)
+            # one batch (a lone request) runs here: a hand-off to the pool would only add its latency
+            results = self.onnx.outputs_many(padded) if len(batches) > 1 else map(self.onnx.outputs, padded)
+            for rows, (logits, pooled) in zip(batches, results):
                 out[rows] = self.task.probabilities(logits).numpy()
                 if embeddings:
                     emb = np.zeros((len(texts), pooled.shape[1]), dtype=np.float32) if emb is None else emb

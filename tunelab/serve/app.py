@@ -117,6 +117,38 @@ class _BodyLimit:
         return await self.app(scope, replay, send)
 
 
+class _Observe:
+    """ASGI middleware: request count and latency by route and status (and the monitor's error rate).
+
+    Plain ASGI, not @app.middleware("http"): that one (Starlette's BaseHTTPMiddleware) runs the app in
+    another task through memory streams, a cost on every request that shows at concurrency 1."""
+
+    def __init__(self, app, metrics: Metrics, state: dict):
+        self.app, self.metrics, self.state = app, metrics, state
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        started = time.perf_counter()
+        status = 500  # an unhandled error is a 500 for the error rate too
+
+        async def send_and_note(message):
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+        try:
+            await self.app(scope, receive, send_and_note)
+        finally:
+            seconds = time.perf_counter() - started
+            path = getattr(scope.get("route"), "path", "unmatched")
+            self.metrics.requests.labels(path, str(status)).inc()
+            self.metrics.latency.labels(path).observe(seconds)
+            monitor = self.state["monitor"]
+            if monitor is not None and path == "/v1/predict":
+                monitor.record_request(status, seconds)
+
+
 def create_app(models: dict[str, str | Path] | None = None, settings: ServeConfig | None = None,
                base: str | None = None, adapters: dict[str, str | Path] | None = None,
                loaded: dict[str, ServedModel] | None = None) -> FastAPI:
@@ -176,24 +208,6 @@ def create_app(models: dict[str, str | Path] | None = None, settings: ServeConfi
         first = exc.errors()[0] if exc.errors() else {}
         where = ".".join(str(p) for p in first.get("loc", ()) if p != "body")
         return _error(422, "invalid_request", f"{where}: {first.get('msg', 'invalid')}" if where else first.get("msg", "invalid request"))
-
-    @app.middleware("http")
-    async def _observe(request: Request, call_next):
-        started = time.perf_counter()
-        try:
-            response = await call_next(request)
-        except Exception:  # an unhandled error is a 500 for the error rate too
-            if state["monitor"] is not None and request.url.path == "/v1/predict":
-                state["monitor"].record_request(500, time.perf_counter() - started)
-            raise
-        route = request.scope.get("route")
-        path = getattr(route, "path", "unmatched")
-        seconds = time.perf_counter() - started
-        metrics.requests.labels(path, str(response.status_code)).inc()
-        metrics.latency.labels(path).observe(seconds)
-        if path == "/v1/predict" and state["monitor"] is not None:
-            state["monitor"].record_request(response.status_code, seconds)
-        return response
 
     async def authorised(request: Request) -> None:  # async: FastAPI would run a plain def in a worker thread
         if not keys:
@@ -301,6 +315,7 @@ def create_app(models: dict[str, str | Path] | None = None, settings: ServeConfi
 
         app.add_middleware(CORSMiddleware, allow_origins=settings.cors_origins, allow_methods=["GET", "POST"],
                            allow_headers=["Authorization", "Content-Type"])
+    app.add_middleware(_Observe, metrics=metrics, state=state)
     app.add_middleware(_BodyLimit, max_bytes=settings.max_body_bytes)
     return app
 
