@@ -3,7 +3,10 @@
 The end-to-end figure in methods.py (peak RSS of a whole training run) also holds the allocator's
 fragmentation over variable batch shapes, evaluation and checkpoint writes. Here each method runs 12
 optimizer steps on fixed-shape batches (32 x 64 tokens, bf16 autocast, fused AdamW) in its own process;
-the figure is peak RSS minus RSS after the model is built.
+the figure is peak RSS minus RSS after the model is built. The `*_live` cases run the same steps with
+glibc's malloc mapping every block of 64 KB or more on its own (MALLOC_MMAP_THRESHOLD_=65536), so freed
+tensors leave RSS at once: their figure is the memory the steps really hold, without the allocator's
+kept-free blocks (training so is slower: not a setting to train with).
 
     .venv/bin/python benchmarks/method_memory.py
 """
@@ -11,6 +14,7 @@ the figure is peak RSS minus RSS after the model is built.
 from __future__ import annotations
 
 import json
+import os
 import resource
 import subprocess
 import sys
@@ -18,7 +22,8 @@ import sys
 from _common import write_results
 
 CASES = {"full": ("full", False), "lora": ("lora", False), "lora_checkpointing": ("lora", True),
-         "full_checkpointing": ("full", True)}
+         "full_checkpointing": ("full", True), "full_live": ("full", False), "lora_live": ("lora", False)}
+LIVE = {"MALLOC_MMAP_THRESHOLD_": "65536"}
 
 
 def measure(method: str, checkpointing: bool) -> dict:
@@ -63,14 +68,16 @@ def main() -> None:
         return
     flat = {}
     for name, (method, ckpt) in CASES.items():
-        out = subprocess.run([sys.executable, __file__, method, "1" if ckpt else "0"], capture_output=True, text=True)
+        env = {**os.environ, **(LIVE if name.endswith("_live") else {})}
+        out = subprocess.run([sys.executable, __file__, method, "1" if ckpt else "0"], capture_output=True, text=True, env=env)
         if out.returncode:
             sys.exit(out.stderr[-2000:])
         figures = json.loads(out.stdout.strip().splitlines()[-1])
         flat[f"{name}_step_memory_mb"] = round(figures["step_memory_mb"], 1)
     for name in CASES:
-        if name != "full":
-            flat[f"{name}_step_memory_ratio_vs_full"] = round(flat[f"{name}_step_memory_mb"] / flat["full_step_memory_mb"], 4)
+        full = "full_live" if name.endswith("_live") else "full"
+        if name != full:
+            flat[f"{name}_step_memory_ratio_vs_full"] = round(flat[f"{name}_step_memory_mb"] / flat[f"{full}_step_memory_mb"], 4)
     write_results("method_memory", flat)
 
 

@@ -84,7 +84,7 @@ def test_gradient_accumulation_matches_the_full_batch(tiny_config):
 
 @pytest.mark.parametrize("option", [{"optimizer": "sgd"}, {"label_smoothing": 0.2}, {"class_weights": [1.0, 3.0]},
                                     {"max_grad_norm": 1e-3}, {"scheduler": "cosine"}, {"weight_decay": 0.5},
-                                    {"dropout": 0.3}])
+                                    {"dropout": 0.3}, {"layer_lr_decay": 0.5}])
 def test_each_option_changes_the_result(tiny_config, option):
     base = train(tiny_config(name="base", max_steps=6, precision="fp32"), quiet=True)
     other = train(tiny_config(name="other", max_steps=6, precision="fp32", **option), quiet=True)
@@ -107,6 +107,21 @@ def test_parameter_groups_never_decay_bias_or_layernorm_and_give_the_head_its_ra
         assert all(n.startswith("classifier.") == (group["lr"] == 2e-3) for n in group_names), group_names
     assert sum(len(g["params"]) for g in groups) == len(names)
     assert {(g["weight_decay"], g["lr"]) for g in groups} == {(0.1, 1e-4), (0.0, 1e-4), (0.1, 2e-3), (0.0, 2e-3)}
+
+
+def test_layer_decay_lowers_the_rate_layer_by_layer_down_to_the_embeddings(tiny_model_dir):
+    from transformers import AutoModelForSequenceClassification
+
+    from tunelab.training.optim import parameter_groups
+
+    model = AutoModelForSequenceClassification.from_pretrained(tiny_model_dir, num_labels=2)  # 2 layers
+    rate = {id(p): g["lr"] for g in parameter_groups(model, 0.1, 1e-4, 2e-3, layer_decay=0.5) for p in g["params"]}
+    expected = {"bert.embeddings.": 1e-4 * 0.5 ** 3, "bert.encoder.layer.0.": 1e-4 * 0.5 ** 2,
+                "bert.encoder.layer.1.": 1e-4 * 0.5, "bert.pooler.": 1e-4, "classifier.": 2e-3}
+    for name, param in model.named_parameters():
+        want = next(r for prefix, r in expected.items() if name.startswith(prefix))
+        assert rate[id(param)] == pytest.approx(want), name
+    assert len(rate) == len(list(model.parameters()))
 
 
 @pytest.mark.parametrize("name", ["linear", "cosine", "constant"])

@@ -6,29 +6,42 @@ import torch
 from transformers import get_scheduler
 
 from tunelab.config import TrainConfig
-from tunelab.methods.parts import head_modules, transformers_model
+from tunelab.methods.parts import embedding_parameters, head_modules, transformer_layers, transformers_model
 
 
 def parameter_groups(model: torch.nn.Module, weight_decay: float, learning_rate: float,
-                     head_learning_rate: float) -> list[dict]:
+                     head_learning_rate: float, layer_decay: float = 1.0) -> list[dict]:
     """Weight decay on weight matrices only: never on biases or normalisation weights (1-d parameters).
-    The task head, freshly initialised, may learn at its own rate."""
+    The task head, freshly initialised, may learn at its own rate. With `layer_decay` < 1, each transformer
+    layer learns at `layer_decay` times the rate of the one above it, the embeddings one step below the
+    bottom layer (layer-wise learning-rate decay: the lower layers hold the more general features)."""
     inner = transformers_model(model)
     head = {id(p) for name in head_modules(inner) for p in getattr(inner, name).parameters()}
+    scale = _layer_scales(inner, layer_decay) if layer_decay != 1.0 else {}
     groups: dict[tuple, list] = {}
     for name, param in model.named_parameters():
         if not param.requires_grad:
             continue
         decays = not (param.ndim < 2 or "norm" in name.lower())
-        groups.setdefault((decays, id(param) in head), []).append(param)
+        groups.setdefault((decays, id(param) in head, scale.get(id(param), 1.0)), []).append(param)
     return [{"params": params, "weight_decay": weight_decay if decays else 0.0,
-             "lr": head_learning_rate if in_head else learning_rate}
-            for (decays, in_head), params in sorted(groups.items())]
+             "lr": head_learning_rate if in_head else learning_rate * factor}
+            for (decays, in_head, factor), params in sorted(groups.items())]
+
+
+def _layer_scales(model: torch.nn.Module, decay: float) -> dict[int, float]:
+    """id(parameter) -> its rate factor: decay ** (layers above it); the embeddings sit below layer 0."""
+    layers = transformer_layers(model)
+    n = len(layers)
+    scales = {pid: decay ** (n + 1) for pid in embedding_parameters(model)}
+    for depth, layer in enumerate(layers):
+        scales.update({id(p): decay ** (n - depth) for p in layer.parameters()})
+    return scales
 
 
 def build_optimizer(model: torch.nn.Module, cfg: TrainConfig, learning_rate: float,
                     head_learning_rate: float | None = None) -> torch.optim.Optimizer:
-    groups = parameter_groups(model, cfg.weight_decay, learning_rate, head_learning_rate or learning_rate)
+    groups = parameter_groups(model, cfg.weight_decay, learning_rate, head_learning_rate or learning_rate, cfg.layer_lr_decay)
     if cfg.optimizer == "sgd":
         return torch.optim.SGD(groups, lr=learning_rate, momentum=cfg.sgd_momentum)
     # fused: one kernel for all parameters; measured 5x faster than the per-tensor loop on CPU (MiniLM)
