@@ -15,8 +15,10 @@ Each case runs in its own process, so its peak RSS is its own.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import time
+from pathlib import Path
 
 from _common import REPO, WORK, need_data, run_cases, sst2_subset, sst2_subset_csv, write_results
 
@@ -126,15 +128,19 @@ def main() -> None:
     only = [n for n in args.only.split(",") if n]
     results = run_cases(__file__, CASES, args.case, only, "classification", tag=args.tag)
     if results is not None:
-        write_results("classification", flatten(results), merge=bool(only))
+        path = Path(__file__).parent / "results" / "classification.json"
+        stored = json.loads(path.read_text()) if only and path.exists() else {}
+        write_results("classification", flatten(results, stored), merge=bool(only))
 
 
-def flatten(results: dict) -> dict:
+def flatten(results: dict, stored: dict | None = None) -> dict:
+    """Flat figures of `results`; the summary keys fall back on the `stored` figures of cases not run this time."""
+    stored = stored or {}
     flat = {}
     for name, figures in results.items():
         for key, value in figures.items():
             flat[f"{name}_{key}"] = round(value, 4) if isinstance(value, float) else value
-    get = lambda case, key: results.get(case, {}).get(key)  # noqa: E731
+    get = lambda case, key: results.get(case, {}).get(key, stored.get(f"{case}_{key}"))  # noqa: E731
     aliases = {
         "sst2_validation_accuracy": get("sst2", "validation_accuracy"),
         "sst2_test_accuracy": get("sst2", "test_accuracy"),

@@ -187,7 +187,7 @@ def train(config: Config, resume: bool = False, overwrite: bool = False, quiet: 
     parameters = count_parameters(model)
     steps_per_epoch = math.ceil(len(train_enc) / cfg.batch_size)
     total_steps = cfg.max_steps or planned_steps(cfg, steps_per_epoch, task.num_labels)
-    optimizer = build_optimizer(model, cfg, config.learning_rate, config.head_learning_rate)
+    optimizer = build_optimizer(model, cfg, config.learning_rate, config.head_learning_rate, cfg.layer_lr_decay)
     scheduler = build_scheduler(optimizer, cfg, total_steps)
     model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
     weights = task.class_weights(train_enc.targets, cfg.class_weights)
@@ -197,6 +197,9 @@ def train(config: Config, resume: bool = False, overwrite: bool = False, quiet: 
     if resume:
         state = load_checkpoint(accelerator, latest)
         say(f"train: resuming from {latest} (step {state.step} of {total_steps})")
+    # the rate logged: the body's top rate (with layer-wise decay the lower layers' are smaller, the head's may differ)
+    body_group = min(range(len(optimizer.param_groups)),
+                     key=lambda i: abs(optimizer.param_groups[i]["initial_lr"] - config.learning_rate))
     log = _MetricsLog(run_dir / "metrics.jsonl", state.step if resume else None) if main else None
     if main:
         accelerator.init_trackers(config.name, config={"method": config.method.name, "learning_rate": config.learning_rate, "batch_size": cfg.batch_size,
@@ -206,6 +209,7 @@ def train(config: Config, resume: bool = False, overwrite: bool = False, quiet: 
         f"({parameters['trainable_percent']:.2f}%), learning rate {config.learning_rate:g}"
         + (f" (set in the config; {config.method.name}'s default is {METHODS[config.method.name].LEARNING_RATE:g})"
            if cfg.learning_rate and cfg.learning_rate != METHODS[config.method.name].LEARNING_RATE else "")
+        + (f" (x{cfg.layer_lr_decay:g} per layer down)" if cfg.layer_lr_decay != 1 else "")
         + f", precision {accelerator.mixed_precision}, "
         f"{accelerator.num_processes} process(es)")
 
@@ -268,7 +272,7 @@ def train(config: Config, resume: bool = False, overwrite: bool = False, quiet: 
                 if state.step % cfg.log_every == 0 or state.step == total_steps:
                     rate = seen / (time.perf_counter() - started - side_seconds)
                     record = {"step": state.step, "epoch": round(state.step / steps_per_epoch, 3),
-                              "loss": loss_acc / loss_n, "learning_rate": scheduler.get_last_lr()[0],
+                              "loss": loss_acc / loss_n, "learning_rate": scheduler.get_last_lr()[body_group],
                               "samples_per_second": rate}
                     bar.set_postfix(loss=f"{record['loss']:.4f}", samples_s=f"{rate:.0f}")
                     if main:

@@ -40,8 +40,8 @@ def _layer_scales(model: torch.nn.Module, decay: float) -> dict[int, float]:
 
 
 def build_optimizer(model: torch.nn.Module, cfg: TrainConfig, learning_rate: float,
-                    head_learning_rate: float | None = None) -> torch.optim.Optimizer:
-    groups = parameter_groups(model, cfg.weight_decay, learning_rate, head_learning_rate or learning_rate, cfg.layer_lr_decay)
+                    head_learning_rate: float | None = None, layer_decay: float = 1.0) -> torch.optim.Optimizer:
+    groups = parameter_groups(model, cfg.weight_decay, learning_rate, head_learning_rate or learning_rate, layer_decay)
     if cfg.optimizer == "sgd":
         return torch.optim.SGD(groups, lr=learning_rate, momentum=cfg.sgd_momentum)
     # fused: one kernel for all parameters; measured 5x faster than the per-tensor loop on CPU (MiniLM)
