@@ -88,8 +88,17 @@ def test_int8_export_reports_agreement_and_refuses_below_the_floor(runs, monkeyp
     before = (out / "model.onnx").stat().st_mtime_ns
     import tunelab.export.onnx as onnx_export
 
+    # under the floor with every matmul in int8, over it with the GELU-fed ones in fp32: the second is kept, said so
+    agreements = iter([0.95, 1.0])
+    monkeypatch.setattr(onnx_export, "_parity", lambda *a: {"examples": 60, "label_agreement": next(agreements), "max_abs_prob_diff": 0.2})
+    retried = export_onnx(runs["full"], runs["full"] / "export" / "int8-retried", quantize="int8", quiet=True)
+    assert retried["ffn_down_fp32"] is True and retried["all_int8_label_agreement"] == 0.95
+    assert json.loads((runs["full"] / "export" / "int8-retried" / "tunelab.json").read_text())["onnx"]["ffn_down_fp32"] is True
+    assert fp32_weight_matmuls(runs["full"] / "export" / "int8-retried" / "model.onnx") == layers
+    # under the floor both ways: refused, nothing written
     monkeypatch.setattr(onnx_export, "_parity", lambda *a: {"examples": 60, "label_agreement": 0.95, "max_abs_prob_diff": 0.2})
-    with pytest.raises(TunelabError, match=r"agrees with the fp32 model on 95.00% .* under the floor of 99%; nothing written.*--min-agreement 0.95"):
+    with pytest.raises(TunelabError, match=r"agrees with the fp32 model on 95.00% .* under the floor of 99% \(every matmul "
+                       r"in int8: 95.00%\); nothing written.*--min-agreement 0.95"):
         export_onnx(runs["full"], quantize="int8", quiet=True)
     assert (out / "model.onnx").stat().st_mtime_ns == before  # the earlier export is untouched
     assert not (runs["full"] / "export" / "onnx-int8.tmp").exists()

@@ -106,7 +106,7 @@ def export(run: Path = RUN,
            quantize: Optional[str] = typer.Option(None, "--quantize", help="int8: dynamic int8 quantisation of the ONNX model."),
            min_agreement: float = typer.Option(0.99, "--min-agreement", min=0.0, max=1.0,
                                                help="int8: the least share of validation labels that must agree with fp32."),
-           ffn_down_fp32: bool = typer.Option(False, "--ffn-down-fp32", help="int8: keep the feed-forward down-projections (fed by GELU) in fp32: slower, sometimes closer to fp32."),
+           ffn_down_fp32: bool = typer.Option(False, "--ffn-down-fp32", help="int8: keep the feed-forward down-projections (fed by GELU) in fp32 from the start: slower, closer to fp32 (tried by itself when every matmul in int8 falls under --min-agreement)."),
            output: Optional[Path] = typer.Option(None, "--output", "-o", help="Output folder (default runs/<name>/export/merged, onnx or onnx-int8)."),
            limit: Optional[int] = typer.Option(None, "--limit", min=1, help="Check parity on at most this many validation texts.")) -> None:
     """Export a trained run: --merge (merged adapters) or --format onnx [--quantize int8], each checked on validation."""
