@@ -91,6 +91,10 @@ CASES["sst2_lora_checkpointing"] = lambda: run_method("sst2", "lora", ["train.ac
 # the LoRA default before alpha 32 (kept to show why alpha changed)
 CASES["sst2_adapter_lr3e-3"] = lambda: run_method("sst2", "adapter", ["train.learning_rate=3e-3"], "methods-sst2-adapter-lr3e-3")
 CASES["sst2_adapter_pooler"] = lambda: run_method("sst2", "adapter", ["method.adapter.train_pooler=true"], "methods-sst2-adapter-pooler")
+CASES["sst2_adapter_pooler_lr2e-3"] = lambda: run_method("sst2", "adapter", ["method.adapter.train_pooler=true", "train.learning_rate=2e-3"],
+                                                         "methods-sst2-adapter-pooler-lr2e-3")
+CASES["sst2_adapter_pooler_size256"] = lambda: run_method("sst2", "adapter", ["method.adapter.train_pooler=true", "method.adapter.size=256"],
+                                                          "methods-sst2-adapter-pooler-size256")
 CASES["sst2_lora_alpha16"] = lambda: run_method("sst2", "lora", ["method.lora.alpha=16"], "methods-sst2-lora-alpha16")
 SWEEP_CASES = {f"{m}_{lr:g}": _sweep_case(m, lr) for m, lrs in SWEEP.items() for lr in lrs}
 
