@@ -57,13 +57,27 @@ def run_measured(code: str) -> dict:
     return out
 
 
-def write_results(script: str, figures: dict, merge: bool = False) -> Path:
-    """Write results/<script>.json; `merge` keeps the stored figures of the cases not run this time (--only)."""
+def status_mb(field: str) -> float:
+    """VmRSS (now) or VmHWM (the peak since the process started or since the last reset) in MB."""
+    for line in open("/proc/self/status"):
+        if line.startswith(field + ":"):
+            return int(line.split()[1]) / 1024
+    raise RuntimeError(f"no {field} in /proc/self/status: this benchmark needs Linux")
+
+
+def read_results(script: str) -> dict:
+    """The stored figures of results/<script>.json (without its date and machine); {} if there are none yet.
+    A run of some cases (--only) keeps the others' figures from here."""
+    path = HERE / "results" / f"{script}.json"
+    stored = json.loads(path.read_text()) if path.exists() else {}
+    return {k: v for k, v in stored.items() if k not in ("date", "machine")}
+
+
+def write_results(script: str, figures: dict) -> Path:
     WORK.mkdir(exist_ok=True)
     out = HERE / "results" / f"{script}.json"
     out.parent.mkdir(exist_ok=True)
-    kept = json.loads(out.read_text()) if merge and out.exists() else {}
-    figures = {**kept, "date": datetime.now(timezone.utc).strftime("%Y-%m-%d"), "machine": machine(), **figures}
+    figures = {"date": datetime.now(timezone.utc).strftime("%Y-%m-%d"), "machine": machine(), **figures}
     out.write_text(json.dumps(figures, indent=1) + "\n")
     print(json.dumps(figures, indent=1))
     return out

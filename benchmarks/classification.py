@@ -15,12 +15,10 @@ Each case runs in its own process, so its peak RSS is its own.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import time
-from pathlib import Path
 
-from _common import REPO, WORK, need_data, run_cases, sst2_subset, sst2_subset_csv, write_results
+from _common import REPO, WORK, need_data, read_results, run_cases, sst2_subset, sst2_subset_csv, write_results
 
 LR, BATCH = 1e-4, 32
 
@@ -128,9 +126,8 @@ def main() -> None:
     only = [n for n in args.only.split(",") if n]
     results = run_cases(__file__, CASES, args.case, only, "classification", tag=args.tag)
     if results is not None:
-        path = Path(__file__).parent / "results" / "classification.json"
-        stored = json.loads(path.read_text()) if only and path.exists() else {}
-        write_results("classification", flatten(results, stored), merge=bool(only))
+        stored = read_results("classification") if only else {}
+        write_results("classification", {**stored, **flatten(results, stored)})
 
 
 def flatten(results: dict, stored: dict | None = None) -> dict:

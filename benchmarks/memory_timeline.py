@@ -6,50 +6,86 @@ Prints RSS after the model is built, the peak and when it happened, the RSS at t
 evaluation, model save and monitoring-profile phases, the peak before the model / during the training steps /
 after them, and RSS every ~5 s. Samples every 0.1 s from a thread; writes nothing but its run folder.
 """
-import sys, threading, time
-sys.path.insert(0, str(__import__("pathlib").Path(__file__).parent))
+
+from __future__ import annotations
+
+import sys
+import threading
+import time
+
 import methods
-import tunelab.training.loop as loop
-import tunelab.training.checkpoint as ck
-def rss():
-    for line in open("/proc/self/status"):
-        if line.startswith("VmRSS:"): return int(line.split()[1]) / 1024
-events = []; samples = []
-t0 = time.perf_counter()
-def mark(name): events.append((time.perf_counter() - t0, name, rss()))
-def sampler():
+from _common import REPO, WORK, sst2_subset_csv, status_mb
+
+START = time.perf_counter()
+events: list[tuple[float, str, float]] = []  # (seconds, phase, RSS MB)
+samples: list[tuple[float, float]] = []  # (seconds, RSS MB)
+
+
+def mark(name: str) -> None:
+    events.append((time.perf_counter() - START, name, status_mb("VmRSS")))
+
+
+def sample_forever() -> None:
     while True:
-        samples.append((time.perf_counter() - t0, rss())); time.sleep(0.1)
-threading.Thread(target=sampler, daemon=True).start()
-def wrap(mod, fname):
-    real = getattr(mod, fname)
-    def w(*a, **k):
-        mark(fname + " start"); r = real(*a, **k); mark(fname + " end"); return r
-    setattr(mod, fname, w)
-for f in ("save_checkpoint", "save_model_folder", "iter_probabilities", "_evaluate_and_keep_best"):
-    if hasattr(loop, f): wrap(loop, f)
-import tunelab.monitor.profile as prof; wrap(prof, "build_profile")
-dataset, method = sys.argv[1], sys.argv[2]
-extra = sys.argv[3:]
-real_apply = loop.apply_method
-def ap(model, mc):
-    m = real_apply(model, mc); mark("model built"); return m
-loop.apply_method = ap
-from tunelab.config import load_config
-example, overrides, split = methods.DATASETS[dataset]
-overrides = [f"data.train={methods.sst2_subset_csv()}", *overrides]
-config = load_config(methods.REPO / "examples" / example, [f"runs_dir={methods.WORK / 'runs'}", f"name=memory-timeline", f"method.name={method}", *overrides, *extra])
-loop.train(config, overwrite=True, quiet=True)
-mark("done")
-built = next(e for e in events if e[1] == "model built")
-peak = max(samples, key=lambda s: s[1])
-print(f"{method} {extra}: rss after model {built[2]:.0f}, peak {peak[1]:.0f} at t={peak[0]:.1f}s -> train memory {peak[1]-built[2]:.0f} MB")
-for e in events: print(f"  {e[0]:7.1f}s {e[1]:35s} {e[2]:.0f}")
-# peak per phase: before model, training steps (between model built and first eval), after
-import numpy as np
-s = np.array(samples)
-def pk(a, b): 
-    m = (s[:,0] >= a) & (s[:,0] < b); return s[m,1].max() if m.any() else 0
-first_eval = next((e[0] for e in events if e[1].startswith("iter_probabilities start")), 1e9)
-print(f"  peak before model {pk(0, built[0]):.0f}; steps {pk(built[0], first_eval):.0f}; after steps {pk(first_eval, 1e9):.0f}")
-print("  timeline:", " ".join(f"{t:.0f}s:{r:.0f}" for t, r in samples[::50]))
+        samples.append((time.perf_counter() - START, status_mb("VmRSS")))
+        time.sleep(0.1)
+
+
+def mark_around(module, name: str) -> None:
+    """Replace module.name by a wrapper that marks its start and end."""
+    real = getattr(module, name)
+
+    def wrapped(*args, **kwargs):
+        mark(f"{name} start")
+        try:
+            return real(*args, **kwargs)
+        finally:
+            mark(f"{name} end")
+    setattr(module, name, wrapped)
+
+
+def peak_between(start: float, end: float) -> float:
+    return max((rss for t, rss in samples if start <= t < end), default=0.0)
+
+
+def main() -> None:
+    import tunelab.monitor.profile as profile
+    import tunelab.training.loop as loop
+    from tunelab.config import load_config
+
+    dataset, method, extra = sys.argv[1], sys.argv[2], sys.argv[3:]
+    for name in ("save_checkpoint", "save_model_folder", "iter_probabilities", "_evaluate_and_keep_best"):
+        if hasattr(loop, name):
+            mark_around(loop, name)
+    mark_around(profile, "build_profile")
+    apply_method = loop.apply_method
+
+    def apply_and_mark(model, method_config):
+        model = apply_method(model, method_config)
+        mark("model built")
+        return model
+    loop.apply_method = apply_and_mark
+
+    example, overrides, _ = methods.DATASETS[dataset]
+    if dataset == "sst2":  # the same training data as methods.py's
+        overrides = [f"data.train={sst2_subset_csv()}", *overrides]
+    config = load_config(REPO / "examples" / example,
+                         [f"runs_dir={WORK / 'runs'}", "name=memory-timeline", f"method.name={method}", *overrides, *extra])
+    threading.Thread(target=sample_forever, daemon=True).start()
+    loop.train(config, overwrite=True, quiet=True)
+    mark("done")
+
+    built = next(e for e in events if e[1] == "model built")
+    peak_t, peak = max(samples, key=lambda s: s[1])
+    print(f"{method} {extra}: rss after model {built[2]:.0f}, peak {peak:.0f} at t={peak_t:.1f}s "
+          f"-> train memory {peak - built[2]:.0f} MB")
+    for t, name, rss in events:
+        print(f"  {t:7.1f}s {name:35s} {rss:.0f}")
+    first_eval = next((t for t, name, _ in events if name == "iter_probabilities start"), float("inf"))
+    print(f"  peak before model {peak_between(0, built[0]):.0f}; steps {peak_between(built[0], first_eval):.0f}; "
+          f"after steps {peak_between(first_eval, float('inf')):.0f}")
+    print("  timeline:", " ".join(f"{t:.0f}s:{rss:.0f}" for t, rss in samples[::50]))
+
+
+if __name__ == "__main__":
+    main()

@@ -19,7 +19,7 @@ import resource
 import subprocess
 import sys
 
-from _common import write_results
+from _common import status_mb, write_results
 
 CASES = {"full": ("full", False), "lora": ("lora", False), "lora_checkpointing": ("lora", True),
          "full_checkpointing": ("full", True), "full_live": ("full", False), "lora_live": ("lora", False)}
@@ -36,12 +36,6 @@ def measure(method: str, checkpointing: bool) -> dict:
     from tunelab.tasks import make_task
     from tunelab.training.optim import build_optimizer
 
-    def rss() -> float:
-        for line in open("/proc/self/status"):
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
-        return 0.0
-
     config = load_config({"name": "m", "data": {"train": "x"}, "method": {"name": method}})
     task = make_task("classification", ["0", "1"], False, False)
     torch.manual_seed(0)
@@ -49,7 +43,7 @@ def measure(method: str, checkpointing: bool) -> dict:
     if checkpointing:
         enable_activation_checkpointing(model)
     optimizer = build_optimizer(model, config.train, config.learning_rate)
-    after_model = rss()
+    after_model = status_mb("VmRSS")
     model.train()
     for _ in range(12):
         batch = {"input_ids": torch.randint(1000, 20000, (32, 64)), "attention_mask": torch.ones(32, 64, dtype=torch.long)}

@@ -22,7 +22,7 @@ import json
 import sys
 from pathlib import Path
 
-from _common import REPO, WORK, need_data, run_cases, sst2_subset_csv, write_results
+from _common import REPO, WORK, need_data, read_results, run_cases, sst2_subset_csv, status_mb, write_results
 
 METHOD_NAMES = ["full", "freeze", "head", "lora", "ia3", "prefix", "prompt", "adapter"]
 DATASETS = {  # name: (example config, overrides, split reported)
@@ -32,14 +32,6 @@ DATASETS = {  # name: (example config, overrides, split reported)
 SWEEP = {"head": [3e-3, 1e-2, 3e-2, 1e-1], "freeze": [1e-4, 3e-4, 1e-3], "lora": [5e-4, 1e-3, 3e-3],
          "ia3": [3e-3, 1e-2, 3e-2, 1e-1], "prefix": [3e-3, 1e-2, 3e-2, 1e-1], "prompt": [1e-2, 3e-2, 1e-1],
          "adapter": [3e-4, 1e-3, 3e-3]}
-
-
-def _status_mb(field: str) -> float:
-    """VmRSS (now) or VmHWM (the peak since the process started or since the last reset) in MB."""
-    for line in open("/proc/self/status"):
-        if line.startswith(field + ":"):
-            return int(line.split()[1]) / 1024
-    raise RuntimeError(f"no {field} in /proc/self/status: this benchmark needs Linux")
 
 
 def run_method(dataset: str, method: str, extra: list[str], name: str) -> dict:
@@ -57,14 +49,14 @@ def run_method(dataset: str, method: str, extra: list[str], name: str) -> dict:
 
     def apply_and_measure(model, method_config):  # RSS once the model is built and the method applied
         model = real_apply(model, method_config)
-        after_model["rss_mb"] = _status_mb("VmRSS")
+        after_model["rss_mb"] = status_mb("VmRSS")
         # the peak from here on: before this point the data stage (reading, cleaning, tokenising) has its own
         # peak, the same for every method, which would hide the training's
         Path("/proc/self/clear_refs").write_text("5")
         return model
     loop.apply_method = apply_and_measure
     result = loop.train(config, overwrite=True, quiet=True)
-    peak_in_training = _status_mb("VmHWM")  # before the evaluation below loads the model again
+    peak_in_training = status_mb("VmHWM")  # before the evaluation below loads the model again
     meta = json.loads((result.model_dir / "tunelab.json").read_text())
     metrics = evaluate(config.run_dir, split, write_report=False, quiet=True).metrics
     return {"accuracy": metrics["accuracy"], "macro_f1": metrics["macro_f1"], "split": split,
@@ -109,7 +101,7 @@ def _variants(cases, dataset: str) -> list[str]:
 
 def flatten(results: dict, stored: dict | None = None) -> dict:
     """Flat figures of `results`, over the `stored` ones of the cases not run this time (--only)."""
-    flat = {k: v for k, v in (stored or {}).items() if k not in ("date", "machine")}
+    flat = dict(stored or {})
     for case, figures in results.items():
         figures = dict(figures)
         peak = figures.get("peak_rss_training_mb", figures.get("peak_rss_mb"))  # older runs: the whole case's peak
@@ -188,8 +180,7 @@ def main() -> None:
         flat.update({f"{m}_best_learning_rate": lr for m, (_, lr) in best.items()})
         write_results("methods_sweep", flat)
     else:
-        stored = Path(__file__).parent / "results" / "methods.json"
-        flat = flatten(results, json.loads(stored.read_text()) if only and stored.exists() else None)
+        flat = flatten(results, read_results("methods") if only else None)
         write_results("methods", flat)
         print(markdown_table(flat))
 
