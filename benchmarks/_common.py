@@ -116,19 +116,25 @@ def sst2_subset_csv(size: int | None = None) -> Path:
 
 
 def run_cases(script: str, cases: dict, case: str | None, only: list[str], results_name: str,
-              tag: str = "") -> dict | None:
+              tag: str = "", system_malloc: tuple[str, ...] = (), case_env: dict | None = None) -> dict | None:
     """Run each case of a benchmark script in its own process (so its peak RSS is its own).
 
     With `case` set we are that child process: run it, print its figures, return None. Otherwise run the
     cases (all, or `only`, merged into the stored results) and return {case: figures}; a `tag` stores
-    them as case_tag (a variant being tried beside the defaults' figures).
+    them as case_tag (a variant being tried beside the defaults' figures). Cases run on the allocator the
+    `tunelab` command picks (jemalloc where it is there: tunelab/allocator.py), those in `system_malloc`
+    (other tools' baselines) on the system's malloc; each case's figures say which (`allocator`).
+    `case_env` ({case: {VAR: value}}) sets environment variables of some cases' processes.
     """
+    from tunelab.allocator import in_use, jemalloc_env
+
     import resource
     import time
 
     if case:
         result = cases[case]()
         result["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        result["allocator"] = in_use()
         print("RESULT " + json.dumps(result), flush=True)
         return None
     WORK.mkdir(exist_ok=True)
@@ -138,8 +144,9 @@ def run_cases(script: str, cases: dict, case: str | None, only: list[str], resul
         key = f"{name}_{tag}" if tag else name
         print(f"== {key}", flush=True)
         t = time.perf_counter()
-        proc = subprocess.run([sys.executable, script, "--case", name], capture_output=True, text=True,
-                              env={**os.environ, "TUNELAB_DATA": str(DATA)})
+        env = {k: v for k, v in os.environ.items() if not (k == "LD_PRELOAD" and "jemalloc" in v)}
+        env.update(TUNELAB_DATA=str(DATA), **({} if name in system_malloc else jemalloc_env(env)), **(case_env or {}).get(name, {}))
+        proc = subprocess.run([sys.executable, script, "--case", name], capture_output=True, text=True, env=env)
         line = next((ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")), None)
         if proc.returncode or line is None:
             print(proc.stderr[-3000:], file=sys.stderr)

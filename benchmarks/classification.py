@@ -2,7 +2,9 @@
 
 Part 1 (speed, side by side in one run): the same 20k-example SST-2 subset, one epoch, batch 32, lr 1e-4,
 trained by (1) a Trainer script as the tutorials write it (pad to max_length=128, fp32), (2) a Trainer
-script tuned as an expert would (dynamic padding, group_by_length, bf16), (3) tunelab's defaults.
+script tuned as an expert would (dynamic padding, group_by_length, bf16), (3) tunelab's defaults. tunelab runs on
+the allocator the `tunelab` command picks (jemalloc where it is there); the Trainer scripts on the system's
+malloc, and the tuned one once more on jemalloc (`sst2_trainer_tuned_jemalloc`) to show what the allocator gives.
 Part 2 (accuracy, tunelab defaults): SST-2 full train, Financial PhraseBank AllAgree and 50Agree (80/10/10,
 seed 42), Banking77 (10% of train held out for validation).
 
@@ -10,12 +12,14 @@ Each case runs in its own process, so its peak RSS is its own.
 
     .venv/bin/python benchmarks/classification.py            # everything (about an hour on 2 cores)
     .venv/bin/python benchmarks/classification.py --only sst2_trainer_tutorial,sst2_tunelab_20k
+    .venv/bin/python benchmarks/classification.py --only sst2_tunelab_20k,sst2_trainer_tuned,sst2_trainer_tuned_jemalloc --rounds 3
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import statistics
 import time
 
 from _common import REPO, WORK, need_data, read_results, run_cases, sst2_subset, sst2_subset_csv, write_results
@@ -101,12 +105,15 @@ def _tunelab(example: str, name: str, overrides: list[str], splits=("validation"
 CASES = {  # the two fast speed cases first, back to back, so they see the same machine state
     "sst2_tunelab_20k": case_tunelab_20k,
     "sst2_trainer_tuned": lambda: case_trainer(tuned=True),
+    # the same tuned Trainer on jemalloc too: how much of tunelab's lead is the allocator it runs on
+    "sst2_trainer_tuned_jemalloc": lambda: case_trainer(tuned=True),
     "sst2_trainer_tutorial": lambda: case_trainer(tuned=False),
     "sst2": lambda: _tunelab("sst2.yaml", "sst2", []),
     "fpb_allagree": lambda: _tunelab("fpb_allagree.yaml", "fpb-allagree", []),
     "fpb_50agree": lambda: _tunelab("fpb_50agree.yaml", "fpb-50agree", []),
     "banking77": lambda: _tunelab("banking77.yaml", "banking77", []),
 }
+SYSTEM_MALLOC = ("sst2_trainer_tuned", "sst2_trainer_tutorial")  # the issue's baselines: plain Trainer scripts
 
 
 def main() -> None:
@@ -115,6 +122,8 @@ def main() -> None:
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="config override for the tunelab accuracy cases (a change being tried); needs --tag")
     parser.add_argument("--tag", default="", help="suffix of the case names (and run folders) of this variant")
+    parser.add_argument("--rounds", type=int, default=1,
+                        help="run the --only cases this many times, interleaved (the speed ratios: medians of the rounds)")
     parser.add_argument("--case", help=argparse.SUPPRESS)  # internal: run one case in this process
     args = parser.parse_args()
     need_data("sst2", "train.csv")
@@ -124,7 +133,14 @@ def main() -> None:
     if not args.case:  # the parent hands the variant to its case processes through the environment
         os.environ.update(TUNELAB_BENCH_SET=";".join(args.set), TUNELAB_BENCH_TAG=args.tag)
     only = [n for n in args.only.split(",") if n]
-    results = run_cases(__file__, CASES, args.case, only, "classification", tag=args.tag)
+    if args.rounds > 1 and (args.tag or not only or args.case):
+        parser.error("--rounds needs --only and no --tag")
+    results = {}
+    for r in range(1, args.rounds + 1):
+        tag = f"round{r}" if args.rounds > 1 else args.tag
+        results = run_cases(__file__, CASES, args.case, only, "classification", tag=tag, system_malloc=SYSTEM_MALLOC)
+        if results is None:
+            return
     if results is not None:
         stored = read_results("classification") if only else {}
         write_results("classification", {**stored, **flatten(results, stored)})
@@ -145,12 +161,18 @@ def flatten(results: dict, stored: dict | None = None) -> dict:
         "fpb_50agree_test_accuracy": get("fpb_50agree", "test_accuracy"),
         "banking77_test_accuracy": get("banking77", "test_accuracy"),
     }
-    ours = get("sst2_tunelab_20k", "samples_per_second")
-    tut, tuned = get("sst2_trainer_tutorial", "samples_per_second"), get("sst2_trainer_tuned", "samples_per_second")
-    if ours and tut:
-        aliases["sst2_throughput_ratio_vs_trainer"] = ours / tut
-    if ours and tuned:
-        aliases["sst2_throughput_ratio_vs_trainer_tuned"] = ours / tuned
+    for baseline, key in (("sst2_trainer_tutorial", "sst2_throughput_ratio_vs_trainer"),
+                          ("sst2_trainer_tuned", "sst2_throughput_ratio_vs_trainer_tuned"),
+                          ("sst2_trainer_tuned_jemalloc", "sst2_throughput_ratio_vs_trainer_tuned_jemalloc")):
+        rounds = sorted({n.split("_round")[1] for n in results if n.startswith(baseline + "_round")})
+        pairs = ([(get(f"sst2_tunelab_20k_round{r}", "samples_per_second"), get(f"{baseline}_round{r}", "samples_per_second"))
+                  for r in rounds] if rounds else [(get("sst2_tunelab_20k", "samples_per_second"), get(baseline, "samples_per_second"))])
+        ratios = sorted(ours / theirs for ours, theirs in pairs if ours and theirs)
+        if ratios:
+            aliases[key] = statistics.median(ratios)
+        if len(ratios) > 1:
+            aliases[f"{key}_rounds"] = len(ratios)
+            aliases[f"{key}_min"], aliases[f"{key}_max"] = ratios[0], ratios[-1]
     accs = [a for a in (get("sst2_trainer_tutorial", "accuracy"), get("sst2_trainer_tuned", "accuracy")) if a is not None]
     if accs and get("sst2_tunelab_20k", "validation_accuracy") is not None:
         aliases["sst2_accuracy_delta_vs_trainer"] = 100 * (get("sst2_tunelab_20k", "validation_accuracy") - max(accs))

@@ -87,6 +87,15 @@ CASES["sst2_adapter_pooler_lr2e-3"] = lambda: run_method("sst2", "adapter", ["me
                                                          "methods-sst2-adapter-pooler-lr2e-3")
 CASES["sst2_adapter_pooler_size256"] = lambda: run_method("sst2", "adapter", ["method.adapter.train_pooler=true", "method.adapter.size=256"],
                                                           "methods-sst2-adapter-pooler-size256")
+CASES["sst2_adapter_scale4"] = lambda: run_method("sst2", "adapter", ["method.adapter.scale=4"], "methods-sst2-adapter-scale4")
+CASES["sst2_adapter_pooler_scale4"] = lambda: run_method("sst2", "adapter", ["method.adapter.train_pooler=true", "method.adapter.scale=4"],
+                                                         "methods-sst2-adapter-pooler-scale4")
+CASES["sst2_adapter_pooler_scale4_nonorm"] = lambda: run_method(
+    "sst2", "adapter", ["method.adapter.train_pooler=true", "method.adapter.scale=4", "method.adapter.train_layer_norm=false"],
+    "methods-sst2-adapter-pooler-scale4-nonorm")
+CASES["fpb_adapter_pooler"] = lambda: run_method("fpb", "adapter", ["method.adapter.train_pooler=true"], "methods-fpb-adapter-pooler")
+CASES["fpb_adapter_pooler_scale4"] = lambda: run_method("fpb", "adapter", ["method.adapter.train_pooler=true", "method.adapter.scale=4"],
+                                                        "methods-fpb-adapter-pooler-scale4")
 CASES["sst2_lora_alpha16"] = lambda: run_method("sst2", "lora", ["method.lora.alpha=16"], "methods-sst2-lora-alpha16")
 SWEEP_CASES = {f"{m}_{lr:g}": _sweep_case(m, lr) for m, lrs in SWEEP.items() for lr in lrs}
 

@@ -11,6 +11,7 @@ import pytest
 import yaml
 from safetensors.torch import load_file
 
+from tunelab.allocator import find_jemalloc
 from tunelab.config import dump_config
 from tunelab.training import train
 
@@ -40,6 +41,8 @@ def test_two_processes_match_one(tiny_config, tmp_path, method):
                          capture_output=True, text=True, env=env, timeout=600)
     assert res.returncode == 0, res.stderr[-3000:]
     assert "2 process(es)" in res.stderr
+    # each launched process restarted itself on the allocator it reports (tunelab/allocator.py)
+    assert res.stderr.count(f"allocator {'jemalloc' if find_jemalloc() else 'system'},") >= 1
     a, b = _weights(single.run_dir / "model"), _weights(config.run_dir / "model")
     assert max(float((a[k] - b[k]).abs().max()) for k in a) < 1e-4
     meta_a = yaml.safe_load((single.run_dir / "model" / "tunelab.json").read_text())

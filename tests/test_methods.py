@@ -249,3 +249,33 @@ def test_export_merge_refuses_methods_that_cannot_merge(tiny_config):
     with pytest.raises(TunelabError, match="cannot be folded"):
         merge_run(result.run_dir)
     assert not (result.run_dir / "export" / "merged").exists()
+
+
+def test_adapter_scale_multiplies_what_each_adapter_adds_and_survives_save_load(tiny_model_dir, tokenizer, tmp_path):
+    task = make_task("classification", **TASKS["single"])
+    batch, _ = _batch(task)
+    logits = {}
+    for scale in (1.0, 3.0):
+        raw = {"name": "t", "data": {"train": "x.csv"}, "method": {"name": "adapter", "adapter": {"scale": scale}}}
+        method_config = load_config(raw).method
+        torch.manual_seed(0)
+        model = apply_method(task.build_model(str(tiny_model_dir)), method_config)
+        adapters = [m for m in model.modules() if type(m).__name__ == "Bottleneck"]
+        assert adapters and all(a.scale == scale for a in adapters)
+        hidden = torch.randn(2, 3, adapters[0].up.out_features)
+        with torch.no_grad():
+            for a in adapters:
+                a.up.weight.normal_(std=0.05)  # as if trained (the up-projection starts at zero)
+            added = adapters[0](hidden) - hidden
+            if scale == 1.0:
+                base_added = added
+            else:
+                assert torch.allclose(added, scale * base_added, atol=1e-6)
+        model.eval()
+        with torch.no_grad():
+            logits[scale] = model(**batch).logits
+        save_model_folder(model, tokenizer, tmp_path / str(scale), _meta(task, method_config, tiny_model_dir))
+        loaded = load_model(tmp_path / str(scale), json.loads((tmp_path / str(scale) / "tunelab.json").read_text()))
+        with torch.no_grad():
+            assert torch.allclose(loaded(**batch).logits, logits[scale], atol=1e-6)
+    assert not torch.allclose(logits[1.0], logits[3.0])

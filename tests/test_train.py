@@ -82,6 +82,19 @@ def test_gradient_accumulation_matches_the_full_batch(tiny_config):
     assert max(float((wa[k] - wb[k]).abs().max()) for k in wa) < 1e-5  # same gradient, summed in 4 parts
 
 
+def test_padding_to_a_multiple_rounds_the_batch_width_and_changes_nothing_learned(tiny_config):
+    from tunelab.tasks.encoding import Encoded, collate
+
+    enc = Encoded(ids=np.arange(1, 14, dtype=np.int32), type_ids=None, offsets=np.array([0, 3, 13]), targets=None)
+    batch = collate(enc, np.array([0, 1]), 0, False, multiple=8)
+    assert batch["input_ids"].shape == (2, 16) and batch["attention_mask"].sum(1).tolist() == [3, 10]
+    assert collate(enc, np.array([0]), 0, False, multiple=8)["input_ids"].shape == (1, 8)
+    one = train(tiny_config(name="pad1", max_steps=6, precision="fp32"), quiet=True)
+    eight = train(tiny_config(name="pad8", max_steps=6, precision="fp32", pad_to_multiple_of=8), quiet=True)
+    wa, wb = weights(one.run_dir), weights(eight.run_dir)
+    assert max(float((wa[k] - wb[k]).abs().max()) for k in wa) < 1e-5  # masked padding is inert
+
+
 @pytest.mark.parametrize("option", [{"optimizer": "sgd"}, {"label_smoothing": 0.2}, {"class_weights": [1.0, 3.0]},
                                     {"max_grad_norm": 1e-3}, {"scheduler": "cosine"}, {"weight_decay": 0.5},
                                     {"dropout": 0.3}, {"layer_lr_decay": 0.5}])

@@ -32,11 +32,13 @@ class Settings(Section):
     nonlinearity: Literal["gelu", "relu", "tanh"] = Field("gelu", description="Activation inside the bottleneck.")
     train_layer_norm: bool = Field(True, description="Also train the LayerNorm weights (as Houlsby et al. do).")
     train_pooler: bool = Field(False, description="Also train the pooler (BERT's dense layer over [CLS] under the head).")
+    scale: float = Field(1.0, gt=0, description="Multiplier of the adapter's output before the residual (He et al. 2022 use 4).")
 
 
 class Bottleneck(torch.nn.Module):
-    def __init__(self, hidden: int, size: int, nonlinearity: str):
+    def __init__(self, hidden: int, size: int, nonlinearity: str, scale: float = 1.0):
         super().__init__()
+        self.scale = scale
         self.down = torch.nn.Linear(hidden, size)
         self.act = {"gelu": torch.nn.GELU(), "relu": torch.nn.ReLU(), "tanh": torch.nn.Tanh()}[nonlinearity]
         self.up = torch.nn.Linear(size, hidden)
@@ -46,7 +48,7 @@ class Bottleneck(torch.nn.Module):
         torch.nn.init.zeros_(self.up.bias)
 
     def forward(self, hidden: torch.Tensor) -> torch.Tensor:
-        return hidden + self.up(self.act(self.down(hidden)))
+        return hidden + self.scale * self.up(self.act(self.down(hidden)))
 
 
 def _add_after_output(module: torch.nn.Module, adapter: Bottleneck) -> None:
@@ -73,7 +75,7 @@ def apply(model, settings: Settings, head):
             raise TunelabError(f"method adapter: no attention/feed-forward output projection found in "
                                f"{type(layer).__name__}; known names: {', '.join(ATTENTION_OUTPUT + FFN_OUTPUT)}")
         for module in targets:
-            adapter = Bottleneck(hidden, settings.size, settings.nonlinearity).to(next(module.parameters()).device)
+            adapter = Bottleneck(hidden, settings.size, settings.nonlinearity, settings.scale).to(next(module.parameters()).device)
             _add_after_output(module, adapter)
             adapters.append(adapter)
     norms = [m for m in model.modules() if "norm" in type(m).__name__.lower()] if settings.train_layer_norm else []

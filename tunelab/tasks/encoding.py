@@ -119,10 +119,10 @@ def eval_batches(lengths: np.ndarray, batch_size: int, call_tokens: int = 32) ->
     return batches
 
 
-def collate(enc: Encoded, rows: np.ndarray, pad_id: int, with_types: bool) -> dict[str, torch.Tensor]:
-    """Pad the chosen rows to the longest of them (dynamic padding)."""
+def collate(enc: Encoded, rows: np.ndarray, pad_id: int, with_types: bool, multiple: int = 1) -> dict[str, torch.Tensor]:
+    """Pad the chosen rows to the longest of them (dynamic padding), rounded up to a multiple of `multiple`."""
     starts, ends = enc.offsets[rows], enc.offsets[rows + 1]
-    width = int((ends - starts).max())
+    width = -(-int((ends - starts).max()) // multiple) * multiple
     input_ids = np.full((len(rows), width), pad_id, dtype=np.int64)
     mask = np.zeros((len(rows), width), dtype=np.int64)
     types = np.zeros((len(rows), width), dtype=np.int64) if with_types else None

@@ -21,6 +21,7 @@ from typing import Callable
 import numpy as np
 import torch
 
+from tunelab import allocator
 from tunelab.config import Config, dump_config, flat_keys
 from tunelab.data.clean import cleaning_settings
 from tunelab.errors import Interrupted, TunelabError
@@ -210,7 +211,7 @@ def train(config: Config, resume: bool = False, overwrite: bool = False, quiet: 
         + (f" (set in the config; {config.method.name}'s default is {METHODS[config.method.name].LEARNING_RATE:g})"
            if cfg.learning_rate and cfg.learning_rate != METHODS[config.method.name].LEARNING_RATE else "")
         + (f" (x{cfg.layer_lr_decay:g} per layer down)" if cfg.layer_lr_decay != 1 else "")
-        + f", precision {accelerator.mixed_precision}, "
+        + f", precision {accelerator.mixed_precision}, allocator {allocator.in_use()}, "
         f"{accelerator.num_processes} process(es)")
 
     meta = {"task": task.name, "labels": task.labels, "multi_label": task.multi_label, "pair": task.pair,
@@ -247,7 +248,7 @@ def train(config: Config, resume: bool = False, overwrite: bool = False, quiet: 
                 micro = [m for m in np.array_split(local, min(cfg.gradient_accumulation_steps, len(local))) if len(m)]
                 step_loss = torch.zeros((), device=accelerator.device)
                 for k, part in enumerate(micro):
-                    batch = {key: v.to(accelerator.device) for key, v in collate(train_enc, part, pad_id, with_types).items()}
+                    batch = {key: v.to(accelerator.device) for key, v in collate(train_enc, part, pad_id, with_types, cfg.pad_to_multiple_of).items()}
                     targets = torch.as_tensor(train_enc.targets[part], device=accelerator.device)
                     sync = k == len(micro) - 1
                     with accelerator.no_sync(model) if not sync else nullcontext():
