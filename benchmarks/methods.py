@@ -121,6 +121,9 @@ def flatten(results: dict, stored: dict | None = None) -> dict:
                 continue
             keep = not isinstance(value, float) or key == "learning_rate"  # round(5e-5, 4) would say 1e-4
             flat[f"{case}_{key}"] = value if keep else round(value, 4)
+    for d in DATASETS:  # full fine-tuning's memory per allocator, for the rows measured on each
+        if f"{d}_full_train_memory_mb" in flat:
+            flat[f"{d}_full_train_memory_mb_{flat.get(f'{d}_full_allocator', 'system')}"] = flat[f"{d}_full_train_memory_mb"]
     for d in DATASETS:
         full = flat.get(f"{d}_full_accuracy")
         head = flat.get(f"{d}_head_accuracy")
@@ -130,7 +133,8 @@ def flatten(results: dict, stored: dict | None = None) -> dict:
                 flat[f"{d}_{m}_gap_points"] = round(100 * (full - acc), 2)
             if head is not None and acc is not None and m in METHOD_NAMES and m != "head":
                 flat[f"{d}_{m}_above_head_points"] = round(100 * (acc - head), 2)
-            mem, full_mem = flat.get(f"{d}_{m}_train_memory_mb"), flat.get(f"{d}_full_train_memory_mb")
+            mem = flat.get(f"{d}_{m}_train_memory_mb")
+            full_mem = flat.get(f"{d}_full_train_memory_mb_{flat.get(f'{d}_{m}_allocator', 'system')}")  # same allocator
             if mem is not None and full_mem:
                 flat[f"{d}_{m}_train_memory_ratio_vs_full"] = round(mem / full_mem, 4)
     targets = {"sst2_lora_gap_points": ("<=", 1.0), "sst2_lora_trainable_percent": ("<=", 2.0),
@@ -152,7 +156,7 @@ def _cases(flat: dict) -> list[str]:
 def markdown_table(flat: dict) -> str:
     """The BENCHMARKS.md table, straight from the figures."""
     head = ("| data | method | lr | accuracy | macro-F1 | gap to full (points) | trainable % | saved MB | "
-            "train s | samples/s | peak RSS MB | train memory MB (× full) |\n" + "|---" * 12 + "|")
+            "train s | samples/s | malloc | peak RSS MB | train memory MB (× full) |\n" + "|---" * 13 + "|")
     rows = []
     for d in DATASETS:
         for m in _variants(_cases(flat), d):
@@ -160,6 +164,7 @@ def markdown_table(flat: dict) -> str:
             rows.append(f"| {d} | {m} | {g('learning_rate', '{:g}')} | {g('accuracy')} | {g('macro_f1')} | "
                         f"{g('gap_points', '{:+.2f}') if m != 'full' else '–'} | {g('trainable_percent', '{:.3f}')} | "
                         f"{g('checkpoint_mb', '{:.1f}')} | {g('train_seconds', '{:.0f}')} | {g('samples_per_second', '{:.0f}')} | "
+                        f"{flat.get(f'{d}_{m}_allocator', 'system')} | "
                         f"{g('peak_rss_mb', '{:.0f}')} | {g('train_memory_mb', '{:.0f}')}"
                         + ("" if f"{d}_{m}_peak_rss_training_mb" in flat else "*")
                         + (f" ({g('train_memory_ratio_vs_full', '{:.2f}')})" if m != "full" else "") + " |")

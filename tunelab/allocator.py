@@ -1,7 +1,7 @@
 """The `tunelab` command runs on jemalloc where the machine has it.
 
 glibc's malloc keeps the freed blocks of every batch shape a training run has seen; jemalloc reuses blocks
-across sizes. Measured on the SST-2 side-by-side (BENCHMARKS.md, "Memory allocator"): peak RSS of the same
+across sizes. Measured on the SST-2 side-by-side (BENCHMARKS.md, classification, session 7): peak RSS of the same
 training 2071 -> 1626 MB for tunelab and ~2000 -> ~1625 MB for the transformers Trainer, at the same speed
 (within the machine's noise). The command re-executes itself once with jemalloc preloaded, as PyTorch's
 own CPU launcher does (`python -m torch.backends.xeon.run_cpu --enable-jemalloc`); `make install` puts

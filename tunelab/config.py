@@ -129,8 +129,8 @@ class TrainConfig(Section):
     group_by_length: bool = Field(True, description="Batch texts of similar length together (less padding), order still shuffled.")
     pad_to_multiple_of: int = Field(
         1, ge=1, description="Pad each training batch's length up to a multiple of this. 8 cut full fine-tuning's training "
-        "memory by a third on SST-2 (fewer batch shapes: oneDNN keeps kernels and buffers per shape) at the cost of "
-        "the extra padding (BENCHMARKS.md, 'Memory and batch shapes'); 1: pad to the longest text only.")
+        "memory by a third on SST-2 at the same speed (fewer batch shapes: oneDNN keeps kernels and buffers per shape); "
+        "in bf16 it changes the rounding, hence the run (BENCHMARKS.md, methods, session 7). 1: pad to the longest text.")
     eval_every: int | None = Field(None, ge=1, description="Evaluate on validation every N optimizer steps; none: once per epoch.")
     checkpoint_every: int | None = Field(None, ge=1, description="Save a resumable checkpoint every N steps; none: at every evaluation.")
     keep_checkpoints: int = Field(1, ge=1, description="How many recent checkpoints to keep.")
