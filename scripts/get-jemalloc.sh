@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# jemalloc for the `tunelab` command (tunelab/allocator.py: measured faster and leaner training than glibc's
+# jemalloc for the `tunelab` command (tunelab/allocator.py: measured lower training memory than glibc's
 # malloc). Usage: scripts/get-jemalloc.sh DEST_DIR. Does nothing when DEST_DIR or the system already has
 # libjemalloc.so.2; on Debian/Ubuntu copies the libjemalloc2 package's library into DEST_DIR without root
 # (apt-get download + dpkg-deb -x). Elsewhere, or when the download fails, it says so and exits 0: tunelab then
@@ -9,7 +9,7 @@ dest=$1
 for dir in "$dest" /usr/lib/x86_64-linux-gnu /usr/lib/aarch64-linux-gnu /usr/lib64 /usr/lib /usr/local/lib; do
   if [ -f "$dir/libjemalloc.so.2" ]; then echo "jemalloc: $dir/libjemalloc.so.2"; exit 0; fi
 done
-skip() { echo "jemalloc: $1; tunelab will use the system's malloc (install jemalloc for faster training)" >&2; exit 0; }
+skip() { echo "jemalloc: $1; tunelab will use the system's malloc (install jemalloc for less training memory)" >&2; exit 0; }
 command -v apt-get >/dev/null && command -v dpkg-deb >/dev/null || skip "not found, and no apt-get/dpkg-deb here"
 tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
