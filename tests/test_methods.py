@@ -32,7 +32,7 @@ TRAINS = {
     "ia3": lambda n: "ia3_" in n,
     "prompt": lambda n: "prompt_encoder" in n,
     "prefix": lambda n: n == "prefix",
-    "adapter": lambda n: ".adapter." in n or "LayerNorm" in n,
+    "adapter": lambda n: ".adapter." in n or "LayerNorm" in n or "pooler" in n,
 }
 
 
@@ -279,3 +279,29 @@ def test_adapter_scale_multiplies_what_each_adapter_adds_and_survives_save_load(
         with torch.no_grad():
             assert torch.allclose(loaded(**batch).logits, logits[scale], atol=1e-6)
     assert not torch.allclose(logits[1.0], logits[3.0])
+
+
+@pytest.mark.parametrize("placement,per_layer", [("parallel", 1), ("houlsby", 2), ("pfeiffer", 1)])
+def test_each_adapter_placement_starts_as_pretrained_learns_and_reloads(tiny_model_dir, tokenizer, tmp_path, placement, per_layer):
+    task = make_task("classification", **TASKS["single"])
+    batch, _ = _batch(task)
+    torch.manual_seed(0)
+    base = task.build_model(str(tiny_model_dir)).eval()
+    with torch.no_grad():
+        before = base(**batch).logits
+    raw = {"name": "t", "data": {"train": "x.csv"}, "method": {"name": "adapter", "adapter": {"placement": placement}}}
+    method_config = load_config(raw).method
+    model = apply_method(base, method_config).eval()
+    adapters = [m for m in model.modules() if type(m).__name__ == "Bottleneck"]
+    assert len(adapters) == per_layer * model.config.num_hidden_layers
+    with torch.no_grad():
+        assert torch.allclose(model(**batch).logits, before, atol=1e-6)  # up-projections start at zero
+        for a in adapters:  # as if trained
+            a.up.weight.normal_(std=0.5)
+            a.up.bias.normal_(std=0.5)
+        after = model(**batch).logits
+    assert not torch.allclose(after, before, atol=1e-5)
+    save_model_folder(model, tokenizer, tmp_path / "m", _meta(task, method_config, tiny_model_dir))
+    loaded = load_model(tmp_path / "m", json.loads((tmp_path / "m" / "tunelab.json").read_text()))
+    with torch.no_grad():
+        assert torch.allclose(loaded(**batch).logits, after, atol=1e-6)
