@@ -107,6 +107,8 @@ CASES["sst2_adapter_parallel_scale4_pooler_size128"] = lambda: run_method(
 CASES["fpb_adapter_parallel_scale4_pooler"] = lambda: run_method(
     "fpb", "adapter", ["method.adapter.placement=parallel", "method.adapter.scale=4", "method.adapter.train_pooler=true"],
     "methods-fpb-adapter-parallel-scale4-pooler")
+CASES["sst2_adapter_scale8"] = lambda: run_method("sst2", "adapter", ["method.adapter.scale=8"], "methods-sst2-adapter-scale8")
+CASES["sst2_adapter_lr5e-4"] = lambda: run_method("sst2", "adapter", ["train.learning_rate=5e-4"], "methods-sst2-adapter-lr5e-4")
 CASES["fpb_adapter_parallel_scale4"] = lambda: run_method("fpb", "adapter", ["method.adapter.placement=parallel", "method.adapter.scale=4"],
                                                           "methods-fpb-adapter-parallel-scale4")
 CASES["sst2_lora_alpha16"] = lambda: run_method("sst2", "lora", ["method.lora.alpha=16"], "methods-sst2-lora-alpha16")
