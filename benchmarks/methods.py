@@ -77,41 +77,33 @@ def _sweep_case(method: str, lr: float):
 
 
 CASES = {f"{d}_{m}": (lambda d=d, m=m: run_method(d, m, [], f"methods-{d}-{m}")) for d in DATASETS for m in METHOD_NAMES}
-# LoRA with activations recomputed in the backward pass (train.activation_checkpointing): its memory figure
-CASES["sst2_lora_checkpointing"] = lambda: run_method("sst2", "lora", ["train.activation_checkpointing=true"],
-                                                      "methods-sst2-lora-checkpointing")
-# the LoRA default before alpha 32 (kept to show why alpha changed)
-CASES["sst2_adapter_lr3e-3"] = lambda: run_method("sst2", "adapter", ["train.learning_rate=3e-3"], "methods-sst2-adapter-lr3e-3")
-CASES["sst2_adapter_pooler"] = lambda: run_method("sst2", "adapter", ["method.adapter.train_pooler=true"], "methods-sst2-adapter-pooler")
-CASES["sst2_adapter_pooler_lr2e-3"] = lambda: run_method("sst2", "adapter", ["method.adapter.train_pooler=true", "train.learning_rate=2e-3"],
-                                                         "methods-sst2-adapter-pooler-lr2e-3")
-CASES["sst2_adapter_pooler_size256"] = lambda: run_method("sst2", "adapter", ["method.adapter.train_pooler=true", "method.adapter.size=256"],
-                                                          "methods-sst2-adapter-pooler-size256")
-CASES["sst2_adapter_scale4"] = lambda: run_method("sst2", "adapter", ["method.adapter.scale=4"], "methods-sst2-adapter-scale4")
-CASES["sst2_adapter_pooler_scale4"] = lambda: run_method("sst2", "adapter", ["method.adapter.train_pooler=true", "method.adapter.scale=4"],
-                                                         "methods-sst2-adapter-pooler-scale4")
-CASES["sst2_adapter_pooler_scale4_nonorm"] = lambda: run_method(
-    "sst2", "adapter", ["method.adapter.train_pooler=true", "method.adapter.scale=4", "method.adapter.train_layer_norm=false"],
-    "methods-sst2-adapter-pooler-scale4-nonorm")
-CASES["fpb_adapter_pooler"] = lambda: run_method("fpb", "adapter", ["method.adapter.train_pooler=true"], "methods-fpb-adapter-pooler")
-CASES["fpb_adapter_pooler_scale4"] = lambda: run_method("fpb", "adapter", ["method.adapter.train_pooler=true", "method.adapter.scale=4"],
-                                                        "methods-fpb-adapter-pooler-scale4")
-CASES["sst2_adapter_parallel_scale4"] = lambda: run_method("sst2", "adapter", ["method.adapter.placement=parallel", "method.adapter.scale=4"],
-                                                           "methods-sst2-adapter-parallel-scale4")
-CASES["sst2_adapter_parallel_scale4_pooler"] = lambda: run_method(
-    "sst2", "adapter", ["method.adapter.placement=parallel", "method.adapter.scale=4", "method.adapter.train_pooler=true"],
-    "methods-sst2-adapter-parallel-scale4-pooler")
-CASES["sst2_adapter_parallel_scale4_pooler_size128"] = lambda: run_method(
-    "sst2", "adapter", ["method.adapter.placement=parallel", "method.adapter.scale=4", "method.adapter.train_pooler=true",
-                        "method.adapter.size=128"], "methods-sst2-adapter-parallel-scale4-pooler-size128")
-CASES["fpb_adapter_parallel_scale4_pooler"] = lambda: run_method(
-    "fpb", "adapter", ["method.adapter.placement=parallel", "method.adapter.scale=4", "method.adapter.train_pooler=true"],
-    "methods-fpb-adapter-parallel-scale4-pooler")
-CASES["sst2_adapter_scale8"] = lambda: run_method("sst2", "adapter", ["method.adapter.scale=8"], "methods-sst2-adapter-scale8")
-CASES["sst2_adapter_lr5e-4"] = lambda: run_method("sst2", "adapter", ["train.learning_rate=5e-4"], "methods-sst2-adapter-lr5e-4")
-CASES["fpb_adapter_parallel_scale4"] = lambda: run_method("fpb", "adapter", ["method.adapter.placement=parallel", "method.adapter.scale=4"],
-                                                          "methods-fpb-adapter-parallel-scale4")
-CASES["sst2_lora_alpha16"] = lambda: run_method("sst2", "lora", ["method.lora.alpha=16"], "methods-sst2-lora-alpha16")
+# Settings measured beside the defaults: case -> (dataset, method, overrides). The run folder is methods-<case>.
+HOULSBY = ["method.adapter.placement=houlsby", "method.adapter.train_pooler=false", "method.adapter.scale=1"]  # adapter default before session 7
+PARALLEL = ["method.adapter.placement=parallel", "method.adapter.scale=4"]
+VARIANTS = {
+    "sst2_lora_checkpointing": ("sst2", "lora", ["train.activation_checkpointing=true"]),  # its memory figure
+    "sst2_lora_alpha16": ("sst2", "lora", ["method.lora.alpha=16"]),  # the LoRA default before alpha 32
+    # variants of the old adapter default (Houlsby, scale 1, pooler frozen)
+    "sst2_adapter_lr3e-3": ("sst2", "adapter", [*HOULSBY, "train.learning_rate=3e-3"]),
+    "sst2_adapter_pooler": ("sst2", "adapter", [*HOULSBY, "method.adapter.train_pooler=true"]),
+    "sst2_adapter_pooler_lr2e-3": ("sst2", "adapter", [*HOULSBY, "method.adapter.train_pooler=true", "train.learning_rate=2e-3"]),
+    "sst2_adapter_pooler_size256": ("sst2", "adapter", [*HOULSBY, "method.adapter.train_pooler=true", "method.adapter.size=256"]),
+    "sst2_adapter_scale4": ("sst2", "adapter", [*HOULSBY, "method.adapter.scale=4"]),
+    "sst2_adapter_pooler_scale4": ("sst2", "adapter", [*HOULSBY, "method.adapter.train_pooler=true", "method.adapter.scale=4"]),
+    "sst2_adapter_pooler_scale4_nonorm": ("sst2", "adapter", [*HOULSBY, "method.adapter.train_pooler=true", "method.adapter.scale=4",
+                                                              "method.adapter.train_layer_norm=false"]),
+    "fpb_adapter_pooler": ("fpb", "adapter", [*HOULSBY, "method.adapter.train_pooler=true"]),
+    "fpb_adapter_pooler_scale4": ("fpb", "adapter", [*HOULSBY, "method.adapter.train_pooler=true", "method.adapter.scale=4"]),
+    # the parallel placement, which became the default (with the pooler trained), and variants of it
+    "sst2_adapter_parallel_scale4": ("sst2", "adapter", [*PARALLEL, "method.adapter.train_pooler=false"]),
+    "sst2_adapter_parallel_scale4_pooler": ("sst2", "adapter", [*PARALLEL, "method.adapter.train_pooler=true"]),
+    "fpb_adapter_parallel_scale4_pooler": ("fpb", "adapter", [*PARALLEL, "method.adapter.train_pooler=true"]),
+    "sst2_adapter_parallel_scale4_pooler_size128": ("sst2", "adapter", [*PARALLEL, "method.adapter.train_pooler=true", "method.adapter.size=128"]),
+    "sst2_adapter_scale8": ("sst2", "adapter", ["method.adapter.scale=8"]),
+    "sst2_adapter_lr5e-4": ("sst2", "adapter", ["train.learning_rate=5e-4"]),
+}
+CASES.update({case: (lambda case=case, d=d, m=m, o=o: run_method(d, m, o, "methods-" + case.replace("_", "-")))
+              for case, (d, m, o) in VARIANTS.items()})
 SWEEP_CASES = {f"{m}_{lr:g}": _sweep_case(m, lr) for m, lrs in SWEEP.items() for lr in lrs}
 
 
