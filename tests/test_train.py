@@ -82,6 +82,27 @@ def test_gradient_accumulation_matches_the_full_batch(tiny_config):
     assert max(float((wa[k] - wb[k]).abs().max()) for k in wa) < 1e-5  # same gradient, summed in 4 parts
 
 
+@pytest.mark.parametrize("max_norm", [1e-3, 1e6])  # clipping every step / never
+def test_clipping_inside_fused_adamw_equals_clipping_before_it(max_norm):
+    from tunelab.training.optim import clip_inside_step
+
+    torch.manual_seed(0)
+    before = [torch.nn.Parameter(torch.randn(50, 8)) for _ in range(3)]
+    inside = [torch.nn.Parameter(p.detach().clone()) for p in before]
+    opt_before = torch.optim.AdamW(before, lr=1e-2, fused=True)
+    opt_inside = torch.optim.AdamW(inside, lr=1e-2, fused=True)
+    for _ in range(4):
+        for a, b in zip(before, inside):
+            a.grad = torch.randn_like(a)
+            b.grad = a.grad.clone()
+        torch.nn.utils.clip_grad_norm_(before, max_norm)
+        opt_before.step()
+        assert clip_inside_step(opt_inside, inside, max_norm)
+        opt_inside.step()
+    assert max(float((a - b).abs().max()) for a, b in zip(before, inside)) < 1e-6
+    assert not clip_inside_step(torch.optim.SGD(inside, lr=0.1), inside, max_norm)  # no hook: clip the usual way
+
+
 def test_padding_to_a_multiple_rounds_the_batch_width_and_changes_nothing_learned(tiny_config):
     from tunelab.tasks.encoding import Encoded, collate
 

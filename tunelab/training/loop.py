@@ -36,7 +36,7 @@ from tunelab.tasks.metrics import Collector, best_threshold, headline
 from tunelab.training.checkpoint import (LoopState, checkpoints, load_checkpoint, save_checkpoint,
                                       save_model_folder)
 from tunelab.training.data import epoch_batches
-from tunelab.training.optim import build_optimizer, build_scheduler
+from tunelab.training.optim import build_optimizer, build_scheduler, clip_inside_step
 
 
 @dataclass
@@ -260,7 +260,7 @@ def train(config: Config, resume: bool = False, overwrite: bool = False, quiet: 
                 if not math.isfinite(step_loss_value):  # the weights would turn NaN at this step: stop before it
                     raise TunelabError(f"training diverged: the loss is {step_loss_value} at step {state.step + 1}; "
                                        f"lower the learning rate (now {config.learning_rate:g})")
-                if cfg.max_grad_norm is not None:
+                if cfg.max_grad_norm is not None and not clip_inside_step(optimizer, model.parameters(), cfg.max_grad_norm):
                     accelerator.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
                 optimizer.step()
                 scheduler.step()

@@ -52,3 +52,20 @@ def build_scheduler(optimizer: torch.optim.Optimizer, cfg: TrainConfig, total_st
     warmup = round(cfg.warmup_ratio * total_steps)
     name = "constant_with_warmup" if cfg.scheduler == "constant" else cfg.scheduler
     return get_scheduler(name, optimizer, num_warmup_steps=warmup, num_training_steps=total_steps)
+
+
+def clip_inside_step(optimizer: torch.optim.Optimizer, parameters, max_norm: float) -> bool:
+    """Clip the gradients' global norm to `max_norm` inside fused AdamW's step instead of before it.
+
+    The fused kernel divides each gradient by `grad_scale` as it reads it (the hook GradScaler uses), so the clip
+    costs one pass over the gradients (the norm) instead of two (norm, then rewriting every gradient): the clip
+    was ~8% of a MiniLM step on CPU. Same update to float precision (tests/test_train.py). False when the optimizer
+    has no such hook (SGD, unfused): clip the usual way then.
+    """
+    inner = getattr(optimizer, "optimizer", optimizer)  # accelerate wraps it
+    if not (isinstance(inner, torch.optim.AdamW) and inner.defaults.get("fused")):
+        return False
+    grads = [p.grad for p in parameters if p.grad is not None]
+    norm = torch.nn.utils.get_total_norm(grads)
+    inner.grad_scale = (norm / max_norm).clamp(min=1.0).to(torch.float32)  # 1/clip coefficient
+    return True
