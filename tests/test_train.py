@@ -103,6 +103,76 @@ def test_clipping_inside_fused_adamw_equals_clipping_before_it(max_norm):
     assert not clip_inside_step(torch.optim.SGD(inside, lr=0.1), inside, max_norm)  # no hook: clip the usual way
 
 
+def _embedding_model(lazy: bool):
+    from tunelab.training.lazy_rows import lazy_word_embeddings
+    from transformers import BertConfig, BertForSequenceClassification
+
+    torch.manual_seed(0)
+    model = BertForSequenceClassification(BertConfig(vocab_size=60, hidden_size=16, num_hidden_layers=1,
+                                                     num_attention_heads=2, intermediate_size=32,
+                                                     hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0))
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2, weight_decay=0.0, fused=True)
+    lazy_rows = lazy_word_embeddings(model, optimizer) if lazy else None
+    optimizer.load_state_dict(optimizer.state_dict())  # as accelerate's prepare and a resume do: new group dicts
+    return model, optimizer, lazy_rows
+
+
+def _embedding_step(model, optimizer, lazy, ids, max_norm=0.05):
+    from tunelab.training.optim import clip_inside_step
+
+    model(input_ids=ids, labels=torch.zeros(len(ids), dtype=torch.long)).loss.backward()
+    assert clip_inside_step(optimizer, list(model.parameters()), max_norm)  # the clip bites at 0.05
+    if lazy is not None:
+        lazy.step()
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+
+
+def test_lazy_embedding_rows_update_like_adamw_and_leave_absent_rows_alone():
+    dense_model, dense_opt, _ = _embedding_model(lazy=False)
+    lazy_model, lazy_opt, lazy = _embedding_model(lazy=True)
+    assert lazy is not None and lazy_model.bert.embeddings.word_embeddings.sparse
+    first = torch.tensor([[5, 7, 7, 9], [5, 11, 12, 0]])
+    _embedding_step(dense_model, dense_opt, None, first)
+    _embedding_step(lazy_model, lazy_opt, lazy, first)
+    # step 1 without weight decay: dense AdamW leaves zero-gradient rows in place too, so the two agree everywhere
+    for (name, a), b in zip(dense_model.named_parameters(), lazy_model.parameters()):
+        assert torch.allclose(a, b, atol=1e-6), name
+    before = lazy_model.bert.embeddings.word_embeddings.weight.detach().clone()
+    second = torch.tensor([[20, 21, 22, 23]])
+    _embedding_step(dense_model, dense_opt, None, second)
+    _embedding_step(lazy_model, lazy_opt, lazy, second)
+    after = lazy_model.bert.embeddings.word_embeddings.weight.detach()
+    touched = (after != before).any(dim=1).nonzero().flatten().tolist()
+    assert touched == [20, 21, 22, 23]  # only the batch's rows moved; dense AdamW moves 5, 7, 9 ... by momentum
+    dense_rows = dense_model.bert.embeddings.word_embeddings.weight.detach()
+    assert not torch.allclose(dense_rows[[5, 7, 9]], before[[5, 7, 9]])
+    assert int(lazy_opt.state[lazy.param]["step"]) == 2  # state lives in the optimizer: checkpoints carry it
+
+
+def test_lazy_embeddings_only_where_the_embedding_trains_untied_under_fused_adamw():
+    from tunelab.training.lazy_rows import lazy_word_embeddings
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    model, _, _ = _embedding_model(lazy=False)
+    assert lazy_word_embeddings(model, torch.optim.SGD(model.parameters(), lr=0.1)) is None
+    model.bert.embeddings.word_embeddings.weight.requires_grad_(False)
+    assert lazy_word_embeddings(model, torch.optim.AdamW([p for p in model.parameters() if p.requires_grad],
+                                                         fused=True)) is None
+    tied = GPT2LMHeadModel(GPT2Config(vocab_size=60, n_embd=16, n_layer=1, n_head=2))
+    assert lazy_word_embeddings(tied, torch.optim.AdamW(tied.parameters(), fused=True)) is None
+    assert not tied.transformer.wte.sparse
+
+
+def test_lazy_and_dense_embedding_training_both_learn(tiny_config):
+    lazy = train(tiny_config(name="lazy", precision="fp32"), quiet=True)
+    dense = train(tiny_config(name="dense", precision="fp32", lazy_embeddings=False), quiet=True)
+    wl, wd = weights(lazy.run_dir), weights(dense.run_dir)
+    key = next(k for k in wl if k.endswith("word_embeddings.weight"))
+    assert not torch.equal(wl[key], wd[key])  # the option is wired through to the loop
+    assert lazy.validation["accuracy"] >= 0.9 and dense.validation["accuracy"] >= 0.9
+
+
 def test_padding_to_a_multiple_rounds_the_batch_width_and_changes_nothing_learned(tiny_config):
     from tunelab.tasks.encoding import Encoded, collate
 

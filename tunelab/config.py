@@ -108,6 +108,10 @@ class TrainConfig(Section):
         "of the layer above (embeddings below the bottom layer); 1: one rate for the whole body. 0.8 lifted full SST-2 "
         "but lowered Banking77 and FPB 50Agree (BENCHMARKS.md), hence not the default.")
     optimizer: Literal["adamw", "sgd"] = Field("adamw", description="Optimizer.")
+    lazy_embeddings: bool = Field(
+        True, description="On CPU with AdamW, update only the word-embedding rows of each batch's tokens (sparse "
+        "gradient, LazyAdam): the dense update of the whole matrix was ~10% of a MiniLM step. Rows absent from a "
+        "batch do not move that step (dense AdamW moves them by momentum and weight decay). false: dense.")
     weight_decay: float = Field(0.01, ge=0, description="Decoupled weight decay; never applied to biases and LayerNorm weights.")
     adam_betas: tuple[float, float] = Field((0.9, 0.999), description="AdamW betas.")
     adam_epsilon: float = Field(1e-8, gt=0, description="AdamW epsilon.")
@@ -128,9 +132,9 @@ class TrainConfig(Section):
         "is what cuts it (see BENCHMARKS.md).")
     group_by_length: bool = Field(True, description="Batch texts of similar length together (less padding), order still shuffled.")
     pad_to_multiple_of: int = Field(
-        1, ge=1, description="Pad each training batch's length up to a multiple of this. 8 cut full fine-tuning's training "
-        "memory by a third on SST-2 at the same speed (fewer batch shapes: oneDNN keeps kernels and buffers per shape); "
-        "in bf16 it changes the rounding, hence the run (BENCHMARKS.md, methods, session 7). 1: pad to the longest text.")
+        1, ge=1, description="Pad each training batch's length up to a multiple of this. 8 cut the training memory by a "
+        "third on SST-2 (fewer batch shapes: oneDNN keeps kernels and buffers per shape) for 8-22% of the speed, same "
+        "accuracy over three seeds (BENCHMARKS.md, methods, session 8). 1: pad to the longest text.")
     eval_every: int | None = Field(None, ge=1, description="Evaluate on validation every N optimizer steps; none: once per epoch.")
     checkpoint_every: int | None = Field(None, ge=1, description="Save a resumable checkpoint every N steps; none: at every evaluation.")
     keep_checkpoints: int = Field(1, ge=1, description="How many recent checkpoints to keep.")

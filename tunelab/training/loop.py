@@ -36,6 +36,7 @@ from tunelab.tasks.metrics import Collector, best_threshold, headline
 from tunelab.training.checkpoint import (LoopState, checkpoints, load_checkpoint, save_checkpoint,
                                       save_model_folder)
 from tunelab.training.data import epoch_batches
+from tunelab.training.lazy_rows import lazy_word_embeddings
 from tunelab.training.optim import build_optimizer, build_scheduler, clip_inside_step
 
 
@@ -190,6 +191,7 @@ def train(config: Config, resume: bool = False, overwrite: bool = False, quiet: 
     total_steps = cfg.max_steps or planned_steps(cfg, steps_per_epoch, task.num_labels)
     optimizer = build_optimizer(model, cfg, config.learning_rate, config.head_learning_rate, cfg.layer_lr_decay)
     scheduler = build_scheduler(optimizer, cfg, total_steps)
+    lazy = lazy_word_embeddings(model, optimizer) if cfg.lazy_embeddings and accelerator.device.type == "cpu" else None
     model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
     weights = task.class_weights(train_enc.targets, cfg.class_weights)
     weights = weights.to(accelerator.device) if weights is not None else None
@@ -262,6 +264,8 @@ def train(config: Config, resume: bool = False, overwrite: bool = False, quiet: 
                                        f"lower the learning rate (now {config.learning_rate:g})")
                 if cfg.max_grad_norm is not None and not clip_inside_step(optimizer, model.parameters(), cfg.max_grad_norm):
                     accelerator.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
+                if lazy is not None:
+                    lazy.step()
                 optimizer.step()
                 scheduler.step()
                 optimizer.zero_grad(set_to_none=True)

@@ -65,7 +65,13 @@ def clip_inside_step(optimizer: torch.optim.Optimizer, parameters, max_norm: flo
     inner = getattr(optimizer, "optimizer", optimizer)  # accelerate wraps it
     if not (isinstance(inner, torch.optim.AdamW) and inner.defaults.get("fused")):
         return False
-    grads = [p.grad for p in parameters if p.grad is not None]
+    grads = []
+    for p in parameters:
+        if p.grad is not None and p.grad.is_sparse:  # lazy_rows.py: the rows of a batch, repeated tokens summed
+            p.grad = p.grad.coalesce()
+            grads.append(p.grad.values())
+        elif p.grad is not None:
+            grads.append(p.grad)
     norm = torch.nn.utils.get_total_norm(grads)
     inner.grad_scale = (norm / max_norm).clamp(min=1.0).to(torch.float32)  # 1/clip coefficient
     return True
