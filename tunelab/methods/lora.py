@@ -2,6 +2,7 @@
 
 from pydantic import Field
 
+from tunelab.methods.parts import linears_in_fp32_on_cpu
 from tunelab.methods.with_peft import task_type, wrap
 from tunelab.settings import Section
 
@@ -20,11 +21,17 @@ class Settings(Section):
         "all-linear", description="Module names to adapt (e.g. [query, value]); 'all-linear': every linear layer but the head.")
     rslora: bool = Field(False, description="Rank-stabilised scaling alpha/sqrt(r).")
     dora: bool = Field(False, description="Weight-decomposed LoRA (DoRA): slower, sometimes more accurate.")
+    fp32_on_cpu: bool = Field(
+        True, description="On CPU, compute the rank-r factors in fp32 under bf16 autocast: as fast, and oneDNN keeps no "
+        "per-shape kernels for them (SST-2: LoRA's training memory 1054 -> 827 MB; BENCHMARKS.md, methods).")
 
 
 def apply(model, settings: Settings, head):
     from peft import LoraConfig
 
-    return wrap(model, LoraConfig(task_type=task_type(model), r=settings.r, lora_alpha=settings.alpha,
-                                  lora_dropout=settings.dropout, target_modules=settings.target_modules,
-                                  use_rslora=settings.rslora, use_dora=settings.dora, modules_to_save=head))
+    model = wrap(model, LoraConfig(task_type=task_type(model), r=settings.r, lora_alpha=settings.alpha,
+                                   lora_dropout=settings.dropout, target_modules=settings.target_modules,
+                                   use_rslora=settings.rslora, use_dora=settings.dora, modules_to_save=head))
+    if settings.fp32_on_cpu:
+        linears_in_fp32_on_cpu(m for name, m in model.named_modules() if ".lora_A." in name or ".lora_B." in name)
+    return model

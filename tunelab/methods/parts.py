@@ -72,3 +72,54 @@ def enable_activation_checkpointing(model: torch.nn.Module) -> None:
         inner.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
     else:
         inner.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
+
+
+class Fp32OnCpuLinear(torch.nn.Linear):
+    """A linear layer that stays in fp32 on CPU under bf16 autocast.
+
+    For thin added layers (LoRA's rank-r factors; adapters, optionally): bf16 buys nothing on matrices this
+    thin (measured: same step time), while every bf16 matmul on CPU goes through oneDNN, which keeps a compiled
+    kernel and its buffers for each input shape it meets; with dynamic padding that is each batch length, and
+    LoRA's factors added ~230 MB to a MiniLM training run on SST-2 (BENCHMARKS.md, methods). fp32 matmuls use
+    MKL/BLAS, which keeps none.
+    The input is kept for the backward pass as it came (bf16 stays bf16: no fp32 copy per layer).
+    """
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.device.type != "cpu" or not torch.is_autocast_enabled("cpu"):
+            return super().forward(x)
+        return _LinearInFp32.apply(x, self.weight, self.bias)
+
+
+class _LinearInFp32(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, weight, bias):
+        ctx.save_for_backward(x, weight)
+        ctx.with_bias = bias is not None
+        with torch.autocast("cpu", enabled=False):
+            return torch.nn.functional.linear(x.float(), weight, bias)
+
+    @staticmethod
+    def backward(ctx, grad):
+        x, weight = ctx.saved_tensors
+        grad_x = grad_weight = grad_bias = None
+        with torch.autocast("cpu", enabled=False):
+            if ctx.needs_input_grad[0]:
+                grad_x = (grad @ weight).to(x.dtype)
+            flat_grad = grad.reshape(-1, grad.shape[-1])
+            if ctx.needs_input_grad[1]:
+                grad_weight = flat_grad.t() @ x.reshape(-1, x.shape[-1]).float()
+            if ctx.with_bias and ctx.needs_input_grad[2]:
+                grad_bias = flat_grad.sum(0)
+        return grad_x, grad_weight, grad_bias
+
+
+def linears_in_fp32_on_cpu(modules) -> int:
+    """Turn the plain nn.Linear among `modules` into Fp32OnCpuLinear in place (same weights, same state-dict
+    names, still an nn.Linear to peft and friends); returns how many."""
+    count = 0
+    for module in modules:
+        if type(module) is torch.nn.Linear:
+            module.__class__ = Fp32OnCpuLinear
+            count += 1
+    return count
