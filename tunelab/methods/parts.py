@@ -114,12 +114,9 @@ class _LinearInFp32(torch.autograd.Function):
         return grad_x, grad_weight, grad_bias
 
 
-def linears_in_fp32_on_cpu(modules) -> int:
+def linears_in_fp32_on_cpu(modules) -> None:
     """Turn the plain nn.Linear among `modules` into Fp32OnCpuLinear in place (same weights, same state-dict
-    names, still an nn.Linear to peft and friends); returns how many."""
-    count = 0
+    names, still an nn.Linear to peft and friends)."""
     for module in modules:
         if type(module) is torch.nn.Linear:
             module.__class__ = Fp32OnCpuLinear
-            count += 1
-    return count
