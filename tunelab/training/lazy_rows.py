@@ -18,6 +18,7 @@ from dataclasses import dataclass
 import torch
 
 from tunelab.methods.parts import transformers_model
+from tunelab.training.optim import fused_adamw
 
 
 @dataclass
@@ -59,11 +60,10 @@ class LazyRows:
 
 def lazy_word_embeddings(model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> LazyRows | None:
     """Switch the trainable, untied input word embedding of `model` to sparse gradients and return its lazy
-    updater; None (dense as usual) when there is no such embedding or the optimizer is not AdamW.
+    updater; None (dense as usual) when there is no such embedding or the optimizer is not fused AdamW.
     Call before the model is wrapped for DDP: DDP reads `sparse` when it is built."""
-    inner_optimizer = getattr(optimizer, "optimizer", optimizer)
-    if not (isinstance(inner_optimizer, torch.optim.AdamW) and inner_optimizer.defaults.get("fused")) \
-            or inner_optimizer.defaults.get("amsgrad"):
+    inner_optimizer = fused_adamw(optimizer)
+    if inner_optimizer is None or inner_optimizer.defaults.get("amsgrad"):
         return None
     inner = transformers_model(model)
     embedding = inner.get_input_embeddings() if hasattr(inner, "get_input_embeddings") else None

@@ -54,6 +54,12 @@ def build_scheduler(optimizer: torch.optim.Optimizer, cfg: TrainConfig, total_st
     return get_scheduler(name, optimizer, num_warmup_steps=warmup, num_training_steps=total_steps)
 
 
+def fused_adamw(optimizer: torch.optim.Optimizer) -> torch.optim.AdamW | None:
+    """The fused torch AdamW behind `optimizer` (accelerate wraps it), or None for any other optimizer."""
+    inner = getattr(optimizer, "optimizer", optimizer)
+    return inner if isinstance(inner, torch.optim.AdamW) and inner.defaults.get("fused") else None
+
+
 def clip_inside_step(optimizer: torch.optim.Optimizer, parameters, max_norm: float) -> bool:
     """Clip the gradients' global norm to `max_norm` inside fused AdamW's step instead of before it.
 
@@ -62,8 +68,8 @@ def clip_inside_step(optimizer: torch.optim.Optimizer, parameters, max_norm: flo
     was ~8% of a MiniLM step on CPU. Same update to float precision (tests/test_train.py). False when the optimizer
     has no such hook (SGD, unfused): clip the usual way then.
     """
-    inner = getattr(optimizer, "optimizer", optimizer)  # accelerate wraps it
-    if not (isinstance(inner, torch.optim.AdamW) and inner.defaults.get("fused")):
+    inner = fused_adamw(optimizer)
+    if inner is None:
         return False
     grads = []
     for p in parameters:
