@@ -50,12 +50,39 @@ def test_the_train_command_runs_on_the_allocator_it_reports(tiny_config, tmp_pat
     config = tiny_config(name=f"alloc-{choice}", max_steps=2)
     path = tmp_path / "c.yaml"
     path.write_text(dump_config(config))
-    env = {k: v for k, v in os.environ.items() if k != "LD_PRELOAD"} | {"TUNELAB_ALLOCATOR": choice}
+    env = {k: v for k, v in os.environ.items() if k not in ("LD_PRELOAD", allocator.ONEDNN_CACHE)}
+    env |= {"TUNELAB_ALLOCATOR": choice} | ({allocator.ONEDNN_CACHE: "1024"} if choice == "system" else {})
     done = subprocess.run([sys.executable, "-m", "tunelab", "train", str(path)], capture_output=True, text=True,
                           env=env, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
     expected = "jemalloc" if choice == "auto" and allocator.find_jemalloc() else "system"
-    assert f"allocator {expected}," in done.stderr
+    cache = "1024" if choice == "system" else allocator.ONEDNN_CACHE_DEFAULT  # the user's setting wins
+    assert f"allocator {expected} (oneDNN kernel cache {cache})," in done.stderr
     bad = subprocess.run([sys.executable, "-m", "tunelab", "train", str(path)], capture_output=True, text=True,
                          env={**env, "TUNELAB_ALLOCATOR": "nope"}, timeout=60)
     assert bad.returncode == 2 and bad.stderr.strip() == "error: TUNELAB_ALLOCATOR='nope': use auto, jemalloc or system"
+
+
+ONEDNN_SHAPES = """
+import sys, torch
+from tunelab.allocator import bound_onednn_cache
+bound_onednn_cache()
+w = torch.randn(32, 32, dtype=torch.bfloat16)
+for rows in [*range(16, 86), 16]:  # 70 shapes, then the first again
+    torch.randn(rows, 32, dtype=torch.bfloat16) @ w
+"""
+
+
+@pytest.mark.parametrize("preset", [None, "1024"])
+def test_onednn_keeps_kernels_for_64_shapes_unless_the_environment_says_otherwise(preset):
+    env = {k: v for k, v in os.environ.items() if k != allocator.ONEDNN_CACHE} | {"ONEDNN_VERBOSE": "2"}
+    if preset:
+        env[allocator.ONEDNN_CACHE] = preset
+    done = subprocess.run([sys.executable, "-c", ONEDNN_SHAPES], capture_output=True, text=True, env=env, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    lookups = [line for line in done.stdout.splitlines() if ",create:cache_" in line and ",matmul," in line]
+    if not lookups:
+        pytest.skip("this CPU's bf16 matmuls do not go through oneDNN")
+    assert len(lookups) == 71 and all(",create:cache_miss," in line for line in lookups[:70])
+    # the first shape again: evicted by the 64-kernel bound; still there with room for 1024
+    assert (",create:cache_hit," in lookups[-1]) == (preset == "1024")

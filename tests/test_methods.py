@@ -314,6 +314,8 @@ def test_lora_factors_compute_in_fp32_under_cpu_autocast_and_keep_their_input_as
     _, model = _build(tiny_model_dir, "lora", "single")
     factors = [m for n, m in model.named_modules() if n.endswith(("lora_A.default", "lora_B.default"))]
     assert factors and all(type(m) is Fp32OnCpuLinear for m in factors)
+    lora_layers = [m for m in model.modules() if hasattr(m, "cast_input_dtype_enabled")]
+    assert lora_layers and not any(m.cast_input_dtype_enabled for m in lora_layers)  # peft's fp32 copy is off
     raw = {"name": "t", "data": {"train": "x.csv"}, "method": {"name": "lora", "lora": {"fp32_on_cpu": False}}}
     plain = apply_method(make_task("classification", **TASKS["single"]).build_model(str(tiny_model_dir)), load_config(raw).method)
     assert all(type(m) is torch.nn.Linear for n, m in plain.named_modules() if n.endswith("lora_A.default"))
@@ -324,14 +326,20 @@ def test_lora_factors_compute_in_fp32_under_cpu_autocast_and_keep_their_input_as
     factor.__class__ = Fp32OnCpuLinear
     x = torch.randn(4, 6, 32).to(input_dtype)
     x_ref, x_in = x.clone().requires_grad_(), x.clone().requires_grad_()
-    reference(x_ref.float()).pow(2).sum().backward()  # the fp32 computation, outside autocast
+    out_ref = reference(x_ref.float())  # the fp32 computation, outside autocast
+    out_ref.pow(2).sum().backward()
     saved = []
     with torch.autocast("cpu", dtype=torch.bfloat16), torch.autograd.graph.saved_tensors_hooks(
             lambda t: saved.append(t) or t, lambda t: t):
         out = factor(x_in)
     assert out.dtype == torch.float32  # autocast would have made it bf16
     out.pow(2).sum().backward()
-    assert torch.equal(factor.weight.grad, reference.weight.grad) and torch.equal(factor.bias.grad, reference.bias.grad)
+    assert torch.equal(out, out_ref) and torch.equal(factor.weight.grad, reference.weight.grad)
+    assert torch.equal(factor.bias.grad, reference.bias.grad)
     assert x_in.grad.dtype == input_dtype and torch.equal(x_in.grad, x_ref.grad)
     assert any(t is x_in for t in saved) and not any(t.dtype == torch.float32 and t.shape == x.shape and t is not x_in
                                                       for t in saved)  # no fp32 copy of a bf16 input kept
+    with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16):  # evaluation: same result
+        assert torch.equal(factor(x), out_ref)
+    with torch.no_grad():  # no autocast: the input is cast to the factor's dtype, as peft's own cast would
+        assert torch.equal(factor(x), out_ref)

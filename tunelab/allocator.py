@@ -10,6 +10,12 @@ Debian's libjemalloc2 into the virtual environment. Python API users preload it 
 
 TUNELAB_ALLOCATOR: 'auto' (default: jemalloc when found, else the system's malloc), 'jemalloc' (an error
 when not found), 'system' (never preload).
+
+Its other process-wide memory setting: oneDNN, PyTorch's CPU kernel library (bf16 matmuls), keeps a compiled
+kernel for each input shape it meets, up to 1024; with dynamic padding every batch length brings a new set,
+and on SST-2 they held ~240 MB of a MiniLM training run. tunelab bounds the cache to 64 kernels unless
+ONEDNN_PRIMITIVE_CACHE_CAPACITY is set: full fine-tuning's training memory 1039 -> 797 MB, LoRA's 794 -> 596 MB,
+for 5-8% of the speed (kernels compiled again; BENCHMARKS.md, methods, session 9).
 """
 
 from __future__ import annotations
@@ -22,6 +28,8 @@ from pathlib import Path
 from tunelab.errors import TunelabError
 
 LIBRARY = "libjemalloc.so.2"
+ONEDNN_CACHE = "ONEDNN_PRIMITIVE_CACHE_CAPACITY"
+ONEDNN_CACHE_DEFAULT = "64"
 SYSTEM_FOLDERS = ("/usr/lib/x86_64-linux-gnu", "/usr/lib/aarch64-linux-gnu", "/usr/lib64", "/usr/lib", "/usr/local/lib")
 
 
@@ -61,3 +69,11 @@ def restart_on_jemalloc(args: list[str]) -> None:
     changes = jemalloc_env()
     if changes:
         os.execve(sys.executable, [sys.executable, "-m", "tunelab", *args], {**os.environ, **changes})
+
+
+def bound_onednn_cache() -> str:
+    """Set oneDNN's kernel cache to tunelab's bound unless the environment sets one; return the bound in force.
+
+    oneDNN reads the variable when it compiles its first kernel, so this works when called before any bf16
+    matmul of the process (the command calls it first thing; `train()` too, for Python API users)."""
+    return os.environ.setdefault(ONEDNN_CACHE, ONEDNN_CACHE_DEFAULT)

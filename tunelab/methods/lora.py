@@ -34,4 +34,10 @@ def apply(model, settings: Settings, head):
                                    use_rslora=settings.rslora, use_dora=settings.dora, modules_to_save=head))
     if settings.fp32_on_cpu:
         linears_in_fp32_on_cpu(m for name, m in model.named_modules() if ".lora_A." in name or ".lora_B." in name)
+        if not settings.dora:  # DoRA's own matmuls need the input in the factors' dtype
+            # peft casts a bf16 input to the factors' fp32 before lora_A, and lora_A then keeps that copy for the
+            # backward pass: +46 MB of saved activations per 32x64 batch of MiniLM (BENCHMARKS.md, methods)
+            for module in model.modules():
+                if hasattr(module, "cast_input_dtype_enabled"):
+                    module.cast_input_dtype_enabled = False
     return model

@@ -82,13 +82,20 @@ class Fp32OnCpuLinear(torch.nn.Linear):
     kernel and its buffers for each input shape it meets; with dynamic padding that is each batch length, and
     LoRA's factors added ~230 MB to a MiniLM training run on SST-2 (BENCHMARKS.md, methods). fp32 matmuls use
     MKL/BLAS, which keeps none.
-    The input is kept for the backward pass as it came (bf16 stays bf16: no fp32 copy per layer).
+    The input is kept for the backward pass as it came (bf16 stays bf16: no fp32 copy per layer; peft's own
+    cast of the input to the factors' dtype is turned off for that, methods/lora.py, and done here instead where
+    no autocast does it).
     """
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if x.device.type != "cpu" or not torch.is_autocast_enabled("cpu"):
-            return super().forward(x)
-        return _LinearInFp32.apply(x, self.weight, self.bias)
+        if x.device.type == "cpu" and torch.is_autocast_enabled("cpu"):
+            if not torch.is_grad_enabled():  # evaluation: nothing to keep for a backward pass
+                with torch.autocast("cpu", enabled=False):
+                    return torch.nn.functional.linear(x.float(), self.weight, self.bias)
+            return _LinearInFp32.apply(x, self.weight, self.bias)
+        if not torch.is_autocast_enabled(x.device.type):
+            x = x.to(self.weight.dtype)
+        return super().forward(x)
 
 
 class _LinearInFp32(torch.autograd.Function):

@@ -128,6 +128,7 @@ def train(config: Config, resume: bool = False, overwrite: bool = False, quiet: 
     from tunelab.data import prepare
 
     quiet_transformers()
+    onednn_cache = allocator.bound_onednn_cache()
     cfg, run_dir = config.train, config.run_dir
     ckpt_root = run_dir / "checkpoints"
     latest = (checkpoints(ckpt_root) or [None])[-1]
@@ -213,7 +214,8 @@ def train(config: Config, resume: bool = False, overwrite: bool = False, quiet: 
         + (f" (set in the config; {config.method.name}'s default is {METHODS[config.method.name].LEARNING_RATE:g})"
            if cfg.learning_rate and cfg.learning_rate != METHODS[config.method.name].LEARNING_RATE else "")
         + (f" (x{cfg.layer_lr_decay:g} per layer down)" if cfg.layer_lr_decay != 1 else "")
-        + f", precision {accelerator.mixed_precision}, allocator {allocator.in_use()}, "
+        + f", precision {accelerator.mixed_precision}, allocator {allocator.in_use()}"
+        + (f" (oneDNN kernel cache {onednn_cache})" if accelerator.device.type == "cpu" else "") + ", "
         f"{accelerator.num_processes} process(es)")
 
     meta = {"task": task.name, "labels": task.labels, "multi_label": task.multi_label, "pair": task.pair,
