@@ -13,9 +13,10 @@ when not found), 'system' (never preload).
 
 Its other process-wide memory setting: oneDNN, PyTorch's CPU kernel library (bf16 matmuls), keeps a compiled
 kernel for each input shape it meets, up to 1024; with dynamic padding every batch length brings a new set,
-and on SST-2 they held ~240 MB of a MiniLM training run. tunelab bounds the cache to 64 kernels unless
-ONEDNN_PRIMITIVE_CACHE_CAPACITY is set: full fine-tuning's training memory 1039 -> 797 MB, LoRA's 794 -> 596 MB,
-for 5-8% of the speed (kernels compiled again; BENCHMARKS.md, methods, session 9).
+and on SST-2 they held ~240 MB of a MiniLM training run. Training bounds the cache to 64 kernels unless
+ONEDNN_PRIMITIVE_CACHE_CAPACITY is set: full fine-tuning's training memory 1041 -> 794 MB, LoRA's 796 -> 591 MB,
+for about 8% and 13% of the speed (kernels compiled again; BENCHMARKS.md, methods, session 9). Serving and
+prediction keep oneDNN's default (their speed was measured with it).
 """
 
 from __future__ import annotations
@@ -75,5 +76,5 @@ def bound_onednn_cache() -> str:
     """Set oneDNN's kernel cache to tunelab's bound unless the environment sets one; return the bound in force.
 
     oneDNN reads the variable when it compiles its first kernel, so this works when called before any bf16
-    matmul of the process (the command calls it first thing; `train()` too, for Python API users)."""
+    matmul of the process: `train()` calls it first thing (the train and tune commands, and Python users)."""
     return os.environ.setdefault(ONEDNN_CACHE, ONEDNN_CACHE_DEFAULT)

@@ -324,9 +324,8 @@ def _version(version: bool = typer.Option(False, "--version", help="Print the ve
 
 def main() -> None:
     try:
-        from tunelab.allocator import bound_onednn_cache, restart_on_jemalloc
+        from tunelab.allocator import restart_on_jemalloc
 
-        bound_onednn_cache()
         restart_on_jemalloc(sys.argv[1:])
         app()
     except Interrupted as exc:
