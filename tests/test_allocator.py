@@ -86,3 +86,13 @@ def test_onednn_keeps_kernels_for_64_shapes_unless_the_environment_says_otherwis
     assert len(lookups) == 71 and all(",create:cache_miss," in line for line in lookups[:70])
     # the first shape again: evicted by the 64-kernel bound; still there with room for 1024
     assert (",create:cache_hit," in lookups[-1]) == (preset == "1024")
+
+
+def test_a_kernel_cache_bound_that_is_not_a_number_is_a_clear_error(monkeypatch):
+    monkeypatch.setenv(allocator.ONEDNN_CACHE, "lots")
+    with pytest.raises(TunelabError, match="ONEDNN_PRIMITIVE_CACHE_CAPACITY='lots': a whole number of kernels"):
+        allocator.bound_onednn_cache()
+    monkeypatch.setenv(allocator.ONEDNN_CACHE, "256")
+    assert allocator.bound_onednn_cache() == "256"
+    monkeypatch.delenv(allocator.ONEDNN_CACHE)
+    assert allocator.bound_onednn_cache() == allocator.ONEDNN_CACHE_DEFAULT == os.environ[allocator.ONEDNN_CACHE]

@@ -77,4 +77,8 @@ def bound_onednn_cache() -> str:
 
     oneDNN reads the variable when it compiles its first kernel, so this works when called before any bf16
     matmul of the process: `train()` calls it first thing (the train and tune commands, and Python users)."""
-    return os.environ.setdefault(ONEDNN_CACHE, ONEDNN_CACHE_DEFAULT)
+    value = os.environ.setdefault(ONEDNN_CACHE, ONEDNN_CACHE_DEFAULT)
+    if not value.strip().isdigit():
+        raise TunelabError(f"{ONEDNN_CACHE}={value!r}: a whole number of kernels (tunelab's default {ONEDNN_CACHE_DEFAULT}, "
+                           "oneDNN's 1024, 0 for none), or unset it")
+    return value.strip()
