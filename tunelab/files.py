@@ -4,14 +4,21 @@ from __future__ import annotations
 
 import os
 import shutil
+import uuid
 from pathlib import Path
 
 
 def write_text_atomic(path: Path, text: str) -> None:
-    """Write to a temp file beside `path`, then rename over it (atomic on POSIX)."""
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
+    """Write to a temp file beside `path`, then rename over it (atomic on POSIX). The temp file's name is the
+    writer's own: two processes writing the same file (search workers sharing a study) must not rename each
+    other's."""
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
+    try:
+        tmp.write_text(text, encoding="utf-8")
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 def replace_folder(tmp: Path, out: Path) -> None:
