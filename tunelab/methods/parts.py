@@ -89,9 +89,6 @@ class Fp32OnCpuLinear(torch.nn.Linear):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.device.type == "cpu" and torch.is_autocast_enabled("cpu"):
-            if not torch.is_grad_enabled():  # evaluation: nothing to keep for a backward pass
-                with torch.autocast("cpu", enabled=False):
-                    return torch.nn.functional.linear(x.float(), self.weight, self.bias)
             return _LinearInFp32.apply(x, self.weight, self.bias)
         if not torch.is_autocast_enabled(x.device.type):
             x = x.to(self.weight.dtype)
