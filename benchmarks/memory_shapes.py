@@ -24,12 +24,12 @@ from _common import need_data, run_cases, write_results
 SETTINGS = {"pad1": (1, None), "pad8": (8, None), "pad8_cache32": (8, "32"), "pad1_cache1024": (1, "1024")}
 # the padding also changes bf16 rounding, hence the run: more seeds tell that noise from an effect on accuracy
 SEEDS = {"pad1": (42, 1, 2, 3, 4), "pad8": (42, 1, 2), "pad8_cache32": (42,), "pad1_cache1024": (42,)}
-METHODS = {"pad1": ("full", "lora", "adapter")}  # else full and LoRA
+METHODS = {name: ("full", "lora", "adapter") if name == "pad1" else ("full", "lora") for name in SETTINGS}
 CASES = {f"{method}_{name}" + (f"_seed{seed}" if seed != 42 else ""):
          (lambda method=method, pad=pad, seed=seed: _case(method, pad, seed))
-         for name, (pad, _) in SETTINGS.items() for seed in SEEDS[name] for method in METHODS.get(name, ("full", "lora"))}
+         for name, (pad, _) in SETTINGS.items() for seed in SEEDS[name] for method in METHODS[name]}
 CASE_ENV = {f"{method}_{name}": {"ONEDNN_PRIMITIVE_CACHE_CAPACITY": cache}
-            for name, (_, cache) in SETTINGS.items() if cache for method in ("full", "lora")}
+            for name, (_, cache) in SETTINGS.items() if cache for method in METHODS[name]}
 
 
 def _case(method: str, pad: int, seed: int) -> dict:
@@ -57,13 +57,13 @@ def main() -> None:
             if key in figures:
                 flat[f"{case}_{key}"] = round(figures[key], 4) if isinstance(figures[key], float) else figures[key]
     for name in SETTINGS:
-        for method in METHODS.get(name, ("full", "lora"))[1:]:
+        for method in METHODS[name][1:]:
             for seed in SEEDS[name]:
                 suffix = f"_seed{seed}" if seed != 42 else ""
                 mine, full = flat.get(f"{method}_{name}{suffix}_train_memory_mb"), flat.get(f"full_{name}{suffix}_train_memory_mb")
                 if mine and full:
                     flat[f"{method}_{name}{suffix}_train_memory_ratio_vs_full"] = round(mine / full, 4)
-        for method in METHODS.get(name, ("full", "lora")):
+        for method in METHODS[name]:
             runs = [f"{method}_{name}" + (f"_seed{seed}" if seed != 42 else "") for seed in SEEDS[name]]
             accuracies = [flat[f"{run}_accuracy"] for run in runs if f"{run}_accuracy" in flat]
             if len(accuracies) > 1:
