@@ -108,6 +108,9 @@ VARIANTS = {
     "sst2_adapter_fp32": ("sst2", "adapter", ["method.adapter.fp32_on_cpu=true"]),
     "fpb_adapter_fp32": ("fpb", "adapter", ["method.adapter.fp32_on_cpu=true"]),
 }
+# session 10: the adapter at 5e-4 over the seeds memory_shapes.py ran the defaults at (1, 2, 3, 4; 42 is the row above)
+VARIANTS.update({f"sst2_adapter_lr5e-4_seed{seed}": ("sst2", "adapter", ["train.learning_rate=5e-4", f"train.seed={seed}"])
+                 for seed in (1, 2, 3, 4)})
 CASES.update({case: (lambda case=case, d=d, m=m, o=o: run_method(d, m, o, "methods-" + case.replace("_", "-")))
               for case, (d, m, o) in VARIANTS.items()})
 SWEEP_CASES = {f"{m}_{lr:g}": _sweep_case(m, lr) for m, lrs in SWEEP.items() for lr in lrs}
