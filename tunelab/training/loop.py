@@ -295,6 +295,8 @@ def train(config: Config, resume: bool = False, overwrite: bool = False, quiet: 
                 do_eval = len(val_enc) > 0 and (state.step % eval_every == 0 or state.step == total_steps
                                                 or (cfg.eval_every is None and end_of_epoch))
                 side_start = time.perf_counter()
+                if lazy is not None and (do_eval or state.step % ckpt_every == 0 or state.step == total_steps):
+                    lazy.catch_up()  # the rows skipped since they last appeared, before the weights are read
                 if do_eval:
                     value = _evaluate_and_keep_best(evaluate_validation(), state, cfg, config, main, log,
                                                     accelerator, unwrapped, tokenizer, meta, bar, say)
@@ -307,6 +309,8 @@ def train(config: Config, resume: bool = False, overwrite: bool = False, quiet: 
                     break
     except KeyboardInterrupt:
         bar.close()
+        if lazy is not None:
+            lazy.catch_up()
         save_checkpoint(accelerator, ckpt_root, state, cfg.keep_checkpoints)
         accelerator.end_training()  # close the trackers' writer threads, or the process may not exit
         raise Interrupted(f"interrupted at step {state.step}; checkpoint saved in {ckpt_root}. "
