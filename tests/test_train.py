@@ -198,6 +198,20 @@ def test_lazy_embeddings_catch_up_rows_seen_again_and_resume_exactly():
         assert torch.equal(a, b)
 
 
+def test_lazy_embeddings_record_every_steps_rate_and_decay_past_their_first_buffer():
+    from tunelab.training.lazy_rows import _record_step
+
+    state = {"lr": torch.zeros(4), "kept": torch.zeros(4)}
+    rates = [1e-3 * (1 + step % 7) for step in range(1, 11)]
+    for step, rate in enumerate(rates, start=1):
+        _record_step(state, step, rate, weight_decay=0.5)
+    assert len(state["lr"]) >= 11  # grown from 4
+    assert torch.allclose(state["lr"][1:11], torch.tensor(rates))
+    # steps 3..7 keep the product of their (1 - lr * decay): exp(kept[7] - kept[2])
+    expected = math.prod(1 - 0.5 * rate for rate in rates[2:7])
+    assert math.isclose(math.exp(float(state["kept"][7] - state["kept"][2])), expected, rel_tol=1e-5)
+
+
 def test_lazy_embeddings_only_where_the_embedding_trains_untied_under_fused_adamw():
     from tunelab.training.lazy_rows import lazy_word_embeddings
     from transformers import GPT2Config, GPT2LMHeadModel

@@ -109,9 +109,10 @@ class TrainConfig(Section):
         "but lowered Banking77 and FPB 50Agree (BENCHMARKS.md), hence not the default.")
     optimizer: Literal["adamw", "sgd"] = Field("adamw", description="Optimizer.")
     lazy_embeddings: bool = Field(
-        True, description="On CPU with AdamW, update only the word-embedding rows of each batch's tokens (sparse "
-        "gradient, LazyAdam): the dense update of the whole matrix was ~10% of a MiniLM step. Rows absent from a "
-        "batch do not move that step (dense AdamW moves them by momentum and weight decay). false: dense.")
+        True, description="On CPU with AdamW, compute only the word-embedding rows of each batch's tokens (sparse "
+        "gradient): the dense update of the whole matrix was ~10% of a MiniLM step. A row a batch skips gets the "
+        "skipped steps' momentum and weight decay when it is next read, so the result is dense AdamW's (to float "
+        "rounding and eps). false: the dense update.")
     weight_decay: float = Field(0.01, ge=0, description="Decoupled weight decay; never applied to biases and LayerNorm weights.")
     adam_betas: tuple[float, float] = Field((0.9, 0.999), description="AdamW betas.")
     adam_epsilon: float = Field(1e-8, gt=0, description="AdamW epsilon.")

@@ -54,8 +54,8 @@ class LazyRows:
         state = self._state()
         group = self.optimizer.param_groups[self.group]
         state["step"] += 1
-        state["lr"] = torch.cat([state["lr"], torch.tensor([group["lr"]], dtype=state["lr"].dtype)])
         step = int(state["step"])
+        _record_step(state, step, group["lr"], group["weight_decay"])
         self._skipped_steps(rows, step - 1)
         beta1, beta2 = group["betas"]
         lr, decay, eps = group["lr"], group["weight_decay"], group["eps"]
@@ -92,7 +92,9 @@ class LazyRows:
             state.update(step=torch.zeros((), dtype=torch.float32), exp_avg=torch.zeros_like(self.param),
                          exp_avg_sq=torch.zeros_like(self.param),
                          last=torch.zeros(self.param.shape[0], dtype=torch.float32),  # step each row is up to date with
-                         lr=torch.zeros(0, dtype=torch.float32))  # the rate of every step so far
+                         # per step u (index u; grown by doubling): its rate, and the log of what weight decay
+                         # keeps through steps 1..u, so steps a..b keep exp(kept[b] - kept[a - 1])
+                         lr=torch.zeros(1024, dtype=torch.float32), kept=torch.zeros(1024, dtype=torch.float32))
         return state
 
     def _skipped_steps(self, rows: torch.Tensor, upto: int) -> None:
@@ -106,10 +108,7 @@ class LazyRows:
         rows, last, missed = rows[behind], last[behind], missed[behind]
         group = self.optimizer.param_groups[self.group]
         beta1, beta2 = group["betas"]
-        eps, decay = group["eps"], group["weight_decay"]
-        lr = state["lr"].double()  # lr[u - 1]: the rate of step u
-        # log of what weight decay keeps through steps 1..u, so steps a..b keep exp(kept[b] - kept[a - 1])
-        kept = torch.cat([torch.zeros(1, dtype=torch.float64), torch.cumsum(torch.log1p(-lr * decay), 0)])
+        eps, lr, kept = group["eps"], state["lr"], state["kept"]
         j = torch.arange(1, min(int(missed.max()), WINDOW) + 1, dtype=torch.long)
         u = last[:, None] + j[None, :]  # the skipped step numbers, where j <= missed
         inside = j[None, :] <= missed[:, None]
@@ -117,12 +116,12 @@ class LazyRows:
         uf = u.double()
         # step u moves the row by lr_u * sqrt(bc2_u) / bc1_u * (beta1 / sqrt(beta2))^j * m / sqrt(v) (m, v: at the
         # last update), and weight decay of the steps after u shrinks that move too
-        per_step = (lr[u - 1] * torch.sqrt(1 - beta2 ** uf) / (1 - beta1 ** uf)
+        per_step = (lr[u].double() * torch.sqrt(1 - beta2 ** uf) / (1 - beta1 ** uf)
                     * (beta1 / math.sqrt(beta2)) ** j.double()[None, :]
-                    * torch.exp(kept[upto] - kept[u]))
+                    * torch.exp(kept[upto].double() - kept[u].double()))
         move = torch.where(inside, per_step, torch.zeros_like(per_step)).sum(1)
         exp_avg, exp_avg_sq = state["exp_avg"][rows], state["exp_avg_sq"][rows]
-        shrink = torch.exp(kept[upto] - kept[last]).float()
+        shrink = torch.exp(kept[upto].double() - kept[last].double()).float()
         weights = self.param[rows].mul_(shrink[:, None])
         # eps sits beside sqrt(v / bc2_u) in each step: beside sqrt(v) it is eps * sqrt(bc2_u), taken at the first
         # skipped step (the largest term of the sum) — it only matters for rows whose gradients are near eps
@@ -132,6 +131,17 @@ class LazyRows:
         state["exp_avg"].index_copy_(0, rows, exp_avg.mul_((beta1 ** missed.double()).float()[:, None]))
         state["exp_avg_sq"].index_copy_(0, rows, exp_avg_sq.mul_((beta2 ** missed.double()).float()[:, None]))
         state["last"][rows] = float(upto)
+
+
+def _record_step(state: dict, step: int, lr: float, weight_decay: float) -> None:
+    """Store step `step`'s rate and the running log of what weight decay keeps, growing the buffers by doubling."""
+    if step >= len(state["lr"]):
+        for key in ("lr", "kept"):
+            grown = torch.zeros(2 * len(state[key]), dtype=state[key].dtype)
+            grown[: len(state[key])] = state[key]
+            state[key] = grown
+    state["lr"][step] = lr
+    state["kept"][step] = state["kept"][step - 1] + math.log1p(-lr * weight_decay)
 
 
 def lazy_word_embeddings(model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> LazyRows | None:
