@@ -1,5 +1,5 @@
-"""Lazy AdamW on the input word embeddings: each step computes only the rows of the tokens in the batch, and
-gives every other row, when it is next needed, exactly the moves dense AdamW would have made meanwhile.
+"""Lazy AdamW on the input word embeddings: each step computes only the rows of the tokens in the batch; every
+other row gets, when it is next read, the moves dense AdamW made to it meanwhile.
 
 The word-embedding matrix is half of a MiniLM (30522 x 384 of 22.7M parameters), yet a batch touches a few
 hundred of its rows. Dense training still writes a zero gradient for every row, takes it into the clipping
@@ -8,16 +8,17 @@ norm and runs AdamW over all 11.7M values each step: ~10% of a full fine-tuning 
 its rows get AdamW with the hyperparameters and learning rate of their optimizer group, the state kept in the
 optimizer's own state (so checkpoints and exact resume carry it unchanged).
 
-A row absent from a batch is not frozen, though: dense AdamW still moves it by its decaying momentum and by
-weight decay. TensorFlow's LazyAdam skips those moves, which makes rare tokens learn several times slower (their
-momentum is spent once instead of over ~1/(1-beta1) steps) — measured here as a different optimizer, not a faster
-one. So each row records the step it was last brought up to date, and when it next appears (or before the weights
-are evaluated or saved: `catch_up`) it first gets the skipped steps in closed form: with no gradient, step u
-multiplies the moments by beta1 and beta2 and moves the row by lr_u * m_u / (sqrt(v_u / bc2_u) + eps) / bc1_u,
-so the skipped moves are the row's moments at its last update times a sum over those steps of per-step scalars
-(the recorded learning rates, the bias corrections, (beta1/sqrt(beta2))^j), summed over at most `WINDOW` steps —
-the next term would be under 1e-11 of the first. Equal to dense AdamW but for eps, which is taken at one step of
-the skipped ones (it matters only for gradients near eps in size; tests/test_train.py). DDP all-reduces sparse gradients over gloo (CPU), which is where this is used.
+A row absent from a batch is not frozen in dense AdamW: its momentum keeps moving it (over ~1/(1-beta1) = 10
+steps) and weight decay shrinks it. TensorFlow's LazyAdam drops those moves, so a rare token's row moves by a
+tenth of what dense AdamW moves it — another optimizer, not a faster one (tunelab did so until session 10). Here
+each row records the step it is up to date with; before a training forward pass reads it (a pre-hook on the
+embedding), and for all rows before the weights are evaluated or saved (`catch_up`), it gets the skipped steps in
+closed form: with no gradient, step u multiplies the moments by beta1 and beta2 and moves the row by
+lr_u / bc1_u * m_u / (sqrt(v_u / bc2_u) + eps), so the skipped moves are the moments at the row's last update
+times a sum of per-step scalars (the recorded rates, the bias corrections, (beta1/sqrt(beta2))^j, the weight decay
+of the later steps) over at most `WINDOW` steps. Equal to dense AdamW but for float rounding and eps, which is
+taken at the first skipped step (it matters only for gradients near eps in size; tests/test_train.py). DDP
+all-reduces sparse gradients over gloo (CPU), which is where this is used.
 """
 
 from __future__ import annotations
@@ -141,7 +142,10 @@ def _record_step(state: dict, step: int, lr: float, weight_decay: float) -> None
             grown[: len(state[key])] = state[key]
             state[key] = grown
     state["lr"][step] = lr
-    state["kept"][step] = state["kept"][step - 1] + math.log1p(-lr * weight_decay)
+    # lr * decay >= 1 (a diverging run: dense AdamW flips the weights' sign) has no log; such a step zeroes the row
+    # here, and the loss check stops the run on the batch's own rows a step later either way
+    shrink = lr * weight_decay
+    state["kept"][step] = state["kept"][step - 1] + (math.log1p(-shrink) if shrink < 1 else math.log(1e-30))
 
 
 def lazy_word_embeddings(model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> LazyRows | None:
