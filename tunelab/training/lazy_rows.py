@@ -57,7 +57,7 @@ class LazyRows:
         state["step"] += 1
         step = int(state["step"])
         _record_step(state, step, group["lr"], group["weight_decay"])
-        self._skipped_steps(rows, step - 1)
+        self._skipped_steps(rows, step - 1)  # under DDP the gradient holds other processes' rows, not read here
         beta1, beta2 = group["betas"]
         lr, decay, eps = group["lr"], group["weight_decay"], group["eps"]
         exp_avg = state["exp_avg"][rows].mul_(beta1).add_(values, alpha=1 - beta1)
