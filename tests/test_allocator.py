@@ -96,3 +96,17 @@ def test_a_kernel_cache_bound_that_is_not_a_number_is_a_clear_error(monkeypatch)
     assert allocator.bound_onednn_cache() == "256"
     monkeypatch.delenv(allocator.ONEDNN_CACHE)
     assert allocator.bound_onednn_cache() == allocator.ONEDNN_CACHE_DEFAULT == os.environ[allocator.ONEDNN_CACHE]
+
+
+def test_the_serve_command_bounds_the_kernel_cache_unless_told_otherwise(monkeypatch):
+    from typer.testing import CliRunner
+
+    from tunelab.cli import app
+
+    monkeypatch.delenv(allocator.ONEDNN_CACHE, raising=False)
+    done = CliRunner().invoke(app, ["serve"])  # nothing to serve: stops after the bound is set, before any model
+    assert done.exit_code != 0 and os.environ[allocator.ONEDNN_CACHE] == allocator.ONEDNN_CACHE_DEFAULT
+    env = {k: v for k, v in os.environ.items() if k != "LD_PRELOAD"} | {allocator.ONEDNN_CACHE: "lots"}
+    bad = subprocess.run([sys.executable, "-m", "tunelab", "serve", "runs/x"], capture_output=True, text=True, env=env,
+                         timeout=120)
+    assert bad.returncode == 2 and bad.stderr.startswith("error: ONEDNN_PRIMITIVE_CACHE_CAPACITY='lots'"), bad.stderr[-500:]

@@ -15,8 +15,10 @@ Its other process-wide memory setting: oneDNN, PyTorch's CPU kernel library (bf1
 kernel for each input shape it meets, up to 1024; with dynamic padding every batch length brings a new set,
 and on SST-2 they held ~240 MB of a MiniLM training run. Training bounds the cache to 64 kernels unless
 ONEDNN_PRIMITIVE_CACHE_CAPACITY is set: full fine-tuning's training memory 1041 -> 794 MB, LoRA's 796 -> 591 MB,
-for about 8% and 13% of the speed (kernels compiled again; BENCHMARKS.md, methods, session 9). Serving and
-prediction keep oneDNN's default (their speed was measured with it).
+for about 8% and 13% of the speed (kernels compiled again; BENCHMARKS.md, methods, session 9). `tunelab serve`
+bounds it too: a bf16 server over 1000 varied requests grew 501 -> 1242 MB under oneDNN's 1024, 501 -> 869 MB
+under the bound, ~8% slower (BENCHMARKS.md, serving, session 10). Prediction and evaluation, which end, keep
+oneDNN's default.
 """
 
 from __future__ import annotations
@@ -76,7 +78,8 @@ def bound_onednn_cache() -> str:
     """Set oneDNN's kernel cache to tunelab's bound unless the environment sets one; return the bound in force.
 
     oneDNN reads the variable when it compiles its first kernel, so this works when called before any bf16
-    matmul of the process: `train()` calls it first thing (the train and tune commands, and Python users)."""
+    matmul of the process: `train()` calls it first thing (the train and tune commands, and Python users), the
+    serve command before it loads a model."""
     value = os.environ.setdefault(ONEDNN_CACHE, ONEDNN_CACHE_DEFAULT)
     if not value.strip().isdigit():
         raise TunelabError(f"{ONEDNN_CACHE}={value!r}: a whole number of kernels (tunelab's default {ONEDNN_CACHE_DEFAULT}, "

@@ -172,6 +172,9 @@ def serve(models: Optional[List[str]] = typer.Argument(None, help="Run or export
     import os
 
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch loads: idle OpenMP threads sleep, not spin
+    from tunelab.allocator import bound_onednn_cache
+
+    bound_onednn_cache()  # a batch shape per call: unbounded, oneDNN's kernels grow the server (allocator.py)
     import uvicorn
 
     from tunelab.serve.settings import serve_settings
