@@ -28,7 +28,7 @@ test: install
 bench: install
 	cd benchmarks && ../$(BIN)/python prepare.py && ../$(BIN)/python classification.py \
 	  && ../$(BIN)/python methods.py && ../$(BIN)/python method_memory.py \
-	  && ../$(BIN)/python tune.py && ../$(BIN)/python serve.py && ../$(BIN)/python drift.py && ../$(BIN)/python drift_psi_replay.py
+	  && ../$(BIN)/python tune.py && ../$(BIN)/python serve.py && ../$(BIN)/python serve_memory.py && ../$(BIN)/python drift.py && ../$(BIN)/python drift_psi_replay.py
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache
