@@ -64,13 +64,16 @@ def main() -> None:
     print(f"model: {run_dir}", flush=True)
     figures: dict = {"model_run": str(run_dir.relative_to(REPO))}
     for quantize in (None, "int8"):
-        # int8 on this model agrees with fp32 on 98.7% of validation labels, under the 99% default floor; the
-        # benchmark accepts 98% and reports agreement and the accuracy drop (the criterion)
-        parity = export_onnx(run_dir, quantize=quantize, min_agreement=0.98, quiet=True)
+        # the export as a user gets it: under its 99% label-agreement floor, every weight matmul in int8 is tried
+        # first, then the GELU-fed ones in fp32 (until session 10 this passed 0.98, which kept the first on the
+        # session-5 model: 98.5%; on the full-SST-2 model it costs 0.8 validation points, BENCHMARKS.md)
+        parity = export_onnx(run_dir, quantize=quantize, quiet=True)
         key = "onnx_int8" if quantize else "onnx_fp32"
         figures[f"{key}_export_seconds"] = parity["seconds"]
         figures[f"{key}_mb"] = round(parity["bytes"] / 1e6, 1)
         figures[f"{key}_validation_label_agreement"] = parity["label_agreement"]
+        if quantize:
+            figures["onnx_int8_ffn_down_fp32"] = bool(parity["ffn_down_fp32"])
     fp32 = _accuracy(run_dir / "export" / "onnx", run_dir)
     int8 = _accuracy(run_dir / "export" / "onnx-int8", run_dir)
     for split in ("validation", "test"):
