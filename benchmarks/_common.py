@@ -57,12 +57,13 @@ def run_measured(code: str) -> dict:
     return out
 
 
-def status_mb(field: str) -> float:
-    """VmRSS (now) or VmHWM (the peak since the process started or since the last reset) in MB."""
-    for line in open("/proc/self/status"):
+def status_mb(field: str, pid: int | str = "self") -> float:
+    """VmRSS (now) or VmHWM (the peak since the process started or since the last reset) in MB, of this
+    process or of `pid`."""
+    for line in open(f"/proc/{pid}/status"):
         if line.startswith(field + ":"):
             return int(line.split()[1]) / 1024
-    raise RuntimeError(f"no {field} in /proc/self/status: this benchmark needs Linux")
+    raise RuntimeError(f"no {field} in /proc/{pid}/status: this benchmark needs Linux")
 
 
 def read_results(script: str) -> dict:

@@ -14,9 +14,8 @@ from __future__ import annotations
 import random
 import sys
 import time
-from pathlib import Path
 
-from _common import need_data, split_texts, start_server, stop_server, write_results
+from _common import need_data, split_texts, start_server, status_mb, stop_server, write_results
 from serve import _model_run
 
 REQUESTS = 1000
@@ -29,27 +28,20 @@ SERVERS = {  # name: (precision, oneDNN cache capacity; None: what tunelab serve
 }
 
 
-def _status_mb(pid: int, field: str) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith(field + ":"):
-            return int(line.split()[1]) / 1024
-    raise KeyError(field)
-
-
 def _drive(url: str, pid: int, texts: list[str]) -> dict:
     import httpx
 
     rng = random.Random(0)
-    figures = {"rss_ready_mb": _status_mb(pid, "VmRSS")}
+    figures = {"rss_ready_mb": status_mb("VmRSS", pid)}
     started = time.perf_counter()
     with httpx.Client(timeout=60) as client:
         for i in range(1, REQUESTS + 1):
             batch = rng.sample(texts, rng.randint(1, 32))
             client.post(url + "/v1/predict", json={"texts": batch}).raise_for_status()
             if i in MARKS:
-                figures[f"rss_after_{i}_mb"] = _status_mb(pid, "VmRSS")
+                figures[f"rss_after_{i}_mb"] = status_mb("VmRSS", pid)
     figures["seconds"] = time.perf_counter() - started
-    figures["peak_rss_mb"] = _status_mb(pid, "VmHWM")
+    figures["peak_rss_mb"] = status_mb("VmHWM", pid)
     return {k: round(v, 1) for k, v in figures.items()}
 
 
