@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import argparse
 
-from _common import need_data, run_cases, write_results
+from _common import need_data, read_results, run_cases, write_results
 
 # name: (pad multiple, oneDNN cache capacity; None: tunelab's bound, 64 since session 9 — the pad8 figures are
 # session 8's, taken under oneDNN's own 1024)
@@ -51,7 +51,12 @@ def main() -> None:
     results = run_cases(__file__, CASES, args.case, only, "memory_shapes", case_env=CASE_ENV)
     if results is None:
         return
-    flat = {}
+    write_results("memory_shapes", summarise(results, read_results("memory_shapes") if only else {}))
+
+
+def summarise(results: dict, stored: dict) -> dict:
+    """Flat figures of `results` over the `stored` ones (the cases not run this time), and the ratios and means."""
+    flat = dict(stored)
     for case, figures in results.items():
         for key in ("accuracy", "samples_per_second", "train_memory_mb", "allocator"):
             if key in figures:
@@ -69,7 +74,7 @@ def main() -> None:
             if len(accuracies) > 1:
                 flat[f"{method}_{name}_accuracy_mean"] = round(sum(accuracies) / len(accuracies), 4)
                 flat[f"{method}_{name}_accuracy_seeds"] = len(accuracies)
-    write_results("memory_shapes", flat)
+    return flat
 
 
 if __name__ == "__main__":

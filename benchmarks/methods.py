@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -40,6 +41,8 @@ def run_method(dataset: str, method: str, extra: list[str], name: str) -> dict:
     from tunelab.evaluation import evaluate
 
     example, overrides, split = DATASETS[dataset]
+    extra = [*extra, *(o for o in os.environ.get("TUNELAB_BENCH_SET", "").split(";") if o)]  # --set
+    name += "-" + os.environ["TUNELAB_BENCH_TAG"] if os.environ.get("TUNELAB_BENCH_TAG") else ""
     if dataset == "sst2":
         overrides = [f"data.train={sst2_subset_csv()}", *overrides]
     config = load_config(REPO / "examples" / example,
@@ -193,13 +196,20 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--only", default="", help="comma-separated case names (e.g. sst2_lora,fpb_full)")
     parser.add_argument("--sweep", action="store_true", help="the learning-rate sweep behind the defaults")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="config override for the --only cases (a variant being tried, e.g. another seed); needs --tag")
+    parser.add_argument("--tag", default="", help="suffix of the case names (and run folders) of this variant")
     parser.add_argument("--case", help=argparse.SUPPRESS)
     args = parser.parse_args()
     need_data("sst2", "train.csv")
     need_data("financial_phrasebank")
+    if args.set and not args.tag:
+        parser.error("--set needs --tag, so the variant's figures do not overwrite the defaults' figures")
+    if not args.case:  # the parent hands the variant to its case processes through the environment
+        os.environ.update(TUNELAB_BENCH_SET=";".join(args.set), TUNELAB_BENCH_TAG=args.tag)
     cases = {**CASES, **SWEEP_CASES} if args.case else SWEEP_CASES if args.sweep else CASES
     only = [n for n in args.only.split(",") if n]
-    results = run_cases(__file__, cases, args.case, only, "methods_sweep" if args.sweep else "methods")
+    results = run_cases(__file__, cases, args.case, only, "methods_sweep" if args.sweep else "methods", tag=args.tag)
     if results is None:
         return
     if args.sweep:

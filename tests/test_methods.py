@@ -281,7 +281,7 @@ def test_adapter_scale_multiplies_what_each_adapter_adds_and_survives_save_load(
     assert not torch.allclose(logits[1.0], logits[3.0])
 
 
-@pytest.mark.parametrize("placement,per_layer", [("parallel", 1), ("houlsby", 2), ("pfeiffer", 1)])
+@pytest.mark.parametrize("placement,per_layer", [("parallel", 1), ("parallel_both", 2), ("houlsby", 2), ("pfeiffer", 1)])
 def test_each_adapter_placement_starts_as_pretrained_learns_and_reloads(tiny_model_dir, tokenizer, tmp_path, placement, per_layer):
     task = make_task("classification", **TASKS["single"])
     batch, _ = _batch(task)
@@ -305,6 +305,34 @@ def test_each_adapter_placement_starts_as_pretrained_learns_and_reloads(tiny_mod
     loaded = load_model(tmp_path / "m", json.loads((tmp_path / "m" / "tunelab.json").read_text()))
     with torch.no_grad():
         assert torch.allclose(loaded(**batch).logits, after, atol=1e-6)
+
+
+@pytest.mark.parametrize("family", ["gpt2", "llama", "distilbert"])
+def test_parallel_adapters_beside_attention_and_ffn_work_on_each_architecture_family(family):
+    import transformers
+
+    from tunelab.methods import adapter
+
+    configs = {"gpt2": transformers.GPT2Config(vocab_size=50, n_embd=16, n_layer=2, n_head=2, pad_token_id=0),
+               "llama": transformers.LlamaConfig(vocab_size=50, hidden_size=16, intermediate_size=32, num_hidden_layers=2,
+                                                 num_attention_heads=2, num_key_value_heads=2, pad_token_id=0),
+               "distilbert": transformers.DistilBertConfig(vocab_size=50, dim=16, hidden_dim=32, n_layers=2, n_heads=2)}
+    torch.manual_seed(0)
+    model = transformers.AutoModelForSequenceClassification.from_config(configs[family]).eval()
+    ids = torch.randint(1, 50, (2, 5))
+    with torch.no_grad():
+        before = model(input_ids=ids).logits
+    model = adapter.apply(model, adapter.Settings(placement="parallel_both"), ["score" if family != "distilbert" else "classifier"]).eval()
+    adapters = [m for m in model.modules() if type(m).__name__ == "Bottleneck"]
+    assert len(adapters) == 4  # beside attention and feed-forward, in each of the 2 layers
+    with torch.no_grad():
+        assert torch.allclose(model(input_ids=ids).logits, before, atol=1e-6)
+        outputs = []
+        for a in adapters:  # each one, alone, changes the output: each sits where the forward pass goes
+            a.up.bias.normal_(std=0.5)  # not a constant: a LayerNorm after it would remove that
+            outputs.append(model(input_ids=ids).logits)
+            a.up.bias.zero_()
+    assert all(not torch.allclose(out, before, atol=1e-5) for out in outputs)
 
 
 @pytest.mark.parametrize("input_dtype", [torch.float32, torch.bfloat16])

@@ -113,6 +113,13 @@ class TrainConfig(Section):
         "gradient): the dense update of the whole matrix was ~10% of a MiniLM step. A row a batch skips gets the "
         "skipped steps' momentum and weight decay when it is next read, so the result is dense AdamW's (to float "
         "rounding and eps). false: the dense update.")
+    ema_steps: int | None = Field(
+        None, ge=1, description="Evaluate and save a moving average of the weights instead of the last ones: an "
+        "exponential moving average with a time constant of this many steps (at most a tenth of the run's), e.g. "
+        "500; none: the last weights. Steadier mid-run checkpoints, level on held-out data at the end of the "
+        "benchmark runs for ~8% more memory, hence off by default (BENCHMARKS.md, benchmarks/weight_average.py).")
+    ema_every: int = Field(4, ge=1, description="Update the average every N steps, with the decay of N steps: its "
+                           "cost is one pass over the weights per update.")
     weight_decay: float = Field(0.01, ge=0, description="Decoupled weight decay; never applied to biases and LayerNorm weights.")
     adam_betas: tuple[float, float] = Field((0.9, 0.999), description="AdamW betas.")
     adam_epsilon: float = Field(1e-8, gt=0, description="AdamW epsilon.")

@@ -33,8 +33,9 @@ def checkpoints(root: Path) -> list[Path]:
     return sorted(found, key=lambda p: int(p.name.split("-")[1]))
 
 
-def save_checkpoint(accelerator, root: Path, state: LoopState, keep: int) -> Path:
-    """Write into a temp folder, then rename: a kill mid-write leaves no checkpoint that looks whole."""
+def save_checkpoint(accelerator, root: Path, state: LoopState, keep: int, average=None) -> Path:
+    """Write into a temp folder, then rename: a kill mid-write leaves no checkpoint that looks whole.
+    `average`: the run's WeightAverage, if any, saved beside the rest."""
     final = root / f"step-{state.step}"
     tmp = root / f".tmp-step-{state.step}"
     if accelerator.is_main_process:
@@ -42,6 +43,8 @@ def save_checkpoint(accelerator, root: Path, state: LoopState, keep: int) -> Pat
     accelerator.wait_for_everyone()
     accelerator.save_state(str(tmp), safe_serialization=True)
     if accelerator.is_main_process:
+        if average is not None:
+            average.save(tmp)
         (tmp / "loop_state.json").write_text(json.dumps(asdict(state), indent=1))
         shutil.rmtree(final, ignore_errors=True)
         os.replace(tmp, final)
@@ -51,8 +54,10 @@ def save_checkpoint(accelerator, root: Path, state: LoopState, keep: int) -> Pat
     return final
 
 
-def load_checkpoint(accelerator, path: Path) -> LoopState:
+def load_checkpoint(accelerator, path: Path, average=None) -> LoopState:
     accelerator.load_state(str(path))
+    if average is not None:
+        average.load(path)
     return LoopState(**json.loads((path / "loop_state.json").read_text()))
 
 

@@ -38,6 +38,7 @@ from tunelab.training.checkpoint import (LoopState, checkpoints, load_checkpoint
 from tunelab.training.data import epoch_batches
 from tunelab.training.lazy_rows import lazy_word_embeddings
 from tunelab.training.optim import build_optimizer, build_scheduler, clip_inside_step
+from tunelab.training.weight_average import WeightAverage
 
 
 @dataclass
@@ -193,13 +194,20 @@ def train(config: Config, resume: bool = False, overwrite: bool = False, quiet: 
     optimizer = build_optimizer(model, cfg, config.learning_rate, config.head_learning_rate, cfg.layer_lr_decay)
     scheduler = build_scheduler(optimizer, cfg, total_steps)
     lazy = lazy_word_embeddings(model, optimizer) if cfg.lazy_embeddings and accelerator.device.type == "cpu" else None
+    average = None
+    if cfg.ema_steps:
+        # every trained weight but the lazily updated word embedding (averaging it would read every row at every
+        # update, the cost the lazy update avoids); time constant ema_steps, at most a tenth of the run, or a
+        # short run would average in its start
+        averaged = [p for p in model.parameters() if p.requires_grad and (lazy is None or p is not lazy.param)]
+        average = WeightAverage(averaged, 1 - 1 / max(1.0, min(cfg.ema_steps, total_steps / 10)), cfg.ema_every)
     model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
     weights = task.class_weights(train_enc.targets, cfg.class_weights)
     weights = weights.to(accelerator.device) if weights is not None else None
 
     state = LoopState()
     if resume:
-        state = load_checkpoint(accelerator, latest)
+        state = load_checkpoint(accelerator, latest, average)
         say(f"train: resuming from {latest} (step {state.step} of {total_steps})")
     # the rate logged: the body's top rate (with layer-wise decay the lower layers' are smaller, the head's may differ)
     body_group = min(range(len(optimizer.param_groups)),
@@ -273,6 +281,8 @@ def train(config: Config, resume: bool = False, overwrite: bool = False, quiet: 
                 optimizer.zero_grad(set_to_none=True)
                 state.step += 1
                 state.batch_in_epoch += 1
+                if average is not None:
+                    average.update(state.step)
                 seen += len(rows)
                 loss_acc += step_loss_value
                 loss_n += 1
@@ -298,12 +308,13 @@ def train(config: Config, resume: bool = False, overwrite: bool = False, quiet: 
                 if lazy is not None and (do_eval or state.step % ckpt_every == 0 or state.step == total_steps):
                     lazy.catch_up()  # the rows skipped since they last appeared, before the weights are read
                 if do_eval:
-                    value = _evaluate_and_keep_best(evaluate_validation(), state, cfg, config, main, log,
-                                                    accelerator, unwrapped, tokenizer, meta, bar, say)
+                    with average.applied() if average is not None else nullcontext():  # scored and saved: the average
+                        value = _evaluate_and_keep_best(evaluate_validation(), state, cfg, config, main, log,
+                                                        accelerator, unwrapped, tokenizer, meta, bar, say)
                     if on_evaluation is not None:
                         on_evaluation(state.step, value)
                 if state.step % ckpt_every == 0 and state.step < total_steps and not state.stopped_early:
-                    save_checkpoint(accelerator, ckpt_root, state, cfg.keep_checkpoints)
+                    save_checkpoint(accelerator, ckpt_root, state, cfg.keep_checkpoints, average)
                 side_seconds += time.perf_counter() - side_start
                 if end_of_epoch:
                     break
@@ -311,7 +322,7 @@ def train(config: Config, resume: bool = False, overwrite: bool = False, quiet: 
         bar.close()
         if lazy is not None:
             lazy.catch_up()
-        save_checkpoint(accelerator, ckpt_root, state, cfg.keep_checkpoints)
+        save_checkpoint(accelerator, ckpt_root, state, cfg.keep_checkpoints, average)
         accelerator.end_training()  # close the trackers' writer threads, or the process may not exit
         raise Interrupted(f"interrupted at step {state.step}; checkpoint saved in {ckpt_root}. "
                            f"Continue with: tunelab train CONFIG --resume") from None
@@ -322,10 +333,11 @@ def train(config: Config, resume: bool = False, overwrite: bool = False, quiet: 
     bar.close()
     train_seconds = time.perf_counter() - started
 
-    if len(val_enc) == 0 or state.best_step is None:  # nothing to choose by: keep the last weights
+    if len(val_enc) == 0 or state.best_step is None:  # nothing to choose by: keep the last weights (or their average)
         if main:
             meta["validation"] = {}
-            save_model_folder(unwrapped, tokenizer, run_dir / "model", meta)
+            with average.applied() if average is not None else nullcontext():
+                save_model_folder(unwrapped, tokenizer, run_dir / "model", meta)
     if main:
         from tunelab.monitor.profile import build_profile
 
