@@ -4,7 +4,7 @@ One training run per data set with the last weights kept (`train.ema_steps: null
 averages of the same trajectory are kept and scored at every evaluation, on validation and on test:
 `default` (tunelab's rule: time constant 500 steps, at most a tenth of the run), `0.998` (time constant 500
 steps whatever the run's length), `tenth` (a tenth of the run's steps) and `adapt` (TensorFlow's num_updates rule,
-decay (1+t)/(10+t)), each started at zero and bias-corrected as tunelab's is. For each, the checkpoint that
+decay (1+t)/(10+t)), each a tunelab WeightAverage (started at zero, bias-corrected). For each, the checkpoint that
 best-validation selection keeps, and its test score. The training itself is the same for all of them: one run, no
 seed noise between the rows. The averages here are updated every step (the default updates every 4th).
 
@@ -33,10 +33,10 @@ CASES_SPEC = {  # case: (example config, overrides)
 
 def run_case(case: str) -> dict:
     import numpy as np
-    import torch
 
     import tunelab.training.loop as loop
     from tunelab.config import load_config
+    from tunelab.training.weight_average import WeightAverage
 
     example, overrides = CASES_SPEC[case]
     if case == "sst2_20k":
@@ -53,17 +53,14 @@ def run_case(case: str) -> dict:
 
     def build_scheduler(optimizer, cfg, total):  # the hook point where the optimizer and the step count are known
         s["total"] = total
-        s["params"] = [p for g in optimizer.param_groups for p in g["params"] if p.shape[0] < 20000]  # not the word embedding
-        s["avg"] = {v: [torch.zeros_like(p) for p in s["params"]] for v in VARIANTS[1:]}
-        s["weight"] = {v: 0.0 for v in VARIANTS[1:]}
+        params = [p for g in optimizer.param_groups for p in g["params"] if p.shape[0] < 20000]  # not the word embedding
+        s["avg"] = {v: WeightAverage(params, decay(v, 1)) for v in VARIANTS[1:]}
 
         def update(*_):
             s["t"] += 1
-            with torch.no_grad():
-                for v, avg in s["avg"].items():
-                    d = decay(v, s["t"])
-                    torch._foreach_lerp_(avg, [p.detach() for p in s["params"]], 1 - d)
-                    s["weight"][v] = 1 - (1 - s["weight"][v]) * d
+            for v, average in s["avg"].items():
+                average.decay = decay(v, s["t"])  # adapt's changes with t
+                average.update(s["t"])
         optimizer.register_step_post_hook(update)
         return real_scheduler(optimizer, cfg, total)
 
@@ -76,15 +73,10 @@ def run_case(case: str) -> dict:
     def scored(model, enc, task, *args, **kwargs):  # the loop's validation pass: score the averages, then go on as usual
         test = _test_split(config, task, s)
         record = {"step": s["t"]}
-        for v, avg in s["avg"].items():
-            trained = [p.detach().clone() for p in s["params"]]
-            with torch.no_grad():
-                for p, a in zip(s["params"], avg):
-                    p.copy_(a / s["weight"][v])
-            record[f"{v}_validation"] = accuracy(model, enc, task, args, kwargs)
-            record[f"{v}_test"] = accuracy(model, test, task, args, kwargs)
-            with torch.no_grad():
-                torch._foreach_copy_(s["params"], trained)
+        for v, average in s["avg"].items():
+            with average.applied():
+                record[f"{v}_validation"] = accuracy(model, enc, task, args, kwargs)
+                record[f"{v}_test"] = accuracy(model, test, task, args, kwargs)
         record["raw_test"] = accuracy(model, test, task, args, kwargs)
         right = 0
         for rows, probs in real_iter(model, enc, task, *args, **kwargs):
