@@ -56,6 +56,19 @@ def test_existing_run_needs_resume_or_overwrite(tiny_config):
     assert train(config, overwrite=True, quiet=True).steps == 4
 
 
+def test_resume_of_a_finished_run_trains_nothing_again(tiny_config, capsys):
+    config = tiny_config(name="done", max_steps=6, checkpoint_every=2)
+    first = train(config, quiet=True)
+    weights = config.run_dir / "model" / "model.safetensors"
+    before = (weights.stat().st_mtime_ns, (config.run_dir / "metrics.jsonl").read_text())
+    again = train(config, resume=True)  # its last checkpoint is step 4: resuming used to train steps 5-6 again
+    assert "finished at step 6: nothing to resume" in capsys.readouterr().err
+    assert (again.steps, again.best_step, again.validation) == (first.steps, first.best_step, first.validation)
+    assert (weights.stat().st_mtime_ns, (config.run_dir / "metrics.jsonl").read_text()) == before
+    train(config, overwrite=True, quiet=True)  # --overwrite still trains it again
+    assert weights.stat().st_mtime_ns != before[0]
+
+
 def test_steps_from_epochs_min_steps_and_max_steps(tiny_config):
     from tunelab.training.loop import planned_steps
 

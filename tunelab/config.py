@@ -88,7 +88,10 @@ class TaskConfig(Section):
 class TrainConfig(Section):
     """The training loop: optimisation, schedule, regularisation, evaluation, checkpoints."""
 
-    epochs: float = Field(3.0, gt=0, description="Passes over the training data (ignored when max_steps is set).")
+    epochs: float = Field(
+        1.0, gt=0, description="Passes over the training data (ignored when max_steps is set); small data gets more "
+        "through min_steps. One pass, not three: on SST-2 (67k) validation peaked after the first pass at every "
+        "setting tried, and one epoch with its full decay scored 0.9014 against 0.8888 for three, in a third of the time.")
     min_steps: int = Field(
         1000, ge=0, description="Small data: train at least this many steps (more epochs), but at most max_epochs. 0 turns it off.")
     min_steps_per_label: int = Field(

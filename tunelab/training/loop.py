@@ -25,6 +25,7 @@ from tunelab import allocator
 from tunelab.config import Config, dump_config, flat_keys
 from tunelab.data.clean import cleaning_settings
 from tunelab.errors import Interrupted, TunelabError
+from tunelab.files import write_text_atomic
 from tunelab.methods import METHODS
 from tunelab.methods.parts import count_parameters, enable_activation_checkpointing
 from tunelab.methods.store import apply_method
@@ -106,8 +107,19 @@ def _fresh_accelerator_state() -> None:
     GradientState._reset_state()
 
 
+FINISHED = "result.json"  # written when a run ends: --resume then has nothing left to do
+
+
+def _finished(run_dir: Path) -> TrainResult | None:
+    path = run_dir / FINISHED
+    if not path.is_file():
+        return None
+    saved = json.loads(path.read_text())
+    return TrainResult(**{**saved, "run_dir": run_dir, "model_dir": run_dir / "model"})
+
+
 def _clear_run(run_dir: Path) -> None:
-    for name in ("checkpoints", "model", "metrics.jsonl", "tb", "eval"):
+    for name in ("checkpoints", "model", "metrics.jsonl", "tb", "eval", FINISHED):
         path = run_dir / name
         if path.is_dir():
             shutil.rmtree(path)
@@ -137,6 +149,12 @@ def train(config: Config, resume: bool = False, overwrite: bool = False, quiet: 
         raise TunelabError(f"{run_dir}: no checkpoint to resume from (train without --resume to start)")
     if resume:
         _check_same_config(run_dir / "config.yaml", config)
+        done = _finished(run_dir)
+        if done is not None:  # resuming it again would train its last stretch a second time
+            if not quiet:
+                print(f"train: {run_dir} finished at step {done.steps}: nothing to resume (its model: {done.model_dir}; "
+                      "--overwrite trains it again)", file=sys.stderr)
+            return done
     if not resume and not overwrite and (latest is not None or (run_dir / "model").exists()):
         raise TunelabError(f"{run_dir} already holds a training run; continue it with --resume, "
                            "or start again with --overwrite (deletes its checkpoints and model)")
@@ -349,13 +367,17 @@ def train(config: Config, resume: bool = False, overwrite: bool = False, quiet: 
     accelerator.wait_for_everyone()
     accelerator.end_training()
     best = next((h for h in state.history if h["step"] == state.best_step), {})
+    result = TrainResult(run_dir, run_dir / "model", state.step, state.best_step, best, train_seconds,
+                         seen / max(train_seconds - side_seconds, 1e-9), state.stopped_early)
+    if main:
+        write_text_atomic(run_dir / FINISHED, json.dumps({k: v for k, v in vars(result).items()
+                                                          if k not in ("run_dir", "model_dir")}))
     saved = json.loads((run_dir / "model" / "tunelab.json").read_text()).get("saved_bytes", 0) if main else 0
     say(f"train: done in {train_seconds:.0f}s; model in {run_dir / 'model'} ({saved / 1e6:.1f} MB of weights"
         + (f": {config.method.name} modules + head, over the base {config.model.name}"
            if METHODS[config.method.name].SAVES != "model" else "") + ")"
         + (f" (best validation score {state.best_metric:.4f} at step {state.best_step})" if state.best_step else ""))
-    return TrainResult(run_dir, run_dir / "model", state.step, state.best_step, best, train_seconds,
-                       seen / max(train_seconds - side_seconds, 1e-9), state.stopped_early)
+    return result
 
 
 def _portable_base(name: str) -> str:
