@@ -80,19 +80,15 @@ def _output_projections(layer: torch.nn.Module, placement: str) -> list[torch.nn
 
 def _add_beside_ffn(layer: torch.nn.Module, adapter: Bottleneck) -> bool:
     """Parallel placement: the FFN's output gains adapter(FFN input) - FFN input. False if no FFN block is found."""
-    def added(x):
-        return adapter(x) - x
     if hasattr(layer, "intermediate") and hasattr(getattr(layer, "output", None), "dense"):
-        # BERT family: output(h, x) = LayerNorm(dense(h) + x) with x the FFN's input: adding to x adds to dense(h)
+        # BERT family: output(h, x) = LayerNorm(dense(h) + x) with x the FFN's input: adding to x adds to dense(h).
+        # x + (adapter(x) - x) rather than adapter(x): the rounding the measured defaults were trained with
         layer.output.add_module("adapter", adapter)
-        layer.output.register_forward_pre_hook(lambda mod, args: (args[0], args[1] + added(args[1]), *args[2:]))
+        layer.output.register_forward_pre_hook(
+            lambda mod, args: (args[0], args[1] + (mod.adapter(args[1]) - args[1]), *args[2:]))
         return True
-    block = getattr(layer, "mlp", None) or getattr(layer, "ffn", None)  # GPT-2, Llama, DistilBERT: residual outside
-    if block is None:
-        return False
-    block.add_module("adapter", adapter)
-    block.register_forward_hook(lambda mod, args, output: output + added(args[0]))
-    return True
+    return _add_beside_block(next((getattr(layer, n) for n in ("mlp", "ffn") if getattr(layer, n, None) is not None),
+                                  None), adapter)
 
 
 def _add_beside_attention(layer: torch.nn.Module, adapter: Bottleneck) -> bool:
@@ -104,11 +100,16 @@ def _add_beside_attention(layer: torch.nn.Module, adapter: Bottleneck) -> bool:
         output.add_module("adapter", adapter)
         output.register_forward_pre_hook(lambda mod, args: (args[0], mod.adapter(args[1]), *args[2:]))
         return True
-    block = next((getattr(layer, n) for n in ATTENTION_BLOCK if hasattr(layer, n)), None)
+    return _add_beside_block(next((getattr(layer, n) for n in ATTENTION_BLOCK if hasattr(layer, n)), None), adapter)
+
+
+def _add_beside_block(block: torch.nn.Module | None, adapter: Bottleneck) -> bool:
+    """GPT-2, Llama, DistilBERT: the residual is outside the block, so its output (a tensor, or a tuple led by the
+    hidden states) gains adapter(x) - x, x its input (positional or keyword). False if there is no block."""
     if block is None:
         return False
 
-    def add(mod, args, kwargs, out):  # GPT-2, Llama, DistilBERT: the residual is outside, the output a tuple
+    def add(mod, args, kwargs, out):
         x = args[0] if args else kwargs.get("hidden_states", kwargs.get("query"))
         added = mod.adapter(x) - x
         return (out[0] + added, *out[1:]) if isinstance(out, tuple) else out + added
