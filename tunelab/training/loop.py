@@ -338,8 +338,8 @@ def train(config: Config, resume: bool = False, overwrite: bool = False, quiet: 
                     break
     except KeyboardInterrupt:
         bar.close()
-        if lazy is not None:
-            lazy.catch_up()
+        # no lazy.catch_up() here: the rows' pending steps are kept in the optimizer's state and resume catches them
+        # up when the straight run would; catching up now would split their closed form in two (other rounding)
         save_checkpoint(accelerator, ckpt_root, state, cfg.keep_checkpoints, average)
         accelerator.end_training()  # close the trackers' writer threads, or the process may not exit
         raise Interrupted(f"interrupted at step {state.step}; checkpoint saved in {ckpt_root}. "
