@@ -11,9 +11,11 @@ from tunelab.tasks.encoding import Encoded, collate, eval_batches
 
 @torch.inference_mode()
 def iter_probabilities(model, enc: Encoded, task, batch_size: int, pad_id: int, with_types: bool,
-                       autocast: bool = False, embeddings: bool = False, call_tokens: int = 32) -> Iterator[tuple]:
+                       autocast: bool = False, embeddings: bool = False, call_tokens: int = 32,
+                       pad_multiple: int = 1) -> Iterator[tuple]:
     """Yield (row indices, probabilities) batch by batch -- (rows, probabilities, embeddings) with
-    `embeddings` -- rows longest first, not in file order."""
+    `embeddings` -- rows longest first, not in file order. Each batch is padded to its longest row, rounded up
+    to a multiple of `pad_multiple` tokens."""
     was_training = model.training
     model.eval()
     device = next(model.parameters()).device
@@ -21,7 +23,7 @@ def iter_probabilities(model, enc: Encoded, task, batch_size: int, pad_id: int, 
     hook = _capture_last_hidden_state(model, captured) if embeddings else None
     try:
         for rows in eval_batches(enc.lengths, batch_size, call_tokens):
-            batch = {k: v.to(device) for k, v in collate(enc, rows, pad_id, with_types).items()}
+            batch = {k: v.to(device) for k, v in collate(enc, rows, pad_id, with_types, pad_multiple).items()}
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast):
                 out = model(**batch, output_hidden_states=embeddings and hook is None)
             probs = task.probabilities(out.logits).cpu().numpy()

@@ -37,6 +37,11 @@ ONNX_FILE = "model.onnx"
 # by backend. From a sweep on this 2-core CPU (BENCHMARKS.md, "Serving"): ONNX Runtime calls are cheap; an
 # eager torch forward pays Python per module; bf16 matmuls (AMX) want big batches more than little padding.
 CALL_TOKENS = {"onnx": 32, "fp32": 64, "bf16": 256}
+# bf16 matmuls go to oneDNN, which compiles and keeps a kernel (and buffers) per shape: a server's batches, padded
+# to their longest text, met a new shape at almost every call and grew by ~180 MB over 1000 requests (the cache
+# bound at 64 notwithstanding); widths in steps of 16 tokens kept it flat, and were faster (BENCHMARKS.md,
+# serve_memory.py). fp32 takes another kernel path, where the padding would only cost time.
+BF16_WIDTH_STEP = 16
 
 
 class OnnxModel:
@@ -157,7 +162,8 @@ class Predictor:
             with torch.inference_mode():
                 for rows, probs, *pooled in iter_probabilities(self.model, enc, self.task, self.batch_size, self.pad_id,
                                                                self.with_types, autocast=self.bf16, embeddings=embeddings,
-                                                               call_tokens=self.call_tokens):
+                                                               call_tokens=self.call_tokens,
+                                                               pad_multiple=BF16_WIDTH_STEP if self.bf16 else 1):
                     out[rows] = probs
                     if embeddings:
                         emb = np.zeros((len(texts), pooled[0].shape[1]), dtype=np.float32) if emb is None else emb
