@@ -196,22 +196,28 @@ def _interrupt_at(monkeypatch, forward_calls):
     monkeypatch.setattr(loop, "apply_method", apply_then_arm)
 
 
-@pytest.mark.parametrize("method", list(METHODS))
-def test_interrupt_and_resume_equals_a_straight_run(tiny_config, monkeypatch, method):
+def straight_and_resumed(tiny_config, monkeypatch, name: str, stop_at: int, **settings):
+    """Train `name`-straight to the end; train `name`-stopped, Ctrl-C in its `stop_at`-th forward pass, and resume."""
     from tunelab.errors import Interrupted
-    from tunelab.models.predictor import Predictor
     from tunelab.training import train
 
-    settings = dict(max_steps=12, eval_every=6, precision="fp32", learning_rate=1e-2,
-                    method={"name": method, **({"freeze": {"layers": 1}} if method == "freeze" else {})})
-    straight = train(tiny_config(name=f"{method}-straight", **settings), quiet=True)
-    config = tiny_config(name=f"{method}-stopped", **settings)
+    straight = train(tiny_config(name=f"{name}-straight", **settings), quiet=True)
+    config = tiny_config(name=f"{name}-stopped", **settings)
     with monkeypatch.context() as m:
-        _interrupt_at(m, 8)
+        _interrupt_at(m, stop_at)
         with pytest.raises(Interrupted):
             train(config, quiet=True)
+    return straight, train(config, resume=True, quiet=True), config
+
+
+@pytest.mark.parametrize("method", list(METHODS))
+def test_interrupt_and_resume_equals_a_straight_run(tiny_config, monkeypatch, method):
+    from tunelab.models.predictor import Predictor
+
+    straight, resumed, config = straight_and_resumed(
+        tiny_config, monkeypatch, method, 8, max_steps=12, eval_every=6, precision="fp32", learning_rate=1e-2,
+        method={"name": method, **({"freeze": {"layers": 1}} if method == "freeze" else {})})
     assert (config.run_dir / "checkpoints" / "step-7").is_dir()
-    resumed = train(config, resume=True, quiet=True)
     assert resumed.steps == straight.steps == 12
     texts = ["a great and lovely film", "awful terrible plot", "the movie was"]
     a, b = Predictor(straight.run_dir).probabilities(texts), Predictor(resumed.run_dir).probabilities(texts)
@@ -226,17 +232,8 @@ def test_ctrl_c_and_resume_with_lazy_embedding_rows_is_bit_exact(tiny_config, mo
     changed the float rounding (~3e-4 after 5 more steps at lr 1e-2)."""
     from safetensors.torch import load_file
 
-    from tunelab.errors import Interrupted
-    from tunelab.training import train
-
-    settings = dict(max_steps=12, eval_every=12, precision="fp32", learning_rate=1e-2, lazy_embeddings=True)
-    straight = train(tiny_config(name="lazy-straight", **settings), quiet=True)
-    config = tiny_config(name="lazy-stopped", **settings)
-    with monkeypatch.context() as m:
-        _interrupt_at(m, 8)
-        with pytest.raises(Interrupted):
-            train(config, quiet=True)
-    resumed = train(config, resume=True, quiet=True)
+    straight, resumed, _ = straight_and_resumed(tiny_config, monkeypatch, "lazy", 8, max_steps=12, eval_every=12,
+                                                precision="fp32", learning_rate=1e-2, lazy_embeddings=True)
     a, b = (load_file(str(r.model_dir / "model.safetensors")) for r in (straight, resumed))
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 

@@ -69,20 +69,13 @@ def test_training_is_the_same_with_the_average_and_the_model_saved_is_the_averag
 
 
 def test_interrupt_and_resume_with_the_average_equals_a_straight_run(tiny_config, monkeypatch):
-    from test_methods import _interrupt_at
-    from tunelab.errors import Interrupted
+    from test_methods import straight_and_resumed
 
     # one evaluation, at the end: the model saved is the final average. A constant rate keeps the weights moving
     # to the end, so an average that lost its past at the resume would show
-    settings = dict(max_steps=40, eval_every=40, precision="fp32", learning_rate=1e-2, scheduler="constant",
-                    lazy_embeddings=False, ema_steps=100, ema_every=2)  # dense: resume is then bit for bit
-    straight = train(tiny_config(name="ema-straight", **settings), quiet=True)
-    config = tiny_config(name="ema-stopped", **settings)
-    with monkeypatch.context() as m:
-        _interrupt_at(m, 31)
-        with pytest.raises(Interrupted):
-            train(config, quiet=True)
+    straight, resumed, config = straight_and_resumed(
+        tiny_config, monkeypatch, "ema", 31, max_steps=40, eval_every=40, precision="fp32", learning_rate=1e-2,
+        scheduler="constant", ema_steps=100, ema_every=2)
     assert (config.run_dir / "checkpoints" / "step-30" / "weight_average.safetensors").is_file()
-    resumed = train(config, resume=True, quiet=True)
     a, b = (load_file(run.model_dir / "model.safetensors") for run in (straight, resumed))
     assert max(float((a[k] - b[k]).abs().max()) for k in a) < 1e-6
