@@ -38,9 +38,10 @@ ONNX_FILE = "model.onnx"
 # eager torch forward pays Python per module; bf16 matmuls (AMX) want big batches more than little padding.
 CALL_TOKENS = {"onnx": 32, "fp32": 64, "bf16": 256}
 # bf16 matmuls go to oneDNN, which compiles and keeps a kernel (and buffers) per shape: a server's batches, padded
-# to their longest text, met a new shape at almost every call and grew by ~180 MB over 1000 requests (the cache
-# bound at 64 notwithstanding); widths in steps of 16 tokens kept it flat, and were faster (BENCHMARKS.md,
-# serve_memory.py). fp32 takes another kernel path, where the padding would only cost time.
+# to their longest text, met a new shape at almost every call, and the server grew by 369 MB over 1000 requests
+# and was still growing (the cache bound at 64 notwithstanding); with widths in steps of 16 tokens it grew by 140 MB
+# and levelled off, no slower (BENCHMARKS.md, serve_memory.py). fp32 takes another kernel path: padding would only
+# cost time there.
 BF16_WIDTH_STEP = 16
 
 
