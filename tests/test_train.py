@@ -67,6 +67,26 @@ def test_resume_of_a_finished_run_trains_nothing_again(tiny_config, capsys):
     assert (weights.stat().st_mtime_ns, (config.run_dir / "metrics.jsonl").read_text()) == before
     train(config, overwrite=True, quiet=True)  # --overwrite still trains it again
     assert weights.stat().st_mtime_ns != before[0]
+    one_pass = tiny_config(name="one-pass", max_steps=6, eval_every=6)  # one evaluation, at the end: no checkpoint
+    train(one_pass, quiet=True)
+    assert not list((one_pass.run_dir / "checkpoints").glob("step-*"))
+    assert train(one_pass, resume=True, quiet=True).steps == 6  # not "no checkpoint to resume from"
+
+
+def test_long_stretches_between_evaluations_are_checkpointed_without_changing_the_training(tiny_config, monkeypatch):
+    """One epoch of large data is a single evaluation: checkpoints come at least every CHECKPOINT_AT_LEAST_EVERY
+    steps anyway, and (no lazy embedding catch-up for them) the run ends with the same weights as without them."""
+    import tunelab.training.loop as loop
+    from safetensors.torch import load_file
+
+    settings = dict(max_steps=12, eval_every=12, learning_rate=1e-2, lazy_embeddings=True)
+    plain = train(tiny_config(name="no-checkpoints", **settings), quiet=True)
+    assert not list((plain.run_dir / "checkpoints").glob("step-*"))
+    monkeypatch.setattr(loop, "CHECKPOINT_AT_LEAST_EVERY", 5)
+    saved = train(tiny_config(name="checkpoints", **settings), quiet=True)
+    assert [p.name for p in (saved.run_dir / "checkpoints").glob("step-*")] == ["step-10"]  # 5, then 10 (keeps 1)
+    a, b = (load_file(str(r.model_dir / "model.safetensors")) for r in (plain, saved))
+    assert all(torch.equal(a[k], b[k]) for k in a)
 
 
 def test_steps_from_epochs_min_steps_and_max_steps(tiny_config):

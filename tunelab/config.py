@@ -147,7 +147,7 @@ class TrainConfig(Section):
         "third on SST-2 (fewer batch shapes: oneDNN keeps kernels and buffers per shape) for 8-22% of the speed, same "
         "accuracy over three seeds (BENCHMARKS.md, methods, session 8). 1: pad to the longest text.")
     eval_every: int | None = Field(None, ge=1, description="Evaluate on validation every N optimizer steps; none: once per epoch.")
-    checkpoint_every: int | None = Field(None, ge=1, description="Save a resumable checkpoint every N steps; none: at every evaluation.")
+    checkpoint_every: int | None = Field(None, ge=1, description="Save a resumable checkpoint every N steps; none: at every evaluation, and at least every 500 steps.")
     keep_checkpoints: int = Field(1, ge=1, description="How many recent checkpoints to keep.")
     metric: str | None = Field(
         None, description="Validation metric that picks the best model and drives early stopping; none: accuracy (micro_f1 for multi-label).")

@@ -108,6 +108,7 @@ def _fresh_accelerator_state() -> None:
 
 
 FINISHED = "result.json"  # written when a run ends: --resume then has nothing left to do
+CHECKPOINT_AT_LEAST_EVERY = 500  # steps, when train.checkpoint_every is unset (~1 s per checkpoint of a MiniLM)
 
 
 def _finished(run_dir: Path) -> TrainResult | None:
@@ -145,16 +146,16 @@ def train(config: Config, resume: bool = False, overwrite: bool = False, quiet: 
     cfg, run_dir = config.train, config.run_dir
     ckpt_root = run_dir / "checkpoints"
     latest = (checkpoints(ckpt_root) or [None])[-1]
-    if resume and latest is None:
-        raise TunelabError(f"{run_dir}: no checkpoint to resume from (train without --resume to start)")
     if resume:
         _check_same_config(run_dir / "config.yaml", config)
-        done = _finished(run_dir)
+        done = _finished(run_dir)  # it may have ended without a checkpoint (a single evaluation, at its end)
         if done is not None:  # resuming it again would train its last stretch a second time
             if not quiet:
                 print(f"train: {run_dir} finished at step {done.steps}: nothing to resume (its model: {done.model_dir}; "
                       "--overwrite trains it again)", file=sys.stderr)
             return done
+    if resume and latest is None:
+        raise TunelabError(f"{run_dir}: no checkpoint to resume from (train without --resume to start)")
     if not resume and not overwrite and (latest is not None or (run_dir / "model").exists()):
         raise TunelabError(f"{run_dir} already holds a training run; continue it with --resume, "
                            "or start again with --overwrite (deletes its checkpoints and model)")
@@ -250,7 +251,9 @@ def train(config: Config, resume: bool = False, overwrite: bool = False, quiet: 
             "trust_remote_code": config.model.trust_remote_code, "method": _method_meta(config.method),
             "parameters": parameters, "run": config.name, "clean": cleaning_settings(config.data)}
     eval_every = cfg.eval_every or steps_per_epoch
-    ckpt_every = cfg.checkpoint_every or eval_every
+    # at every evaluation, and on large data more often: one epoch of it is a single evaluation, and a kill before
+    # its end would otherwise leave nothing to resume from
+    ckpt_every = cfg.checkpoint_every or min(eval_every, CHECKPOINT_AT_LEAST_EVERY)
     world, rank = accelerator.num_processes, accelerator.process_index
     unwrapped = accelerator.unwrap_model(model)
 
@@ -323,8 +326,11 @@ def train(config: Config, resume: bool = False, overwrite: bool = False, quiet: 
                 do_eval = len(val_enc) > 0 and (state.step % eval_every == 0 or state.step == total_steps
                                                 or (cfg.eval_every is None and end_of_epoch))
                 side_start = time.perf_counter()
-                if lazy is not None and (do_eval or state.step % ckpt_every == 0 or state.step == total_steps):
-                    lazy.catch_up()  # the rows skipped since they last appeared, before the weights are read
+                if lazy is not None and (do_eval or state.step == total_steps):
+                    # the rows skipped since they last appeared, before the weights are evaluated or saved as the
+                    # model. Not for a checkpoint: the pending steps are in the optimizer's state, and catching up
+                    # where a run without that checkpoint would not would change the rounding
+                    lazy.catch_up()
                 if do_eval:
                     with average.applied() if average is not None else nullcontext():  # scored and saved: the average
                         value = _evaluate_and_keep_best(evaluate_validation(), state, cfg, config, main, log,
@@ -337,9 +343,7 @@ def train(config: Config, resume: bool = False, overwrite: bool = False, quiet: 
                 if end_of_epoch:
                     break
     except KeyboardInterrupt:
-        bar.close()
-        # no lazy.catch_up() here: the rows' pending steps are kept in the optimizer's state and resume catches them
-        # up when the straight run would; catching up now would split their closed form in two (other rounding)
+        bar.close()  # no lazy catch-up before this checkpoint either (see where checkpoints are scheduled)
         save_checkpoint(accelerator, ckpt_root, state, cfg.keep_checkpoints, average)
         accelerator.end_training()  # close the trackers' writer threads, or the process may not exit
         raise Interrupted(f"interrupted at step {state.step}; checkpoint saved in {ckpt_root}. "
