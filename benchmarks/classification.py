@@ -6,7 +6,8 @@ script tuned as an expert would (dynamic padding, group_by_length, bf16), (3) tu
 the allocator the `tunelab` command picks (jemalloc where it is there); the Trainer scripts on the system's
 malloc, and the tuned one once more on jemalloc (`sst2_trainer_tuned_jemalloc`) to show what the allocator gives.
 Part 2 (accuracy, tunelab defaults): SST-2 full train, Financial PhraseBank AllAgree and 50Agree (80/10/10,
-seed 42), Banking77 (10% of train held out for validation).
+seed 42), Banking77 (10% of train held out for validation); with the expected calibration error of the test
+predictions as served (temperature fitted on validation) and before that scaling (`*_ece_uncalibrated`).
 
 Each case runs in its own process, so its peak RSS is its own.
 
@@ -99,6 +100,8 @@ def _tunelab(example: str, name: str, overrides: list[str], splits=("validation"
         metrics = evaluate(config.run_dir, split, write_report=split == "test", quiet=True).metrics
         out[f"{split}_accuracy"] = metrics["accuracy"]
         out[f"{split}_macro_f1"] = metrics["macro_f1"]
+        out[f"{split}_ece"] = metrics["ece"]  # as served: after the temperature fitted on validation
+        out[f"{split}_ece_uncalibrated"] = metrics.get("ece_uncalibrated", metrics["ece"])
     return out
 
 
@@ -160,6 +163,8 @@ def flatten(results: dict, stored: dict | None = None) -> dict:
         "fpb_allagree_test_accuracy": get("fpb_allagree", "test_accuracy"),
         "fpb_50agree_test_accuracy": get("fpb_50agree", "test_accuracy"),
         "banking77_test_accuracy": get("banking77", "test_accuracy"),
+        **{f"{case}_test_{key}": get(case, f"test_{key}") for case in ("sst2", "fpb_allagree", "fpb_50agree", "banking77")
+           for key in ("ece", "ece_uncalibrated")},
     }
     for baseline, key in (("sst2_trainer_tutorial", "sst2_throughput_ratio_vs_trainer"),
                           ("sst2_trainer_tuned", "sst2_throughput_ratio_vs_trainer_tuned"),
@@ -186,6 +191,9 @@ def flatten(results: dict, stored: dict | None = None) -> dict:
     for key, target in targets.items():
         if key in flat:
             flat[f"{key}_target_met"] = flat[key] >= target
+    for case in ("sst2", "fpb_allagree", "fpb_50agree", "banking77"):  # calibration: at most 0.05
+        if flat.get(f"{case}_test_ece") is not None:
+            flat[f"{case}_test_ece_target_met"] = flat[f"{case}_test_ece"] <= 0.05
     return flat
 
 

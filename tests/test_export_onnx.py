@@ -36,7 +36,9 @@ def runs(tmp_path_factory, tiny_model_dir, sentiment_files):
 def test_onnx_folder_runs_in_plain_onnxruntime_and_equals_torch(runs, method):
     parity = export_onnx(runs[method], quiet=True)
     out = runs[method] / "export" / "onnx"
-    assert parity["out"] == str(out) and parity["examples"] == 60 and parity["label_agreement"] == 1.0
+    # validation (60 texts) topped up with the whole training split (240): parity is model against model
+    assert parity["out"] == str(out) and parity["examples"] == 300 and parity["label_agreement"] == 1.0
+    assert parity["texts"] == {"validation": 60, "train": 240} and parity["disagreements"] == 0
     assert parity["max_abs_prob_diff"] <= 1e-4
     assert json.loads((out / "parity.json").read_text())["max_abs_prob_diff"] == parity["max_abs_prob_diff"]
     # plain onnxruntime + the saved tokenizer, no tunelab: same logits as the torch model
@@ -90,15 +92,16 @@ def test_int8_export_reports_agreement_and_refuses_below_the_floor(runs, monkeyp
 
     # under the floor with every matmul in int8, over it with the GELU-fed ones in fp32: the second is kept, said so
     agreements = iter([0.95, 1.0])
-    monkeypatch.setattr(onnx_export, "_parity", lambda *a: {"examples": 60, "label_agreement": next(agreements), "max_abs_prob_diff": 0.2})
+    monkeypatch.setattr(onnx_export, "_parity", lambda *a: {"examples": 60, "label_agreement": next(agreements), "disagreements": 3, "max_abs_prob_diff": 0.2})
     retried = export_onnx(runs["full"], runs["full"] / "export" / "int8-retried", quantize="int8", quiet=True)
     assert retried["ffn_down_fp32"] is True and retried["all_int8_label_agreement"] == 0.95
     assert json.loads((runs["full"] / "export" / "int8-retried" / "tunelab.json").read_text())["onnx"]["ffn_down_fp32"] is True
     assert fp32_weight_matmuls(runs["full"] / "export" / "int8-retried" / "model.onnx") == layers
     # under the floor both ways: refused, nothing written
-    monkeypatch.setattr(onnx_export, "_parity", lambda *a: {"examples": 60, "label_agreement": 0.95, "max_abs_prob_diff": 0.2})
-    with pytest.raises(TunelabError, match=r"agrees with the fp32 model on 95.00% .* under the floor of 99% \(every matmul "
-                       r"in int8: 95.00%\); nothing written.*--min-agreement 0.95"):
+    monkeypatch.setattr(onnx_export, "_parity", lambda *a: {"examples": 60, "label_agreement": 0.95, "disagreements": 3, "max_abs_prob_diff": 0.2})
+    with pytest.raises(TunelabError, match=r"disagrees with the fp32 model on 3 of 60 texts \(60 validation, 240 training\): "
+                       r"95.00% agree, under the floor of 99% \(every matmul in int8: 95.00%\); nothing written.*"
+                       r"--min-agreement 0.95"):
         export_onnx(runs["full"], quantize="int8", quiet=True)
     assert (out / "model.onnx").stat().st_mtime_ns == before  # the earlier export is untouched
     assert not (runs["full"] / "export" / "onnx-int8.tmp").exists()

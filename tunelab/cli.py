@@ -105,10 +105,10 @@ def export(run: Path = RUN,
            format: Optional[str] = typer.Option(None, "--format", help="onnx: an ONNX Runtime folder (LoRA/IA3 merged first)."),
            quantize: Optional[str] = typer.Option(None, "--quantize", help="int8: dynamic int8 quantisation of the ONNX model."),
            min_agreement: float = typer.Option(0.99, "--min-agreement", min=0.0, max=1.0,
-                                               help="int8: the least share of validation labels that must agree with fp32."),
+                                               help="int8: the least share of labels that must agree with fp32 (on validation, topped up to 1000 texts with training texts)."),
            ffn_down_fp32: bool = typer.Option(False, "--ffn-down-fp32", help="int8: keep the feed-forward down-projections (fed by GELU) in fp32 from the start: slower, closer to fp32 (tried by itself when every matmul in int8 falls under --min-agreement)."),
            output: Optional[Path] = typer.Option(None, "--output", "-o", help="Output folder (default runs/<name>/export/merged, onnx or onnx-int8)."),
-           limit: Optional[int] = typer.Option(None, "--limit", min=1, help="Check parity on at most this many validation texts.")) -> None:
+           limit: Optional[int] = typer.Option(None, "--limit", min=1, help="Check parity on at most this many texts (validation first).")) -> None:
     """Export a trained run: --merge (merged adapters) or --format onnx [--quantize int8], each checked on validation."""
     if format not in (None, "onnx"):
         raise TunelabError(f"--format: '{format}' is not a format tunelab exports; use --format onnx (or --merge)")
@@ -130,9 +130,10 @@ def export(run: Path = RUN,
     if ffn_down_fp32 and not quantize:
         raise TunelabError("--ffn-down-fp32 is an int8 setting: add --quantize int8")
     parity = export_onnx(run, output, quantize, min_agreement, limit, ffn_down_fp32=ffn_down_fp32)
-    typer.echo(f"onnx model{' (int8)' if quantize else ''}: {parity['out']} ({parity['bytes'] / 1e6:.1f} MB); on "
-               f"{parity['examples']} validation texts: labels agree {parity['label_agreement']:.2%}, max |prob diff| "
-               f"{parity['max_abs_prob_diff']:.2e}")
+    from tunelab.export.onnx import describe_parity
+
+    typer.echo(f"onnx model{' (int8)' if quantize else ''}: {parity['out']} ({parity['bytes'] / 1e6:.1f} MB); "
+               f"{describe_parity(parity)}")
 
 
 @app.command()

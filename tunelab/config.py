@@ -83,6 +83,10 @@ class TaskConfig(Section):
         "classification", description="Task type. 'classification': single-label, multi-label (data.multi_label) or sentence pairs (data.text_pair_column).")
     multi_label_threshold: float | None = Field(
         None, gt=0.0, lt=1.0, description="Multi-label decision threshold; none: chosen on validation to maximise micro-F1.")
+    calibrate: bool = Field(
+        True, description="Single-label: after training, fit a temperature on validation (softmax(logits / T), "
+        "minimum log-loss) and fold it into the saved head, so every score the model gives is calibrated; labels "
+        "never change. Multi-label models keep their validation-chosen threshold instead.")
 
 
 class TrainConfig(Section):

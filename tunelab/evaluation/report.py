@@ -13,6 +13,7 @@ matplotlib.use("Agg")  # files only, no display
 import matplotlib.pyplot as plt  # noqa: E402
 
 from tunelab.files import write_text_atomic  # noqa: E402
+from tunelab.tasks.metrics import SUMMARY_KEYS  # noqa: E402
 
 
 def plot_confusion(matrix: list[list[int]], labels: list[str], path: Path) -> None:
@@ -116,8 +117,7 @@ def write_report(out: Path, split: str, metrics: dict, labels: list[str], metric
     write_text_atomic(out / "report.json", json.dumps(report, indent=1))
 
     figures = []
-    headline = [[k, metrics[k]] for k in ("examples", "accuracy", "macro_f1", "micro_f1", "weighted_f1",
-                                          "subset_accuracy", "roc_auc", "ece", "threshold") if k in metrics]
+    headline = [[k, metrics[k]] for k in SUMMARY_KEYS if k in metrics]
     sections = [f"<h2>Summary</h2>{_table(['metric', 'value'], headline)}"]
     if "per_class" in metrics:
         rows = [[lab, m["precision"], m["recall"], m["f1"], m["support"]] for lab, m in metrics["per_class"].items()]

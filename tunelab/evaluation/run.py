@@ -11,7 +11,7 @@ from pathlib import Path
 from tunelab.config import load_config
 from tunelab.errors import TunelabError
 from tunelab.models.predictor import Predictor
-from tunelab.tasks.metrics import Collector
+from tunelab.tasks.metrics import SUMMARY_KEYS, Collector
 
 CHUNK_ROWS = 8192  # rows read, tokenised and scored at a time: memory does not grow with the split
 
@@ -76,7 +76,7 @@ def evaluate(run: str | Path, split: str = "test", batch_size: int | None = None
     config = load_config(run_dir / "config.yaml")
     name, path = resolve_split(run_dir, split)
     task = predictor.task
-    collector = Collector(task.labels, task.multi_label)
+    collector = Collector(task.labels, task.multi_label, float(predictor.meta.get("temperature", 1.0)))
     bar = tqdm(desc=f"evaluate {name}", unit="row", disable=quiet, file=sys.stderr)
     for chunk in iter_chunks(path, ["text", "text_pair", "label"]):
         probs = predictor.probabilities(chunk["text"], chunk.get("text_pair") if task.pair else None)
@@ -96,8 +96,7 @@ def evaluate(run: str | Path, split: str = "test", batch_size: int | None = None
 
 def metrics_table(metrics: dict) -> str:
     """The headline numbers as a small text table."""
-    keys = [k for k in ("examples", "accuracy", "macro_f1", "micro_f1", "weighted_f1", "subset_accuracy",
-                        "roc_auc", "ece", "threshold") if k in metrics]
+    keys = [k for k in SUMMARY_KEYS if k in metrics]
     width = max(len(k) for k in keys)
     return "\n".join(f"{k:<{width}}  {metrics[k]:.4f}" if isinstance(metrics[k], float) else f"{k:<{width}}  {metrics[k]}"
                      for k in keys)

@@ -30,10 +30,10 @@ def _logits(model, texts: list[str], pairs, tokenizer, max_length: int, batch_si
     return np.concatenate(out) if out else np.zeros((0, 0), dtype=np.float32)
 
 
-def _validation_texts(run_dir: Path, limit: int | None) -> tuple[list[str], list[str] | None]:
+def _validation_texts(run_dir: Path, limit: int | None, split: str = "validation") -> tuple[list[str], list[str] | None]:
     from tunelab.evaluation.run import iter_chunks, resolve_split
 
-    _, path = resolve_split(run_dir, "validation")
+    _, path = resolve_split(run_dir, split)
     texts, pairs = [], []
     for chunk in iter_chunks(path, ["text", "text_pair"]):
         texts += chunk["text"]
@@ -42,6 +42,27 @@ def _validation_texts(run_dir: Path, limit: int | None) -> tuple[list[str], list
             break
     texts = texts[:limit] if limit else texts
     return texts, (pairs[:len(texts)] or None)
+
+
+PARITY_TEXTS = 1000  # an export is compared with its source on at least this many texts, where the data has them
+
+
+def parity_texts(run_dir: Path, limit: int | None = None) -> tuple[list[str], list[str] | None, dict[str, int]]:
+    """The texts an export is checked on: the validation split, topped up to PARITY_TEXTS with a fixed sample of
+    training texts. Parity compares two models' outputs, not a model with labels, so any text of the domain
+    counts, and on a small validation split (the demo's 90) one borderline sentence would otherwise be 1.1% of
+    the verdict. `limit` caps the total. Returns (texts, pairs, {"validation": n, "train": n})."""
+    texts, pairs = _validation_texts(run_dir, limit)
+    wanted = min(limit or PARITY_TEXTS, PARITY_TEXTS) - len(texts)
+    counts = {"validation": len(texts), "train": 0}
+    if wanted > 0:
+        train_texts, train_pairs = _validation_texts(run_dir, None, "train")
+        pick = np.sort(np.random.default_rng(0).permutation(len(train_texts))[:wanted])
+        texts = texts + [train_texts[i] for i in pick]
+        if pairs is not None and train_pairs is not None:
+            pairs = pairs + [train_pairs[i] for i in pick]
+        counts["train"] = len(pick)
+    return texts, pairs, counts
 
 
 def merge_run(run: str | Path, out: str | Path | None = None, limit: int | None = None) -> dict:

@@ -7,8 +7,9 @@ the mean-pooled last layer that drift monitoring uses). LoRA/IA3 runs are
 merged first. Export goes through torch.onnx's dynamo exporter (the TorchScript one bakes the padding of
 the example batch into the attention mask: measured 1e-2 logit error), with dynamic batch and sequence axes.
 
-Parity runs on the validation split against the torch fp32 model and is written to parity.json: label
-agreement and max |probability difference|. fp32 must match to FP32_TOLERANCE; int8 must agree on at least
+Parity runs against the torch fp32 model on the validation split, topped up to 1000 texts with training texts
+(export/merge.py parity_texts), and is written to parity.json: label agreement, the count of changed labels and
+max |probability difference|. fp32 must match to FP32_TOLERANCE; int8 must agree on at least
 `min_agreement` of the labels -- every weight matmul in int8 first, then (said, and recorded in parity.json)
 with the GELU-fed ones in fp32 -- or nothing is written and the error says what to do.
 """
@@ -68,7 +69,7 @@ def export_onnx(run: str | Path, out: str | Path | None = None, quantize: str | 
     """Write the ONNX folder and return its parity figures (also in parity.json)."""
     from transformers import AutoTokenizer
 
-    from tunelab.export.merge import _validation_texts
+    from tunelab.export.merge import parity_texts
     from tunelab.models.predictor import ONNX_FILE, Predictor, find_model_dir
     from tunelab.models.source import quiet_transformers
     from tunelab.monitor.profile import build_profile
@@ -100,7 +101,7 @@ def export_onnx(run: str | Path, out: str | Path | None = None, quantize: str | 
                                f"{str(exc).strip().splitlines()[0] if str(exc).strip() else ''}") from exc
         tokenizer.save_pretrained(tmp)
         model.config.save_pretrained(tmp)  # labels and architecture, for readers of the folder
-        texts, pairs = _validation_texts(run_dir, limit)
+        texts, pairs, sources = parity_texts(run_dir, limit)
         reference = Predictor(model_dir, model=model)
         fp32_file = tmp / "model.fp32.onnx"
         # int8: every weight matmul first (fastest); under the floor, the GELU-fed ones back in fp32, said so
@@ -115,12 +116,12 @@ def export_onnx(run: str | Path, out: str | Path | None = None, quantize: str | 
                          "onnx": {"opset": OPSET, "quantize": quantize, "inputs": names,
                                   **({"ffn_down_fp32": keep_ffn} if quantize else {})}}
             (tmp / "tunelab.json").write_text(json.dumps(onnx_meta, indent=1))
-            parity = _parity(reference, Predictor(tmp), texts, pairs)
+            parity = {**_parity(reference, Predictor(tmp), texts, pairs), "texts": sources}
             if not quantize or parity["label_agreement"] >= min_agreement or keep_ffn:
                 break
             first = parity
-            say(f"export: int8 of every matmul agrees on {parity['label_agreement']:.2%} of the validation labels, "
-                f"under the {min_agreement:.0%} floor; trying again with the GELU-fed matmuls in fp32")
+            say(f"export: with every matmul in int8 the labels differ on {_changed(parity)}: {parity['label_agreement']:.2%} "
+                f"agree, under the {min_agreement:.0%} floor; trying again with the GELU-fed matmuls in fp32")
         if first is not None:
             parity["all_int8_label_agreement"] = first["label_agreement"]
         if fp32_file.exists():
@@ -131,14 +132,14 @@ def export_onnx(run: str | Path, out: str | Path | None = None, quantize: str | 
         (tmp / "parity.json").write_text(json.dumps(parity, indent=1))
         if quantize == "int8" and parity["label_agreement"] < min_agreement:
             raise TunelabError(
-                f"int8 model agrees with the fp32 model on {parity['label_agreement']:.2%} of {parity['examples']} "
-                f"validation labels, under the floor of {min_agreement:.0%}"
+                f"int8 model disagrees with the fp32 model on {_changed(parity)}: {parity['label_agreement']:.2%} "
+                f"agree, under the floor of {min_agreement:.0%}"
                 + ("" if first is None else f" (every matmul in int8: {first['label_agreement']:.2%})")
                 + "; nothing written. Serve the fp32 export (--format onnx without --quantize), or accept the loss "
                 f"with --min-agreement {max(0.0, np.floor(parity['label_agreement'] * 100) / 100):.2f}")
         if not quantize and parity["max_abs_prob_diff"] > FP32_TOLERANCE:
             raise TunelabError(f"the ONNX model differs from the torch model by {parity['max_abs_prob_diff']:.2e} in "
-                               f"probability (> {FP32_TOLERANCE}) on validation; nothing written (please report this)")
+                               f"probability (> {FP32_TOLERANCE}) on {_texts(parity)}; nothing written (please report this)")
         build_profile(tmp, run_dir)  # the monitor's reference, as this model (int8 included) sees the data
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -204,10 +205,29 @@ def _quantize_int8(src: Path, dst: Path, ffn_down_fp32: bool = False) -> None:
 
 def _parity(reference, exported, texts: list[str], pairs: list[str] | None) -> dict:
     if not texts:
-        return {"examples": 0, "label_agreement": 1.0, "max_abs_prob_diff": 0.0}
+        return {"examples": 0, "label_agreement": 1.0, "disagreements": 0, "max_abs_prob_diff": 0.0}
     a, b = reference.probabilities(texts, pairs), exported.probabilities(texts, pairs)
     if reference.task.multi_label:
-        agree = float(((a >= reference.threshold) == (b >= reference.threshold)).all(axis=1).mean())
+        same = ((a >= reference.threshold) == (b >= reference.threshold)).all(axis=1)
     else:
-        agree = float((a.argmax(1) == b.argmax(1)).mean())
-    return {"examples": len(texts), "label_agreement": agree, "max_abs_prob_diff": float(np.abs(a - b).max())}
+        same = a.argmax(1) == b.argmax(1)
+    return {"examples": len(texts), "label_agreement": float(same.mean()), "disagreements": int((~same).sum()),
+            "max_abs_prob_diff": float(np.abs(a - b).max())}
+
+
+def _texts(parity: dict) -> str:
+    """'1000 texts (90 validation, 910 training)'."""
+    sources = parity.get("texts") or {}
+    return f"{parity['examples']} texts (" + ", ".join(f"{n} {'training' if s == 'train' else s}"
+                                                        for s, n in sources.items() if n) + ")"
+
+
+def describe_parity(parity: dict) -> str:
+    """The CLI's summary of parity.json."""
+    return (f"on {_texts(parity)}: {parity['disagreements']} labels differ from the torch model "
+            f"({parity['label_agreement']:.2%} agree), max |prob diff| {parity['max_abs_prob_diff']:.2e}")
+
+
+def _changed(parity: dict) -> str:
+    """'3 of 1000 texts (90 validation, 910 training)'."""
+    return f"{parity['disagreements']} of {_texts(parity)}"

@@ -12,10 +12,10 @@ from tunelab.tasks.encoding import Encoded, collate, eval_batches
 @torch.inference_mode()
 def iter_probabilities(model, enc: Encoded, task, batch_size: int, pad_id: int, with_types: bool,
                        autocast: bool = False, embeddings: bool = False, call_tokens: int = 32,
-                       pad_multiple: int = 1) -> Iterator[tuple]:
+                       pad_multiple: int = 1, logits: bool = False) -> Iterator[tuple]:
     """Yield (row indices, probabilities) batch by batch -- (rows, probabilities, embeddings) with
     `embeddings` -- rows longest first, not in file order. Each batch is padded to its longest row, rounded up
-    to a multiple of `pad_multiple` tokens."""
+    to a multiple of `pad_multiple` tokens. `logits`: the raw float32 logits instead of probabilities."""
     was_training = model.training
     model.eval()
     device = next(model.parameters()).device
@@ -26,7 +26,7 @@ def iter_probabilities(model, enc: Encoded, task, batch_size: int, pad_id: int, 
             batch = {k: v.to(device) for k, v in collate(enc, rows, pad_id, with_types, pad_multiple).items()}
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast):
                 out = model(**batch, output_hidden_states=embeddings and hook is None)
-            probs = task.probabilities(out.logits).cpu().numpy()
+            probs = (out.logits.float() if logits else task.probabilities(out.logits)).cpu().numpy()
             if embeddings:
                 hidden = captured.pop("hidden") if hook is not None else out.hidden_states[-1]
                 yield rows, probs, mean_pool(hidden, batch["attention_mask"]).float().cpu().numpy()

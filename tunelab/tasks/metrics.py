@@ -14,18 +14,24 @@ from sklearn import metrics as skm
 class Collector:
     """Accumulates one split's predictions; `result()` turns them into metrics."""
 
-    def __init__(self, labels: list[str], multi_label: bool):
-        self.labels, self.multi_label = labels, multi_label
+    def __init__(self, labels: list[str], multi_label: bool, temperature: float = 1.0):
+        """`temperature`: the one the model's scores were calibrated with (tasks/calibration.py); the result
+        then also gives the calibration error the scores had before (`ece_uncalibrated`)."""
+        self.labels, self.multi_label, self.temperature = labels, multi_label, temperature
         self._true: list[np.ndarray] = []
-        self._probs: list[np.ndarray] = []  # single-label: (n, 2) = [predicted id, confidence] (+ p(positive))
+        # single-label: (n, 3) = [predicted id, confidence, confidence before calibration] (+ p(positive))
+        self._probs: list[np.ndarray] = []
 
     def add(self, probs: np.ndarray, targets: np.ndarray) -> None:
         if self.multi_label:
             self._true.append(targets.astype(bool))
             self._probs.append(probs.astype(np.float16))
             return
+        from tunelab.tasks.calibration import uncalibrated
+
         pred = probs.argmax(-1)
-        cols = [pred.astype(np.float32), probs.max(-1).astype(np.float32)]
+        cols = [pred.astype(np.float32), probs.max(-1).astype(np.float32),
+                uncalibrated(probs, self.temperature).max(-1).astype(np.float32)]
         if probs.shape[1] == 2:
             cols.append(probs[:, 1].astype(np.float32))
         self._true.append(targets.astype(np.int32))
@@ -41,7 +47,11 @@ class Collector:
         p = np.concatenate(self._probs)
         if self.multi_label:
             return multilabel_metrics(y, p.astype(np.float32), self.labels, threshold)
-        return single_label_metrics(y, p, self.labels, calibration_bins)
+        out = single_label_metrics(y, p, self.labels, calibration_bins)
+        if self.temperature != 1.0:
+            out["temperature"] = float(self.temperature)
+            out["ece_uncalibrated"] = float(calibration(p[:, 2], p[:, 0] == y, calibration_bins)[0])
+        return out
 
     def multilabel_arrays(self) -> tuple[np.ndarray, np.ndarray]:
         return np.concatenate(self._true), np.concatenate(self._probs).astype(np.float32)
@@ -79,8 +89,8 @@ def single_label_metrics(y: np.ndarray, p: np.ndarray, labels: list[str], bins: 
         "confusion_matrix": skm.confusion_matrix(y, pred, labels=ids).tolist(),
         "reliability": table,
     }
-    if len(labels) == 2 and p.shape[1] > 2 and len(np.unique(y)) == 2:
-        out["roc_auc"] = float(skm.roc_auc_score(y, p[:, 2]))
+    if len(labels) == 2 and p.shape[1] > 3 and len(np.unique(y)) == 2:
+        out["roc_auc"] = float(skm.roc_auc_score(y, p[:, 3]))
     return out
 
 
@@ -105,7 +115,12 @@ def best_threshold(y: np.ndarray, probs: np.ndarray) -> float:
     return float(min((t for t, s in zip(grid, scores) if s >= best - 1e-12), key=lambda t: abs(t - 0.5)))
 
 
+# the figures of an evaluation's summary (CLI table, report.html), in this order
+SUMMARY_KEYS = ("examples", "accuracy", "macro_f1", "micro_f1", "weighted_f1", "subset_accuracy", "roc_auc", "ece",
+                "ece_uncalibrated", "temperature", "threshold")
+
+
 def headline(metrics: dict) -> dict:
     """The few numbers shown in progress bars and tables."""
-    keys = ("accuracy", "macro_f1", "subset_accuracy", "micro_f1", "roc_auc", "ece")
+    keys = ("accuracy", "macro_f1", "subset_accuracy", "micro_f1", "roc_auc", "ece", "ece_uncalibrated")
     return {k: metrics[k] for k in keys if k in metrics}

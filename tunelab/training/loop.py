@@ -360,6 +360,18 @@ def train(config: Config, resume: bool = False, overwrite: bool = False, quiet: 
             meta["validation"] = {}
             with average.applied() if average is not None else nullcontext():
                 save_model_folder(unwrapped, tokenizer, run_dir / "model", meta)
+    fitted = {}
+    if main and config.task.calibrate and not task.multi_label and len(val_enc) > 0:
+        from tunelab.training.calibrate import calibrate_model_folder
+
+        fitted = calibrate_model_folder(run_dir / "model", val_enc, task, tokenizer, pad_id, with_types,
+                                        config.evaluate.batch_size, config.evaluate.calibration_bins)
+        if fitted["temperature"] is None:
+            say("train: scores not calibrated: the model makes no mistake on validation to calibrate against")
+            fitted = {}
+        else:
+            say(f"train: calibrated: temperature {fitted['temperature']:.3f}, validation expected calibration error "
+                f"{fitted['ece_uncalibrated']:.4f} -> {fitted['ece']:.4f}")
     if main:
         from tunelab.monitor.profile import build_profile
 
@@ -371,6 +383,8 @@ def train(config: Config, resume: bool = False, overwrite: bool = False, quiet: 
     accelerator.wait_for_everyone()
     accelerator.end_training()
     best = next((h for h in state.history if h["step"] == state.best_step), {})
+    if fitted and best:  # the kept model's validation figures, as it now scores
+        best = {**best, "ece": fitted["ece"], "ece_uncalibrated": fitted["ece_uncalibrated"]}
     result = TrainResult(run_dir, run_dir / "model", state.step, state.best_step, best, train_seconds,
                          seen / max(train_seconds - side_seconds, 1e-9), state.stopped_early)
     if main:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import copy
 import ctypes
 import gc
+import json
 import math
 import sys
 import time
@@ -348,6 +349,16 @@ def retrain_best(config: Config, quiet: bool = False) -> dict:
                         early_stopping_patience=None)
     retrain_config = load_config(raw)
     result = train(retrain_config, overwrite=True, quiet=quiet)
+    temperature = json.loads((trial_dir / "model" / "tunelab.json").read_text()).get("temperature")
+    if temperature is not None:  # no validation left to fit one on: the trial's, fitted on its validation
+        from transformers import AutoTokenizer
+
+        from tunelab.training.calibrate import apply_temperature
+
+        from tunelab.monitor.profile import build_profile
+
+        apply_temperature(result.model_dir, temperature, AutoTokenizer.from_pretrained(result.model_dir))
+        build_profile(result.model_dir, result.run_dir)  # the served confidences are the calibrated ones
     test = evaluate(retrain_config.run_dir, "test", quiet=quiet).metrics
     return {"trial": best, "run_dir": str(result.run_dir), "steps": result.steps, "train_rows": n_all,
             **{f"test_{k}": v for k, v in test.items() if isinstance(v, (int, float))}}
