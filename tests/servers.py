@@ -1,5 +1,6 @@
 """Servers for tests: the app in a uvicorn thread, or `tunelab serve` as a process, on free loopback ports."""
 
+import os
 import socket
 import subprocess
 import sys
@@ -42,11 +43,12 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def serve_process(*args: str) -> tuple[subprocess.Popen, str]:
-    """`tunelab serve ARGS --port P` as a process, once /readyz answers (or it exited: the caller checks poll())."""
+def serve_process(*args: str, env: dict | None = None) -> tuple[subprocess.Popen, str]:
+    """`tunelab serve ARGS --port P` as a process, once /readyz answers (or it exited: the caller checks poll()).
+    `env`: variables added to this process's environment."""
     port = free_port()
     proc = subprocess.Popen([sys.executable, "-m", "tunelab", "serve", *args, "--port", str(port)],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env={**os.environ, **(env or {})})
     url = f"http://127.0.0.1:{port}"
     deadline = time.time() + 120
     while time.time() < deadline and proc.poll() is None:

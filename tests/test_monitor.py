@@ -242,6 +242,78 @@ def test_sigkill_loses_at_most_the_last_flush_interval(run_dir, tmp_path):
     assert all(t > killed - 1.0 - 0.5 for t in lost), (len(lost), [killed - t for t in lost][:5])  # 0.5 s: one write's time
 
 
+def test_sync_durability_commits_each_answer_before_sending_it(run_dir, tmp_path):
+    db = f"sqlite:///{tmp_path / 'sync.db'}"
+    engine = sa.create_engine(db)
+    missing = []
+
+    def ask(i):  # right after each answer, before any flush interval (30 s), its ids must be in the database
+        ids = [p["id"] for p in predict(s.url, [f"{POSITIVE[i % 5]} {i}", f"{NEGATIVE[i % 5]} {i}"])]
+        with engine.connect() as conn:
+            found = conn.execute(sa.select(store.predictions.c.id).where(store.predictions.c.id.in_(ids))).scalars().all()
+        missing.extend(set(ids) - set(found))
+    with Server(monitored(run_dir, db, flush_interval_s=30, durability="sync")) as s:
+        threads = [threading.Thread(target=ask, args=(i,)) for i in range(12)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert len(rows(db)) == 24 and missing == []
+    engine.dispose()
+    with Server(monitored(run_dir, f"sqlite:///{tmp_path / 'async.db'}", flush_interval_s=30)) as s:  # the default
+        predict(s.url, POSITIVE)
+        assert rows(f"sqlite:///{tmp_path / 'async.db'}") == []  # answered first, written within flush_interval_s
+
+
+def test_sigkill_under_sync_durability_loses_no_answered_prediction(run_dir, tmp_path):
+    db = tmp_path / "killed-sync.db"
+    config = tmp_path / "serve.yaml"
+    config.write_text(f"serve:\n  monitor:\n    database: sqlite:///{db}\n    flush_interval_s: 30\n    durability: sync\n")
+    proc, url = serve_process(f"m={run_dir}", "--config", str(config))
+    answered, stop = [], threading.Event()
+
+    def client(k):
+        with httpx.Client() as c:
+            while not stop.is_set():
+                try:
+                    got = c.post(f"{url}/v1/predict", json={"texts": [f"{POSITIVE[k]} {len(answered)}"]}, timeout=10)
+                except httpx.TransportError:
+                    return
+                answered.append(got.json()["predictions"][0]["id"])
+    try:
+        assert proc.poll() is None, proc.stderr.read()
+        threads = [threading.Thread(target=client, args=(k,)) for k in range(4)]
+        for t in threads:
+            t.start()
+        deadline = time.time() + 30
+        while len(answered) < 60 and time.time() < deadline:
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGKILL)  # while the clients are still sending
+        proc.wait(30)
+        stop.set()
+        for t in threads:
+            t.join(30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    logged = {r["id"] for r in rows(f"sqlite:///{db}")}
+    assert len(answered) >= 60 and set(answered) <= logged
+
+
+def test_the_monitor_database_is_readable_only_by_its_owner(run_dir, tmp_path):
+    db = tmp_path / "private.db"
+    old = os.umask(0o022)  # the usual umask: files are created 0644 unless asked otherwise
+    try:
+        with Server(monitored(run_dir, f"sqlite:///{db}")) as s:
+            predict(s.url, POSITIVE)
+            s.monitor.log.flush()
+            files = [db, Path(f"{db}-wal"), Path(f"{db}-shm")]
+            assert all(f.exists() for f in files)  # WAL mode: the log and its index sit beside the database
+            assert {f.name: oct(f.stat().st_mode & 0o777) for f in files} == {f.name: "0o600" for f in files}
+    finally:
+        os.umask(old)
+
+
 # ---------------------------------------------------------------- feedback, drift, alerts, webhook
 
 

@@ -2,8 +2,11 @@
 graceful shutdown, and schemathesis against the OpenAPI schema."""
 
 import json
+import logging
+import os
 import re
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -48,6 +51,22 @@ def served(predictor, name="m", delay=0.0, fail_on=None, calls=None):
                        {"labels": predictor.labels, "path": str(predictor.model_dir)})
 
 
+def post_all(url: str, bodies: list[bytes], path="/v1/predict") -> list[httpx.Response]:
+    """POST the raw JSON bodies all at once (one thread each, released together); the responses in order."""
+    out: list = [None] * len(bodies)
+    go = threading.Barrier(len(bodies))
+
+    def ask(i):
+        go.wait()
+        out[i] = httpx.post(f"{url}{path}", content=bodies[i], headers={"Content-Type": "application/json"}, timeout=60)
+    threads = [threading.Thread(target=ask, args=(i,)) for i in range(len(bodies))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return out
+
+
 def _metric(text: str, name: str) -> float:
     match = re.search(rf'^{name}{{model="m"}} ([0-9.e+]+)$', text, re.M)
     return float(match.group(1)) if match else 0.0
@@ -67,6 +86,7 @@ def test_cli_server_answers_like_tunelab_predict(run_dir, predictor, tmp_path):
             assert max(abs(g["scores"][k] - e["scores"][k]) for k in e["scores"]) < 1e-5
         models = httpx.get(f"{url}/v1/models").json()["models"]
         assert models[0]["name"] == "sentiment" and models[0]["labels"] == predictor.labels
+        assert "path" not in models[0]  # where the server keeps its files is not the clients' business
         assert models[0]["method"] == "full" and "accuracy" in models[0]["metrics"] and models[0]["backend"] == "torch-fp32"
         assert httpx.get(f"{url}/healthz").json() == {"status": "ok"}
         assert httpx.get(f"{url}/openapi.json").json()["paths"]["/v1/predict"]
@@ -74,7 +94,9 @@ def test_cli_server_answers_like_tunelab_predict(run_dir, predictor, tmp_path):
         assert 'tunelab_requests_total{route="/v1/predict",status="200"} 1.0' in metrics
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(30) in (0, -signal.SIGTERM)  # uvicorn re-raises the signal after its graceful shutdown
-        assert "Traceback" not in proc.stderr.read()
+        stderr = proc.stderr.read()
+        assert "Traceback" not in stderr and f"serving sentiment on {url} (API keys: off;" in stderr
+        assert "warning" not in stderr  # loopback: no exposure warning
     finally:
         if proc.poll() is None:
             proc.kill()
@@ -133,6 +155,103 @@ def test_limits_auth_and_errors_return_the_documented_codes(predictor, monkeypat
         assert r.status_code == 404 and "loaded: m" in r.json()["error"]["message"]
         assert post({"texts": ["fine"], "text_pairs": ["x"]}).status_code == 422
         assert post({"texts": [" "]}).status_code == 422
+
+
+def test_a_body_must_be_json_with_strict_types(predictor):
+    app = create_app(settings=ServeConfig(max_wait_ms=0), loaded={"m": served(predictor)})
+    with Server(app) as s:
+        r = httpx.post(f"{s.url}/v1/predict", content=b'{"texts": ["fine"]}', headers={"Content-Type": "text/plain"})
+        assert r.status_code == 415 and r.json()["error"]["code"] == "unsupported_media_type"
+        assert "Content-Type: application/json" in r.json()["error"]["message"] and "text/plain" in r.json()["error"]["message"]
+        for top_k in ("2", True, 2.0):
+            r = httpx.post(f"{s.url}/v1/predict", json={"texts": ["fine"], "top_k": top_k})
+            assert r.status_code == 422 and r.json()["error"]["message"].startswith("top_k: "), (top_k, r.text)
+        r = httpx.post(f"{s.url}/v1/predict", json={"texts": ["fine", 7]})
+        assert r.status_code == 422 and r.json()["error"]["message"].startswith("texts[1]: ")
+        assert httpx.post(f"{s.url}/v1/predict", json={"texts": ["fine"], "top_k": 2}).status_code == 200
+
+
+def test_a_lone_surrogate_is_refused_at_the_edge_and_fails_no_other_request(predictor):
+    """A lone surrogate is valid JSON but not text (the tokenizer raises on it): every 4th request holds one."""
+    calls = []
+    app = create_app(settings=ServeConfig(max_batch_size=64, max_wait_ms=300), loaded={"m": served(predictor, calls=calls)})
+    bad = b'{"texts": ["fine", "x \\ud800"]}'
+    bodies = [bad if i % 4 == 3 else json.dumps({"texts": [f"a good film {i}"]}).encode() for i in range(16)]
+    with Server(app) as s:
+        got = post_all(s.url, bodies)
+        pair = httpx.post(f"{s.url}/v1/predict", content=b'{"texts": ["ok"], "text_pairs": ["\\udfff"]}',
+                          headers={"Content-Type": "application/json"})
+        feedback = httpx.post(f"{s.url}/v1/feedback", content=b'{"id": "\\ud800", "label": "x"}',
+                              headers={"Content-Type": "application/json"})
+    for body, r in zip(bodies, got):
+        if body == bad:
+            assert r.status_code == 422 and r.json()["error"]["message"].startswith("texts[1]: "), r.text
+            assert "surrogate" in r.json()["error"]["message"]
+        else:
+            assert r.status_code == 200, r.text
+    assert pair.status_code == 422 and pair.json()["error"]["message"].startswith("text_pairs[0]: ")
+    assert feedback.status_code == 422 and feedback.json()["error"]["message"].startswith("id: ")
+    assert all("x \ud800" not in c for c in calls)
+
+
+def test_a_model_failing_on_one_text_fails_only_that_request_and_logs_it(predictor, caplog):
+    calls = []
+    app = create_app(settings=ServeConfig(max_batch_size=64, max_wait_ms=300),
+                     loaded={"m": served(predictor, fail_on="boom", calls=calls)})
+    bodies = [json.dumps({"texts": ["boom" if i == 5 else f"a good film {i}"]}).encode() for i in range(12)]
+    with caplog.at_level(logging.ERROR, logger="tunelab.serve"), Server(app) as s:
+        got = post_all(s.url, bodies)
+    assert [r.status_code for r in got] == [500 if i == 5 else 200 for i in range(12)], [r.text for r in got]
+    assert got[5].json()["error"]["code"] == "model_error"
+    assert any("boom" in c and len(c) > 1 for c in calls)  # it was batched with good texts
+    logged = [r for r in caplog.records if r.name == "tunelab.serve" and r.levelno >= logging.ERROR]
+    assert len(logged) == 1 and "backend crashed" in str(logged[0].exc_info[1]) and "500" in logged[0].getMessage()
+
+
+def test_an_api_key_setting_that_holds_no_key_refuses_to_start(predictor, monkeypatch, tmp_path):
+    from tunelab.errors import ConfigError
+
+    for blank in (" , ", ""):
+        monkeypatch.setenv("TUNELAB_API_KEYS", blank)
+        with pytest.raises(ConfigError, match=re.escape(f"TUNELAB_API_KEYS is set but holds no API key ({blank!r})")):
+            create_app(settings=ServeConfig(), loaded={"m": served(predictor)})
+    monkeypatch.delenv("TUNELAB_API_KEYS")
+    empty = tmp_path / "keys.txt"
+    empty.write_text("\n  \n")
+    with pytest.raises(ConfigError, match=f"serve.api_keys_file {re.escape(str(empty))} holds no API key"):
+        create_app(settings=ServeConfig(api_keys_file=empty), loaded={"m": served(predictor)})
+    from tunelab.serve.auth import key_notes
+
+    assert key_notes("127.0.0.1", 0) == ("API keys: off", None)
+    assert key_notes("0.0.0.0", 2) == ("API keys: on (2)", None)
+    for host in ("localhost", "::1", "127.0.0.5"):
+        assert key_notes(host, 0)[1] is None, host
+    for host in ("0.0.0.0", "::", "192.168.1.4", "example.org"):
+        assert "reachable from other machines" in key_notes(host, 0)[1], host
+
+
+def test_with_keys_the_docs_need_a_key_and_load_without_the_internet(predictor, monkeypatch):
+    monkeypatch.setenv("TUNELAB_API_KEYS", "k-one")
+    app = create_app(settings=ServeConfig(max_wait_ms=0), loaded={"m": served(predictor)})
+    bearer = {"Authorization": "Bearer k-one"}
+    with Server(app) as s:
+        def get(path, **kw):
+            return httpx.get(s.url + path, **kw)
+        for path in ("/docs", "/openapi.json", "/docs?key=wrong", "/openapi.json?key=wrong", "/v1/models?key=k-one"):
+            assert get(path).status_code == 401, path
+        assert get("/redoc").status_code == 404
+        schema = get("/openapi.json", headers=bearer).json()
+        assert schema["paths"]["/v1/predict"] and schema["components"]["securitySchemes"]  # Swagger's Authorize button
+        assert get("/openapi.json?key=k-one").status_code == 200 and get("/docs", headers=bearer).status_code == 200
+        page = get("/docs?key=k-one")
+        assert page.status_code == 200 and "'/openapi.json?key=k-one'" in page.text
+        assets = re.findall(r'(?:src|href)="([^"]+)"', page.text)
+        assert len(assets) == 3 and all(a.startswith("/static/docs/") for a in assets), assets  # no CDN
+        assert all(get(a).status_code == 200 for a in assets)
+        assert len(get("/static/docs/swagger-ui-bundle.js").content) > 1_000_000
+        models = get("/v1/models", headers=bearer).json()["models"]
+        assert models[0]["labels"] == predictor.labels and "path" not in models[0]
+        assert httpx.head(f"{s.url}/healthz").status_code == 200 and httpx.head(f"{s.url}/readyz").status_code == 200
 
 
 def test_a_full_queue_gives_503_with_retry_after(predictor):
@@ -244,6 +363,17 @@ def test_serve_cli_mistakes_are_one_clear_line(run_dir, tmp_path):
              (["serve", "--adapter", f"a={run_dir}"], "--adapter needs --base"),
              (["serve", str(run_dir), "--monitor-db", "nosuchdb://x"], "monitor database"),
              (["bench-serve", "http://127.0.0.1:1", "-i", str(texts), "--concurrency", "8,x"], "--concurrency")]
-    for args, message in cases:
-        done = subprocess.run([sys.executable, "-m", "tunelab", *args], capture_output=True, text=True, timeout=120)
-        assert done.returncode == 2 and message in done.stderr and "Traceback" not in done.stderr, (args, done.stderr[-800:])
+    busy = socket.socket()
+    busy.bind(("127.0.0.1", 0))
+    busy.listen()
+    port = busy.getsockname()[1]
+    cases += [(["serve", str(run_dir), "--port", str(port)], f"port {port} on 127.0.0.1 is in use"),
+              (["serve", str(run_dir)], "TUNELAB_API_KEYS is set but holds no API key (' , ')", {"TUNELAB_API_KEYS": " , "})]
+    try:
+        for args, message, *env in cases:
+            done = subprocess.run([sys.executable, "-m", "tunelab", *args], capture_output=True, text=True, timeout=120,
+                                  env={**os.environ, **(env[0] if env else {})})
+            assert done.returncode == 2 and message in done.stderr and "Traceback" not in done.stderr, (args, done.stderr[-800:])
+            assert "serving" not in done.stderr, args
+    finally:
+        busy.close()

@@ -176,13 +176,17 @@ def serve(models: Optional[List[str]] = typer.Argument(None, help="Run or export
     from tunelab.allocator import bound_onednn_cache
 
     bound_onednn_cache()  # a batch shape per call: unbounded, oneDNN's kernels grow the server (allocator.py)
+    import logging
+
     import uvicorn
 
-    from tunelab.serve.settings import serve_settings
     from tunelab.serve.app import create_app
+    from tunelab.serve.auth import api_keys, key_notes
+    from tunelab.serve.settings import serve_settings
 
     settings = serve_settings(config, {"host": host, "port": port, "precision": precision,
                                        "max_batch_size": max_batch_size, "max_wait_ms": max_wait_ms})
+    keys = api_keys(settings)  # a key setting that holds no key: one line now, before the models load
     named = _named(models or [], "PATH")
     adapters = _named(adapter or [], "--adapter")
     if adapters and base is None:
@@ -191,6 +195,7 @@ def serve(models: Optional[List[str]] = typer.Argument(None, help="Run or export
         raise TunelabError("nothing to serve: give a run or export folder, e.g. tunelab serve runs/sentiment-demo")
     from tunelab.serve.models import load_models
 
+    sock = _bind(settings.host, settings.port)  # first: a busy port is one clear error, and no "serving" line
     if no_monitor:
         settings.monitor.enabled = False
     if monitor_db:
@@ -205,12 +210,44 @@ def serve(models: Optional[List[str]] = typer.Argument(None, help="Run or export
             raise TunelabError("no run folder to keep monitor.db in: give --monitor-db URL or --no-monitor")
         open_database(settings.monitor.database).dispose()
     app_ = create_app(settings=settings, loaded=loaded)
-    url = f"http://{settings.host}:{settings.port}"
-    typer.echo(f"serving {', '.join([*named, *adapters])} on {url} (API docs at {url}/docs"
+    host_in_url = f"[{settings.host}]" if ":" in settings.host else settings.host
+    url = f"http://{host_in_url}:{sock.getsockname()[1]}"  # the port bound (port 0: the one the system chose)
+    keys_note, warning = key_notes(settings.host, len(keys))
+    typer.echo(f"serving {', '.join([*named, *adapters])} on {url} ({keys_note}; API docs at {url}/docs"
                + (f", dashboard at {url}/dashboard; log in {settings.monitor.database})" if settings.monitor.enabled else ")"),
                err=True)
-    uvicorn.run(app_, host=settings.host, port=settings.port, log_level="warning",
-                timeout_graceful_shutdown=settings.shutdown_timeout_s)
+    if warning:
+        typer.echo(warning, err=True)
+    # uvicorn configures only its own loggers: this sends tunelab's (a model's 500, the monitor's) to stderr too
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s: %(name)s: %(message)s")
+    server = uvicorn.Server(uvicorn.Config(app_, log_level="warning", timeout_graceful_shutdown=settings.shutdown_timeout_s))
+    try:
+        server.run(sockets=[sock])
+    except KeyboardInterrupt:  # uvicorn re-raises Ctrl-C after its graceful shutdown: done, as uvicorn.run() does
+        pass
+    if not server.started:
+        sys.exit(3)  # uvicorn's exit code for a failed startup (it has said why)
+
+
+def _bind(host: str, port: int):
+    """The server's socket, bound (not yet listening) before anything loads."""
+    import errno
+    import socket
+
+    try:
+        family, kind, proto, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)[0]
+    except socket.gaierror as exc:
+        raise TunelabError(f"serve.host: cannot listen on '{host}': {exc.strerror}") from None
+    sock = socket.socket(family, kind, proto)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn does: a restart need not wait out TIME_WAIT
+    try:
+        sock.bind(address)
+    except OSError as exc:
+        sock.close()
+        if exc.errno == errno.EADDRINUSE:
+            raise TunelabError(f"port {port} on {host} is in use (by another server?): stop it, or choose --port") from None
+        raise TunelabError(f"cannot listen on {host} port {port}: {exc.strerror}") from None
+    return sock
 
 
 @monitor_app.command("profile")

@@ -257,8 +257,12 @@ class MonitorConfig(Section):
         "none: monitor.db (SQLite) in the first model's run folder.")
     store_text: bool = Field(True, description="Store each text in the log; off: only its SHA-256 (privacy).")
     flush_interval_s: float = Field(
-        1.0, gt=0, description="Predictions are written in batches this often, off the request path; a crash (SIGKILL) "
-        "can lose at most about this much of the log.")
+        1.0, gt=0, description="With durability async, predictions are written in batches this often, off the request "
+        "path; a crash (SIGKILL) can lose at most about this much of the answered predictions.")
+    durability: Literal["async", "sync"] = Field(
+        "async", description="async: answer first, write within flush_interval_s. sync: answer only once the "
+        "request's predictions are committed (concurrent requests share one transaction), so a crash loses no "
+        "answered prediction, at a cost in latency and throughput (measured: benchmarks/serve_durability.py).")
     retention_days: float | None = Field(30.0, gt=0, description="Delete log rows older than this; none: keep all.")
     window: int = Field(500, ge=10, description="Drift compares the last this many predictions (per model) with the profile.")
     min_window: int = Field(100, ge=10, description="No drift figure before the window holds this many predictions.")

@@ -2,7 +2,8 @@
 live accuracy, latency and errors, then evaluates the alert rules.
 
 The request path only appends to in-memory windows and the log's pending list (microseconds); database
-writes, statistics and webhooks run on threads of their own.
+writes, statistics and webhooks run on threads of their own. With durability: sync, a request then awaits (without
+blocking the event loop) the log's commit of its rows.
 """
 
 from __future__ import annotations
@@ -77,7 +78,8 @@ class Monitor:
     def __init__(self, settings: MonitorConfig, models: dict, metrics, database: str):
         self.settings, self.models, self.metrics, self.database = settings, models, metrics, database
         self.engine = store.open_database(database)
-        self.log = store.PredictionLog(self.engine, settings.flush_interval_s, settings.retention_days)
+        self.log = store.PredictionLog(self.engine, settings.flush_interval_s, settings.retention_days,
+                                       durable=settings.durability == "sync")
         self.rules = AlertRules(settings.alerts)
         self.webhook = Webhook(settings.webhook_url, settings.webhook_timeout_s, settings.webhook_retries) \
             if settings.webhook_url else None
@@ -137,8 +139,9 @@ class Monitor:
 
     # ------------------------------------------------------------------ the request path
 
-    def record(self, name: str, texts: list[str], rows: list, results: list[dict], latency_s: float) -> list[str]:
-        """Log one request's predictions; return their ids (for feedback)."""
+    def record(self, name: str, texts: list[str], rows: list, results: list[dict], latency_s: float):
+        """Log one request's predictions -> (their ids, for feedback; with durability: sync, the Future done once
+        they are committed, else None)."""
         served = self.models[name]
         created, latency_ms = store.now(), latency_s * 1000
         multi = bool(served.info.get("multi_label"))
@@ -165,8 +168,7 @@ class Monitor:
             live.total += len(texts)
             while len(self.recent) > RECENT_IDS:
                 self.recent.popitem(last=False)
-        self.log.add(records)
-        return ids
+        return ids, self.log.add(records)
 
     def record_request(self, status: int, latency_s: float) -> None:
         with self.lock:
@@ -357,8 +359,8 @@ class Monitor:
                 "server": {"requests": self.request_total, **self.server_figures, "history": list(self.server_history)},
                 "thresholds": thresholds,
                 "alerts": {"firing": [e.as_dict() for e in self.rules.firing.values()], "recent": list(self.events)[-50:]},
-                "log": {"database": store._safe(self.database), "written": self.log.written,
-                        "pending": len(self.log.pending)},
+                "log": {"database": store._safe(self.database), "durability": self.settings.durability,
+                        "written": self.log.written, "commits": self.log.commits, "pending": len(self.log.pending)},
                 "check_every_s": self.settings.check_every_s}
 
 

@@ -4,37 +4,60 @@
     create_app({"sentiment": "runs/sst2"}, ServeConfig(...))      # an ASGI app; `tunelab serve` runs it in uvicorn
 
 Errors are JSON: {"error": {"code": ..., "message": ...}} with 401 (API key), 404 (unknown model or prediction id), 413 (body or
-text count), 422 (invalid request, text too long), 503 (queue full: Retry-After; or not ready), 500 (the model
-failed on this batch; the server stays up).
+text count), 415 (the body is not JSON), 422 (invalid request, text too long), 503 (queue full: Retry-After; not
+ready; or, with serve.monitor.durability: sync, the log did not take the predictions), 500 (the model failed on
+a text of this request; the server and the other requests go on).
 """
 
 from __future__ import annotations
 
-import hmac
-import os
+import asyncio
+import logging
+import re
 import time
 from contextlib import asynccontextmanager
 from pathlib import Path
+from typing import Annotated
 
 import numpy as np
 from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse
-from pydantic import BaseModel, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field
+from pydantic_core import PydanticCustomError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from tunelab.config import ServeConfig
-from tunelab.errors import TunelabError
 from tunelab.monitor.live import FeedbackError, Monitor, create_monitor
+from tunelab.serve.auth import KeyCheck, Unauthorised, api_keys
 from tunelab.serve.batcher import Batcher, QueueFull
+from tunelab.serve.docs import add_docs
 from tunelab.serve.metrics import Metrics
 from tunelab.serve.models import ServedModel, load_models
 
+log = logging.getLogger("tunelab.serve")
+_SURROGATE = re.compile("[\ud800-\udfff]")
+INTERNAL_INFO = {"path"}  # ServedModel.info keys for the server's own use (the monitor's default database), not clients'
+
+
+def _text(value: str) -> str:
+    """A lone surrogate (JSON allows "\\ud800") is not text: the tokenizer, UTF-8 and the database all refuse it."""
+    found = _SURROGATE.search(value)
+    if found:
+        raise PydanticCustomError("surrogate", "holds a lone surrogate (U+{code} at character {at}), which is not valid "
+                                  "Unicode text", {"code": f"{ord(found.group()):04X}", "at": found.start()})
+    return value
+
+
+Text = Annotated[str, AfterValidator(_text)]
+
 
 class PredictRequest(BaseModel):
-    texts: list[str] = Field(description="Texts to classify (the first sentence of each pair for pair models).")
-    text_pairs: list[str] | None = Field(None, description="Second sentences, one per text (sentence-pair models only).")
-    model: str | None = Field(None, description="Which loaded model; may be left out when only one is loaded.")
+    model_config = ConfigDict(strict=True)  # "2" is not a number, nor 1 a text: a client's mistake, said at once
+
+    texts: list[Text] = Field(description="Texts to classify (the first sentence of each pair for pair models).")
+    text_pairs: list[Text] | None = Field(None, description="Second sentences, one per text (sentence-pair models only).")
+    model: Text | None = Field(None, description="Which loaded model; may be left out when only one is loaded.")
     top_k: int | None = Field(None, ge=1, le=1000, description="Also list the k best labels with their scores.")
 
 
@@ -53,13 +76,17 @@ class PredictResponse(BaseModel):
 
 
 class FeedbackItem(BaseModel):
-    id: str = Field(max_length=64, description="A prediction's id, as /v1/predict returned it.")
-    label: str | list[str] = Field(description="The true label (a list of labels for multi-label models).")
+    model_config = ConfigDict(strict=True)
+
+    id: Text = Field(max_length=64, description="A prediction's id, as /v1/predict returned it.")
+    label: Text | list[Text] = Field(description="The true label (a list of labels for multi-label models).")
 
 
 class FeedbackRequest(BaseModel):
-    id: str | None = Field(None, max_length=64, description="One prediction's id (or give `items`).")
-    label: str | list[str] | None = Field(None, description="Its true label.")
+    model_config = ConfigDict(strict=True)
+
+    id: Text | None = Field(None, max_length=64, description="One prediction's id (or give `items`).")
+    label: Text | list[Text] | None = Field(None, description="Its true label.")
     items: list[FeedbackItem] | None = Field(None, max_length=10000, description="Several (id, label) at once.")
 
 
@@ -72,14 +99,21 @@ def _error(status: int, code: str, message: str, headers: dict | None = None) ->
     return JSONResponse({"error": {"code": code, "message": message}}, status_code=status, headers=headers)
 
 
-def api_keys(settings: ServeConfig) -> list[bytes]:
-    keys = [k.strip() for k in os.environ.get(settings.api_keys_env, "").split(",") if k.strip()]
-    if settings.api_keys_file:
-        try:
-            keys += [ln.strip() for ln in Path(settings.api_keys_file).read_text().splitlines() if ln.strip()]
-        except OSError as exc:
-            raise TunelabError(f"serve.api_keys_file: cannot read {settings.api_keys_file}: {exc.strerror}") from None
-    return [k.encode() for k in keys]
+def _where(loc: tuple) -> str:
+    """('body', 'items', 0, 'label', 'str') -> 'items[0].label': field names and indexes, without pydantic's names
+    of union branches ('str', 'list[...]', 'function-after[...]')."""
+    out = ""
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        elif part != "body" and part.isidentifier() and part not in ("str", "int", "float", "bool", "list", "dict"):
+            out += ("." if out else "") + part
+    return out
+
+
+def _is_json(content_type: str) -> bool:
+    media = content_type.split(";")[0].strip().lower()  # as FastAPI decides whether to parse the body as JSON
+    return media == "application/json" or (media.startswith("application/") and media.endswith("+json"))
 
 
 class _BodyLimit:
@@ -158,14 +192,12 @@ def create_app(models: dict[str, str | Path] | None = None, settings: ServeConfi
     /readyz answers 200 once they have.
     """
     settings = settings or ServeConfig()
-    keys = api_keys(settings)
+    keys = KeyCheck(api_keys(settings))
     metrics = Metrics()
     state: dict = {"ready": False, "models": {}, "batchers": {}, "monitor": None}
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
-        import asyncio
-
         try:
             served = loaded if loaded is not None else await asyncio.to_thread(
                 load_models, models or {}, settings.precision, base, adapters, settings.threads)
@@ -190,13 +222,17 @@ def create_app(models: dict[str, str | Path] | None = None, settings: ServeConfi
         if monitor is not None:  # after the batchers: every answered prediction is in the log
             await asyncio.to_thread(monitor.stop)
 
-    app = FastAPI(title="tunelab", version=_version(), lifespan=lifespan,
-                  description="Text classification with models fine-tuned by tunelab.")
+    app = FastAPI(title="tunelab", version=_version(), lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None,
+                  description="Text classification with models fine-tuned by tunelab.")  # docs: add_docs, below
     app.state.tunelab = state  # models, batchers, monitor: for code embedding the app (and tests)
 
     @app.exception_handler(ApiError)
     async def _api_error(request: Request, exc: ApiError):
         return _error(exc.status, exc.code, exc.message, exc.headers)
+
+    @app.exception_handler(Unauthorised)
+    async def _unauthorised(request: Request, exc: Unauthorised):
+        return _error(401, "unauthorised", exc.message, {"WWW-Authenticate": "Bearer"})
 
     @app.exception_handler(StarletteHTTPException)
     async def _http_error(request: Request, exc: StarletteHTTPException):
@@ -205,19 +241,15 @@ def create_app(models: dict[str, str | Path] | None = None, settings: ServeConfi
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(request: Request, exc: RequestValidationError):
+        content_type = request.headers.get("content-type")
+        if content_type is not None and not _is_json(content_type):  # FastAPI then validated the raw bytes
+            return _error(415, "unsupported_media_type", f"the body must be JSON, sent with Content-Type: application/json "
+                          f"(this request's Content-Type: {content_type})")
         first = exc.errors()[0] if exc.errors() else {}
-        where = ".".join(str(p) for p in first.get("loc", ()) if p != "body")
+        where = _where(first.get("loc", ()))
         return _error(422, "invalid_request", f"{where}: {first.get('msg', 'invalid')}" if where else first.get("msg", "invalid request"))
 
-    async def authorised(request: Request) -> None:  # async: FastAPI would run a plain def in a worker thread
-        if not keys:
-            return
-        header = request.headers.get("authorization", "")
-        scheme, _, given = header.partition(" ")
-        ok = scheme.lower() == "bearer" and any(hmac.compare_digest(given.strip().encode(), k) for k in keys)
-        if not ok:
-            raise ApiError(401, "unauthorised", "a valid API key is needed: Authorization: Bearer <key>",
-                           {"WWW-Authenticate": "Bearer"})
+    authorised = keys.api()
 
     def choose(name: str | None) -> str:
         served = state["models"]
@@ -243,22 +275,28 @@ def create_app(models: dict[str, str | Path] | None = None, settings: ServeConfi
             rows = await state["batchers"][name].submit(body.texts, body.text_pairs)
         except QueueFull:
             raise ApiError(503, "overloaded", "the server is at capacity; retry shortly", {"Retry-After": "1"}) from None
-        except Exception as exc:
-            raise ApiError(500, "model_error", f"the model failed on this batch: {type(exc).__name__}") from None
+        except Exception as exc:  # the batcher fails only the requests whose own texts the model fails on
+            log.error("500 on /v1/predict: model %s failed on a request of %d texts", name, len(body.texts), exc_info=exc)
+            raise ApiError(500, "model_error", f"the model failed on a text of this request: {type(exc).__name__}") from None
         if not rows:
             return PredictResponse(model=name, predictions=[])
         results = model.decide(np.stack([r.probs for r in rows]), body.top_k)
         monitor: Monitor | None = state["monitor"]
         if monitor is not None:
-            for result, pid in zip(results, monitor.record(name, body.texts, rows, results, time.perf_counter() - started)):
+            ids, written = monitor.record(name, body.texts, rows, results, time.perf_counter() - started)
+            for result, pid in zip(results, ids):
                 result["id"] = pid
+            if written is not None:  # durability: sync -- answer once the log has committed these rows
+                try:
+                    await asyncio.wrap_future(written)
+                except Exception as exc:  # noqa: BLE001 -- whatever the database said, these predictions are not logged
+                    raise ApiError(503, "log_unavailable", "the prediction log did not take this request's predictions "
+                                   f"({type(exc).__name__}); retry shortly", {"Retry-After": "1"}) from None
         return PredictResponse(model=name, predictions=results)
 
     @app.post("/v1/feedback", dependencies=[Depends(authorised)], responses={401: {}, 404: {}, 422: {}, 503: {}})
     async def post_feedback(body: FeedbackRequest) -> dict:
         """The true label of earlier predictions (one, or a batch in `items`): live accuracy comes from these."""
-        import asyncio
-
         monitor: Monitor | None = state["monitor"]
         if monitor is None:
             raise ApiError(503, "monitor_off", "monitoring is off on this server (serve.monitor.enabled)")
@@ -290,7 +328,8 @@ def create_app(models: dict[str, str | Path] | None = None, settings: ServeConfi
     @app.get("/v1/models", dependencies=[Depends(authorised)], responses={401: {}})
     async def list_models() -> dict:
         """The loaded models: labels, base model, method, validation metrics, backend."""
-        return {"models": [{"name": n, **m.info} for n, m in state["models"].items()]}
+        return {"models": [{"name": n, **{k: v for k, v in m.info.items() if k not in INTERNAL_INFO}}
+                           for n, m in state["models"].items()]}
 
     @app.get("/healthz")
     async def healthz() -> dict:
@@ -310,6 +349,9 @@ def create_app(models: dict[str, str | Path] | None = None, settings: ServeConfi
         body, content_type = metrics.render()
         return PlainTextResponse(body, media_type=content_type)
 
+    for path, probe in (("/healthz", healthz), ("/readyz", readyz)):  # HEAD: what many health checkers send
+        app.add_api_route(path, probe, methods=["HEAD"], include_in_schema=False)
+    add_docs(app, keys.docs())
     if settings.cors_origins:
         from fastapi.middleware.cors import CORSMiddleware
 

@@ -3,7 +3,8 @@
 Requests put their texts on one bounded queue per model; a worker takes up to max_batch_size of them,
 waiting at most max_wait_ms after the first for others to arrive, runs the model in a thread (the event
 loop keeps serving), and hands each request its own rows, in order. A full queue refuses new work (503)
-instead of growing; a model error fails only the requests of that batch.
+instead of growing. When a model call fails, its batch is halved and each half tried again, down to single
+texts: only the requests holding a text the model fails on fail, not the others that shared its batch.
 """
 
 from __future__ import annotations
@@ -68,7 +69,12 @@ class Batcher:
         for item in items:
             self.queue.put_nowait(item)
         self._gauge()
-        return list(await asyncio.gather(*(item.future for item in items)))
+        # return_exceptions: a second failed text of the same request must not be left as an unread exception
+        rows = await asyncio.gather(*(item.future for item in items), return_exceptions=True)
+        failed = next((r for r in rows if isinstance(r, BaseException)), None)
+        if failed is not None:
+            raise failed
+        return list(rows)
 
     def _gauge(self) -> None:
         if self.metrics:
@@ -93,25 +99,34 @@ class Batcher:
                 except asyncio.TimeoutError:
                     break
             self._gauge()
-            batch = [item for item in batch if not item.future.done()]  # a client that went away
-            if not batch:
-                continue
-            texts = [item.text for item in batch]
-            pairs = [item.pair for item in batch] if batch[0].pair is not None else None
-            started = time.perf_counter()
-            try:
-                out = await loop.run_in_executor(self.executor, self.model.infer, texts, pairs, self.embeddings)
-            except Exception as exc:  # this batch fails; the server and the next batches go on
-                for item in batch:
-                    if not item.future.done():
-                        item.future.set_exception(exc)
-                continue
-            if self.metrics:
-                self.metrics.batch_size.labels(self.model.name).observe(len(batch))
-                self.metrics.inference_seconds.labels(self.model.name).observe(time.perf_counter() - started)
-            for i, item in enumerate(batch):
-                if not item.future.done():
-                    # copies: a kept row must not keep the whole batch's arrays alive (the monitor's window)
-                    item.future.set_result(Row(out.probs[i].copy(),
-                                               out.embeddings[i].copy() if out.embeddings is not None else None,
-                                               int(out.lengths[i]), int(out.unknown[i])))
+            await self._infer(batch)
+
+    async def _infer(self, batch: list[_Item]) -> None:
+        """Run the model on `batch` and settle its items. On failure, halve and retry (2n-1 calls at worst), so that
+        only the texts the model fails on fail; the server and the next batches go on either way."""
+        batch = [item for item in batch if not item.future.done()]  # a client that went away
+        if not batch:
+            return
+        texts = [item.text for item in batch]
+        pairs = [item.pair for item in batch] if batch[0].pair is not None else None
+        started = time.perf_counter()
+        try:
+            out = await asyncio.get_running_loop().run_in_executor(self.executor, self.model.infer, texts, pairs,
+                                                                   self.embeddings)
+        except Exception as exc:
+            if len(batch) > 1:
+                half = len(batch) // 2
+                await self._infer(batch[:half])
+                await self._infer(batch[half:])
+            elif not batch[0].future.done():
+                batch[0].future.set_exception(exc)
+            return
+        if self.metrics:
+            self.metrics.batch_size.labels(self.model.name).observe(len(batch))
+            self.metrics.inference_seconds.labels(self.model.name).observe(time.perf_counter() - started)
+        for i, item in enumerate(batch):
+            if not item.future.done():
+                # copies: a kept row must not keep the whole batch's arrays alive (the monitor's window)
+                item.future.set_result(Row(out.probs[i].copy(),
+                                           out.embeddings[i].copy() if out.embeddings is not None else None,
+                                           int(out.lengths[i]), int(out.unknown[i])))
