@@ -147,3 +147,104 @@ def test_missing_file_and_unknown_extension(write, make_config, tokenizer):
     assert "does not exist" in _error(make_config, tokenizer, train="nowhere/train.csv")
     path = write("t.txt", "text,label\n")
     assert "cannot tell the format from the extension 'txt'" in _error(make_config, tokenizer, train=path)
+
+
+# ----------------------------------------------------------------- text that is not valid Unicode, odd encodings
+
+def test_lone_surrogates_and_undecodable_bytes_are_one_kind_of_bad_row(write, make_config, tokenizer):
+    """A JSON "\\ud800" escape without its pair decodes to a lone surrogate, which the tokenizer and Parquet refuse:
+    the row is reported (file, line, column) like a CSV row with bytes that are not UTF-8, under one reason."""
+    lines = [json.dumps({"text": f"text {i}", "label": "a" if i % 2 else "b"}) for i in range(12)]
+    lines.insert(3, '{"text": "broken \\ud800 escape", "label": "a"}')
+    lines.insert(6, '{"text": "fine text", "label": "b\\udfff"}')
+    path = write("t.jsonl", "\n".join(lines) + "\n")
+    msg = _error(make_config, tokenizer, train=path)
+    assert msg.startswith("the data has bad rows: 2 problems (2 invalid_unicode)")
+    assert f"{path}:line 4: column 'text': not valid Unicode: a lone surrogate U+D800 at character 8" in msg
+    assert f"{path}:line 7: column 'label': not valid Unicode: a lone surrogate U+DFFF at character 2" in msg
+    prepared = prepare(make_config(train=path, on_bad_rows="drop"), tokenizer=tokenizer, quiet=True)
+    assert prepared.report["removed"] == {"invalid_unicode": 2} and prepared.labels == ["a", "b"]
+    csv_path = write("t.csv", ("text,label\n" + GOOD).encode() + b"caf\xe9 au lait,pos\n")
+    dropped = prepare(make_config(name="c", train=csv_path, on_bad_rows="drop"), tokenizer=tokenizer, quiet=True)
+    assert dropped.report["removed"] == {"invalid_unicode": 1}
+    assert dropped.report["removed_rows"][0]["line"] == 14
+
+
+def test_parquet_strings_that_are_not_utf8_are_bad_rows(tmp_path, make_config, tokenizer):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    texts = [f"text {i}".encode() for i in range(12)] + [b"caf\xe9"]  # a writer that did not check UTF-8
+    offsets = [0]
+    for t in texts:
+        offsets.append(offsets[-1] + len(t))
+    column = pa.Array.from_buffers(pa.string(), len(texts), [None, pa.py_buffer(pa.array(offsets, pa.int32()).buffers()[1]),
+                                                             pa.py_buffer(b"".join(texts))])
+    path = tmp_path / "t.parquet"
+    pq.write_table(pa.table({"text": column, "label": ["a", "b"] * 6 + ["a"]}), path)
+    msg = _error(make_config, tokenizer, train=path)
+    assert f"{path}:row 13: column 'text': bytes that are not valid UTF-8" in msg
+
+
+def test_utf16_file_names_its_encoding_and_the_setting_reads_it(write, make_config, tokenizer):
+    path = write("t.csv", ("text,label\n" + GOOD).encode("utf-16"))  # with a byte-order mark, as Excel writes it
+    msg = _error(make_config, tokenizer, train=path)
+    assert msg == f"{path} looks UTF-16 encoded (byte-order mark); set data.encoding: utf-16 (or save it as UTF-8)"
+    assert prepare(make_config(train=path, encoding="utf-16"), tokenizer=tokenizer, quiet=True).report["rows_written"] == 12
+    bare = write("le.csv", ("text,label\n" + GOOD).encode("utf-16-le"))  # no mark: NUL bytes give it away
+    assert "looks UTF-16-LE encoded" in _error(make_config, tokenizer, train=bare)
+    assert prepare(make_config(name="le", train=bare, encoding="utf-16-le"), tokenizer=tokenizer,
+                   quiet=True).report["rows_written"] == 12
+
+
+def test_gzipped_csv_is_read(write, make_config, tokenizer):
+    import gzip
+
+    path = write("t.csv.gz", gzip.compress(("text,label\n" + GOOD).encode()))
+    assert prepare(make_config(train=path), tokenizer=tokenizer, quiet=True).report["rows_written"] == 12
+
+
+# ----------------------------------------------------------------- empty files and splits, folders, types
+
+def test_a_file_without_rows_is_an_error_naming_it(write, make_config, tokenizer):
+    header_only = write("train.csv", "text,label\n")
+    assert _error(make_config, tokenizer, train=header_only, labels=["neg", "pos"]) == (
+        f"{header_only}: no data rows; data.train must hold at least one row")
+    train = write("ok.csv", "text,label\n" + GOOD)
+    dev = write("dev.csv", "text,label\n\n\n")
+    assert _error(make_config, tokenizer, train=train, validation=dev) == (
+        f"{dev}: no data rows (only 2 blank lines); data.validation must hold at least one row")
+
+
+def test_a_split_whose_every_row_was_removed_is_an_error_listing_why(write, make_config, tokenizer):
+    train = write("t.csv", "text,label\n,pos\nno label,\nsame,neg\nsame,pos\n")
+    msg = _error(make_config, tokenizer, train=train, labels=["neg", "pos"], on_bad_rows="drop")
+    assert msg.startswith(f"{train}: no row of the train split is left: 4 problems "
+                          "(2 conflicting_duplicate, 1 empty_text, 1 missing_label)")
+    assert f"{train}:line 5: text also at line 4 with another label" in msg and "Nothing is left to train on" in msg
+    train = write("t2.csv", "text,label\n" + GOOD)
+    test = write("test.csv", "text,label\n" + GOOD)  # the same texts: they stay in test, train loses them all
+    msg = _error(make_config, tokenizer, train=train, test=test)
+    assert msg.startswith(f"{train}: no row of the train split is left: 12 problems (12 in_other_split)")
+
+
+def test_a_folder_is_named_as_a_folder(tmp_path, make_config, tokenizer):
+    msg = _error(make_config, tokenizer, train=tmp_path)
+    assert msg == f"{tmp_path} is a folder; expected a data file (.csv, .tsv, .jsonl, .json or .parquet)"
+
+
+def test_json_texts_must_be_strings_csv_cells_are_always_text(write, make_config, tokenizer, tmp_path):
+    lines = [json.dumps({"text": f"text {i}", "label": "a" if i % 2 else "b"}) for i in range(12)]
+    lines += [json.dumps({"text": t, "label": "a"}) for t in (42, ["a list"], {"an": "object"}, True)]
+    msg = _error(make_config, tokenizer, train=write("t.jsonl", "\n".join(lines)))
+    for line, kind in ((13, "a number"), (14, "a list"), (15, "an object"), (16, "true/false")):
+        assert f"t.jsonl:line {line}: column 'text': text must be a string, got {kind}" in msg
+    numbers = write("n.csv", "text,label\n" + "".join(f"{i},{'a' if i % 2 else 'b'}\n" for i in range(20)))
+    prepared = prepare(make_config(train=numbers), tokenizer=tokenizer, quiet=True)
+    assert prepared.report["rows_written"] == 20  # in CSV every cell is text: '7' is the text "7"
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    pq.write_table(pa.table({"text": list(range(12)), "label": ["a", "b"] * 6}), tmp_path / "n.parquet")
+    assert _error(make_config, tokenizer, train=tmp_path / "n.parquet") == (
+        f"{tmp_path / 'n.parquet'}: column 'text' holds int64 values; a text column must hold strings")

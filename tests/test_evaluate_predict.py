@@ -177,3 +177,109 @@ def test_bf16_prediction_pads_to_steps_of_16_tokens_and_fp32_to_the_longest_text
     bf16 = Predictor(trained, precision="bf16").probabilities(texts)
     assert widths and all(w % 16 == 0 for w in widths) and max(widths) == -(-longest // 16) * 16
     assert np.abs(bf16 - fp32).max() < 0.02  # the padding is masked: bf16 rounding only
+
+
+# ----------------------------------------------------------------- bad input to evaluate and predict
+
+def test_evaluate_accepts_the_model_folder_of_a_run(trained, tmp_path):
+    import shutil
+
+    from tunelab.errors import TunelabError
+
+    result = evaluate(trained / "model", "test", quiet=True, write_report=False)
+    assert result.out_dir == trained / "eval" and result.metrics["examples"] == 60
+    loose = shutil.copytree(trained / "model", tmp_path / "loose-model")
+    with pytest.raises(TunelabError, match="no config.yaml beside this model folder; evaluate needs the run folder"):
+        evaluate(loose, "test", quiet=True)
+
+
+def test_evaluate_a_file_with_invalid_unicode_or_no_rows(trained, tmp_path):
+    from tunelab.errors import DataError
+
+    path = tmp_path / "odd.jsonl"
+    path.write_text('{"text": "the film was superb", "label": "positive"}\n'
+                    '{"text": "broken \\ud800", "label": "negative"}\n')
+    with pytest.raises(DataError, match=r"odd.jsonl:line 2: column 'text': not valid Unicode: a lone surrogate U\+D800"):
+        evaluate(trained, str(path), quiet=True)
+    empty = tmp_path / "empty.csv"
+    empty.write_text("text,label\n")
+    with pytest.raises(DataError, match=r"empty.csv: no data rows; nothing to evaluate"):
+        evaluate(trained, str(empty), quiet=True)
+
+
+def test_predict_checks_its_output_before_loading_the_model(trained, tmp_path, monkeypatch):
+    import tunelab.models.predict_file as predict_module
+    from tunelab.errors import TunelabError
+
+    def no_model(*args, **kwargs):
+        raise AssertionError("the model was loaded before the output path was checked")
+    monkeypatch.setattr(predict_module, "Predictor", no_model)
+    src = write_csv(tmp_path / "in.csv", [("the film was superb", "")])
+    cases = [(tmp_path / "missing" / "out.csv", f"--output: folder {tmp_path / 'missing'} does not exist"),
+             (tmp_path / "out.txt", "must end in .csv or .jsonl"),
+             (tmp_path, "must end in .csv or .jsonl")]
+    (tmp_path / "dir.csv").mkdir()
+    cases.append((tmp_path / "dir.csv", "is a folder; give a file name ending in .csv or .jsonl"))
+    for out, message in cases:
+        with pytest.raises(TunelabError, match=re.escape(message)):
+            predict_module.predict_file(trained, str(src), str(out))
+
+
+def test_a_failed_prediction_leaves_no_output_file(trained, tmp_path, monkeypatch):
+    import tunelab.models.predict_file as predict_module
+
+    real = Predictor.predict
+    calls = []
+
+    def fail_on_second_chunk(self, *args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            raise RuntimeError("out of memory")
+        return real(self, *args, **kwargs)
+    monkeypatch.setattr(Predictor, "predict", fail_on_second_chunk)
+    monkeypatch.setattr(predict_module, "CHUNK", 2)
+    src = write_csv(tmp_path / "in.csv", [(f"text number {i}", "") for i in range(5)])
+    out = tmp_path / "out.csv"
+    with pytest.raises(RuntimeError):
+        predict_module.predict_file(trained, str(src), str(out))
+    assert len(calls) == 2 and sorted(p.name for p in tmp_path.iterdir()) == ["in.csv"]
+
+
+def test_predict_reads_txt_files_and_names_its_own_formats(trained, tmp_path):
+    from tunelab.models.predict_file import predict_file
+
+    texts = ["the film was superb", "an awful plot and a poor actor"]
+    src = tmp_path / "lines.txt"
+    src.write_text(f"{texts[0]}\n\n{texts[1]}\r\n")
+    out = tmp_path / "out.jsonl"
+    assert predict_file(trained, str(src), str(out)) == 2
+    assert [json.loads(line)["label"] for line in out.read_text().splitlines()] == [
+        e["label"] for e in Predictor(trained).predict(texts)]
+    from tunelab.data.texts import read_texts
+    from tunelab.errors import DataError
+
+    with pytest.raises(DataError) as err:
+        read_texts(write_csv(tmp_path / "in.xlsx", []))
+    assert "use .csv, .tsv, .jsonl, .json, .parquet or .txt (one text per line)" in str(err.value)
+    assert "data.format" not in str(err.value)
+
+
+def test_predict_refuses_text_that_is_not_valid_unicode(trained, tmp_path, monkeypatch):
+    """Checked before the model loads; stdin is read as bytes, so an undecodable line is named, not a traceback."""
+    import io
+
+    import tunelab.models.predict_file as predict_module
+    from tunelab.errors import DataError
+
+    def no_model(*args, **kwargs):
+        raise AssertionError("the model was loaded before the input was checked")
+    monkeypatch.setattr(predict_module, "Predictor", no_model)
+    monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO(b"the film was superb\nbad \xff\xfe bytes\n")))
+    with pytest.raises(DataError, match="stdin:line 2: bytes that are not valid UTF-8 at byte 5 of the line"):
+        predict_module.predict_file(trained, "-")
+    src = tmp_path / "in.jsonl"
+    src.write_text('{"text": "fine"}\n{"text": "broken \\udc80"}\n{"text": 7}\n')
+    with pytest.raises(DataError) as err:
+        predict_module.predict_file(trained, str(src))
+    assert f"{src}:line 2: column 'text': not valid Unicode: a lone surrogate U+DC80" in str(err.value)
+    assert f"{src}:line 3: column 'text': text must be a string, got a number" in str(err.value)

@@ -87,7 +87,7 @@ def evaluate(run: Path = RUN,
 
 @app.command()
 def predict(run: Path = RUN,
-            input: str = typer.Option(..., "--input", "-i", help="CSV/TSV/JSONL/Parquet file with a text column, or - for one text per line on stdin."),
+            input: str = typer.Option(..., "--input", "-i", help="CSV/TSV/JSONL/JSON/Parquet file with a text column, a .txt file (one text per line), or - for one text per line on stdin (UTF-8)."),
             output: Optional[str] = typer.Option(None, "--output", "-o", help="Output .csv or .jsonl (default: JSONL on stdout)."),
             text_column: str = typer.Option("text", "--text-column", help="Column holding the text."),
             top_k: Optional[int] = typer.Option(None, "--top-k", min=1, help="Also list the k best labels with scores.")) -> None:
@@ -297,9 +297,10 @@ def bench_serve(url: str = typer.Argument("http://127.0.0.1:8000", help="The ser
     """Load a local server: throughput and p50/p95/p99 latency at each concurrency (one text per request)."""
     import os
 
+    from tunelab.data.texts import read_texts
     from tunelab.serve.loadgen import bench
 
-    texts = _read_texts(input, text_column)
+    texts = read_texts(input, text_column).texts
     try:
         levels = [int(c) for c in concurrency.split(",") if c.strip()]
     except ValueError:
@@ -311,16 +312,6 @@ def bench_serve(url: str = typer.Argument("http://127.0.0.1:8000", help="The ser
         r = bench(url, texts, c, requests, seconds, model, os.environ.get("TUNELAB_API_KEY"))
         typer.echo(f"{c:>11}  {r['requests']:>8}  {r['errors']:>6}  {r['throughput']:>12.1f}  {r['p50_ms']:>6.1f}  "
                    f"{r['p95_ms']:>6.1f}  {r['p99_ms']:>6.1f}")
-
-
-def _read_texts(path: Path, column: str) -> list[str]:
-    if not path.is_file():
-        raise TunelabError(f"--input: {path} does not exist")
-    if path.suffix == ".txt":
-        return [ln for ln in path.read_text(encoding="utf-8").splitlines() if ln.strip()]
-    from tunelab.data.load import Wanted, load_file
-
-    return list(load_file(path, Wanted(column, None, None, None), "auto", "utf-8").text)
 
 
 def _named(items: list[str], what: str) -> dict[str, str]:

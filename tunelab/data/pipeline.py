@@ -12,11 +12,11 @@ from pathlib import Path
 
 from tunelab.config import Config, DataConfig
 from tunelab.data.clean import clean_rows, deduplicate, remove_leaks, row_keys
-from tunelab.data.load import Problem, Wanted, load_file
+from tunelab.data.load import Problem, SettingNames, Wanted, load_file
 from tunelab.data.report import (imbalance_warning, length_stats, removed_counts, render_markdown,
                                  token_lengths)
 from tunelab.data.split import label_counts, stratified_split
-from tunelab.data.validate import LabelCheck, Rows, validate
+from tunelab.data.validate import LabelCheck, Rows, lone_surrogate, validate
 from tunelab.errors import DataError
 from tunelab.files import write_text_atomic
 
@@ -70,7 +70,7 @@ def _infer_labels(raw_labels: list, cfg: DataConfig) -> list[str]:
     found = set()
     for raw in raw_labels:
         label, reason, _ = check(raw)
-        if reason is None:
+        if reason is None and not lone_surrogate(label):  # that row is reported as invalid_unicode
             found.update(label if isinstance(label, list) else [label])
     if not found:
         raise DataError(f"{cfg.train}: no row has a usable label in column '{cfg.label_column}'")
@@ -86,6 +86,23 @@ def format_problems(problems: list[Problem], header: str, hint: str) -> str:
         lines.append(f"  ... and {len(problems) - MAX_SHOWN} more")
     lines.append(hint)
     return "\n".join(lines)
+
+
+def _check_has_rows(cols, what: str) -> None:
+    """A file with no row at all (a header, blank lines or `[]`) is a mistake, not an empty split."""
+    if not len(cols) and not cols.file_problems:
+        blank = f" (only {cols.empty_rows} blank line{'s' if cols.empty_rows > 1 else ''})" if cols.empty_rows else ""
+        raise DataError(f"{cols.file}: no data rows{blank}; {what}")
+
+
+def _check_rows_left(rows: Rows, split: str, removed: list[Problem]) -> None:
+    """Every row of a given file removed (bad rows dropped, cleaning, duplicates): say why, row by row."""
+    if len(rows):
+        return
+    gone = [p for p in removed if p.file == rows.file]
+    use = "train on" if split == "train" else "evaluate on"
+    raise DataError(format_problems(gone, f"{rows.file}: no row of the {split} split is left",
+                                    f"Nothing is left to {use}: fix these rows, or give another file."))
 
 
 def _check_class_sizes(rows: Rows, cfg: DataConfig) -> None:
@@ -150,12 +167,17 @@ def prepare(config: Config, force: bool = False, tokenizer=None, quiet: bool = F
             say(f"data: {out} is up to date (inputs and settings unchanged)")
             return previous
 
+    if tokenizer is None:  # before reading the data: a model that cannot load fails in seconds
+        from tunelab.models.source import load_tokenizer
+
+        tokenizer = load_tokenizer(config.model.name, config.model.revision, config.model.trust_remote_code)
     wanted = Wanted(cfg.text_column, cfg.label_column, cfg.text_pair_column, cfg.id_column)
     given = {s: Path(getattr(cfg, s)) for s in SPLITS if getattr(cfg, s) is not None}
     loaded = {}
     for split, path in given.items():
         say(f"data: reading {split} from {path}")
         loaded[split] = load_file(path, wanted, cfg.format, cfg.encoding)
+        _check_has_rows(loaded[split], f"data.{split} must hold at least one row")
     labels = list(cfg.labels) if cfg.labels else _infer_labels(loaded["train"].label, cfg)
     check = LabelCheck(labels, cfg.multi_label, cfg.label_separator)
 
@@ -186,6 +208,8 @@ def prepare(config: Config, force: bool = False, tokenizer=None, quiet: bool = F
             rows[split], leaked = remove_leaks(rows[split], owner)
             removed += leaked
             owner.update((k, split) for k in row_keys(rows[split]))
+    for split in rows:
+        _check_rows_left(rows[split], split, removed)
 
     to_make = {s: getattr(cfg, f"{s}_fraction") for s in ("validation", "test") if s not in rows}
     if to_make:
@@ -198,10 +222,6 @@ def prepare(config: Config, force: bool = False, tokenizer=None, quiet: bool = F
             rows[split] = train.take(idx)
     rows = {s: rows[s] for s in SPLITS if s in rows}
 
-    if tokenizer is None:
-        from tunelab.models.source import load_tokenizer
-
-        tokenizer = load_tokenizer(config.model.name, config.model.revision, config.model.trust_remote_code)
     report = _build_report(config, loaded, rows, removed, conflicts, labels, tokenizer, quiet)
 
     out.mkdir(parents=True, exist_ok=True)
@@ -227,13 +247,13 @@ def prepare_file(path: Path, config: Config, labels: list[str], out: Path) -> Pa
     """Validate and clean one more labelled file (e.g. to evaluate on) the way the data stage did; write it to `out`."""
     cfg = config.data
     wanted = Wanted(cfg.text_column, cfg.label_column, cfg.text_pair_column, None)
-    cols = load_file(Path(path), wanted, "auto", cfg.encoding)
+    cols = load_file(Path(path), wanted, "auto", cfg.encoding, SettingNames(format=None))
+    _check_has_rows(cols, "nothing to evaluate")
     rows, bad = validate(cols, wanted, LabelCheck(labels, cfg.multi_label, cfg.label_separator))
     if bad and cfg.on_bad_rows == "error":
         raise DataError(format_problems(bad, f"{path} has bad rows", "Fix these rows, or set data.on_bad_rows: drop."))
-    rows, _ = clean_rows(rows, cfg)
-    if not len(rows):
-        raise DataError(f"{path}: no usable rows")
+    rows, cleaned_away = clean_rows(rows, cfg)
+    _check_rows_left(rows, "evaluation", bad + cleaned_away)
     out.parent.mkdir(parents=True, exist_ok=True)
     _write_split(rows, out, "parquet")
     return out

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 
 from tunelab.data.load import Columns, Problem, Wanted
@@ -50,11 +51,30 @@ def label_text(value) -> str:
     return str(value).strip()
 
 
-def _as_text(value) -> str | None:
-    if value is None or isinstance(value, str):
-        return value
-    if isinstance(value, (int, float)) and not isinstance(value, bool) and value == value:  # not NaN
-        return str(value)
+def _kind(value) -> str:
+    """What a JSON value is, in JSON's words: a number, a list, an object, true/false."""
+    if isinstance(value, bool):
+        return "true/false"
+    if isinstance(value, (int, float)):
+        return "a number"
+    if isinstance(value, (list, tuple)):
+        return "a list"
+    if isinstance(value, dict):
+        return "an object"
+    return type(value).__name__
+
+
+# A lone surrogate is not a character: JSON can spell one ("\ud800" without its pair), and surrogateescape keeps
+# an undecodable byte as one. The tokenizer and Parquet both refuse it, so the row is reported here.
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def lone_surrogate(value) -> str | None:
+    """'U+D800 at character 5' for the first lone surrogate in a string (or list of strings), else None."""
+    for text in value if isinstance(value, (list, tuple)) else (value,):
+        found = _SURROGATE.search(text) if isinstance(text, str) else None
+        if found:
+            return f"U+{ord(found.group()):04X} at character {found.start() + 1}"
     return None
 
 
@@ -120,17 +140,29 @@ def validate(cols: Columns, wanted: Wanted, check_label: LabelCheck | None) -> t
         found = list(cols.row_problems.get(i, ()))
         reasons = {p.reason for p in found}
         prob = lambda col, reason, msg: found.append(Problem(cols.file, where, col, reason, msg, cols.unit))  # noqa: E731
-        text = _as_text(cols.text[i])
+        if "invalid_unicode" not in reasons:
+            for column, value in ((wanted.text, cols.text[i]), (wanted.text_pair, cols.text_pair[i]),
+                                  (wanted.label, cols.label[i]), (wanted.id, cols.ids[i])):
+                at = lone_surrogate(value) if column else None
+                if at:
+                    prob(column, "invalid_unicode", f"not valid Unicode: a lone surrogate {at} "
+                         "(a \\u escape without its pair?)")
+        text = cols.text[i]
         if "missing_field" not in reasons:
-            if text is None and cols.text[i] is not None:
-                prob(wanted.text, "bad_text", f"text must be a string, got {type(cols.text[i]).__name__}")
+            if text is not None and not isinstance(text, str):
+                prob(wanted.text, "bad_text", f"text must be a string, got {_kind(text)}")
             elif not text or not text.strip():
                 prob(wanted.text, "empty_text", "text is empty" if not text else "text is only whitespace")
-        text_pair = _as_text(cols.text_pair[i]) if pair else None
-        if pair and not (text_pair and text_pair.strip()) and "missing_field" not in reasons:
-            prob(wanted.text_pair, "empty_text", "second text of the pair is empty")
+        text_pair = cols.text_pair[i] if pair else None
+        if pair and "missing_field" not in reasons:
+            if text_pair is not None and not isinstance(text_pair, str):
+                prob(wanted.text_pair, "bad_text", f"second text of the pair must be a string, got {_kind(text_pair)}")
+            elif not (text_pair and text_pair.strip()):
+                prob(wanted.text_pair, "empty_text", "second text of the pair is empty")
         label = None
-        if check_label is not None and not any(p.reason == "missing_field" for p in found):
+        unreadable = {p.column for p in found if p.reason == "invalid_unicode"}  # None: somewhere in the row
+        if check_label is not None and not any(p.reason == "missing_field" for p in found) and not (
+                unreadable & {None, wanted.label}):
             label, reason, msg = check_label(cols.label[i])
             if reason:
                 prob(wanted.label, reason, msg)

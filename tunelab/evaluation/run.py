@@ -10,7 +10,7 @@ from pathlib import Path
 
 from tunelab.config import load_config
 from tunelab.errors import TunelabError
-from tunelab.models.predictor import Predictor
+from tunelab.models.predictor import Predictor, find_model_dir
 from tunelab.tasks.metrics import SUMMARY_KEYS, Collector
 
 CHUNK_ROWS = 8192  # rows read, tokenised and scored at a time: memory does not grow with the split
@@ -64,17 +64,28 @@ def resolve_split(run_dir: Path, split: str) -> tuple[str, Path]:
     return name, prepare_file(path, config, labels, run_dir / "eval" / name / "data.parquet")
 
 
+def run_folder(run: str | Path) -> Path:
+    """A run folder, or the model folder inside one -> the run folder (its config and prepared data live there)."""
+    path = Path(run)
+    if (path / "config.yaml").is_file():
+        return path
+    model_dir = find_model_dir(path)  # a clear error when there is no model here at all
+    if model_dir.name == "model" and (model_dir.parent / "config.yaml").is_file():
+        return model_dir.parent
+    where = "here" if model_dir != path else "beside this model folder"
+    raise TunelabError(f"{path}: no config.yaml {where}; evaluate needs the run folder `tunelab train` wrote "
+                       "(runs/<name>, or its model/ folder), for its config and prepared data")
+
+
 def evaluate(run: str | Path, split: str = "test", batch_size: int | None = None, write_report: bool = True,
              quiet: bool = False) -> EvalResult:
     """Metrics of the run's model on `split`; writes report.json, report.html and PNGs."""
     from tqdm.auto import tqdm
 
-    run_dir = Path(run)
-    predictor = Predictor(run_dir, batch_size=batch_size or 128)
-    if not (run_dir / "config.yaml").is_file():
-        raise TunelabError(f"{run_dir}: not a run folder (no config.yaml); give the folder `tunelab train` wrote")
+    run_dir = run_folder(run)
     config = load_config(run_dir / "config.yaml")
-    name, path = resolve_split(run_dir, split)
+    name, path = resolve_split(run_dir, split)  # before the model loads: a wrong split or file fails at once
+    predictor = Predictor(run_dir, batch_size=batch_size or 128)
     task = predictor.task
     collector = Collector(task.labels, task.multi_label, float(predictor.meta.get("temperature", 1.0)))
     bar = tqdm(desc=f"evaluate {name}", unit="row", disable=quiet, file=sys.stderr)

