@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import math
-from contextlib import nullcontext
+from contextlib import contextmanager, nullcontext
 import os
 import signal
 import shutil
@@ -135,8 +135,40 @@ def train(config: Config, resume: bool = False, overwrite: bool = False, quiet: 
           on_evaluation: Callable[[int, float], None] | None = None) -> TrainResult:
     """Fine-tune `config.model` on the prepared data of `config` (see _train), holding the run folder's lock.
     Ctrl-C and SIGTERM save a checkpoint and raise Interrupted."""
-    with run_lock(config.run_dir, "train"), stop_on_signals():
+    _check_trackers_installed(config.train.trackers)
+    with run_lock(config.run_dir, "train"), _tracker_environment(config.train.trackers, config.run_dir), \
+            stop_on_signals():
         return _train(config, resume, overwrite, quiet, on_evaluation)
+
+
+@contextmanager
+def _tracker_environment(trackers: list[str], run_dir: Path):
+    """Where MLflow and W&B write unless the environment says otherwise: this run's folder (MLflow: mlflow.db, W&B:
+    wandb/, offline). Set for this training only: a later training in the same process (a search, a notebook) must
+    not take the first one's folder for a setting of the user's."""
+    defaults = {}
+    if "mlflow" in trackers:  # MLflow 3 refuses its plain-folder store unless asked; SQLite is its local default
+        defaults["MLFLOW_TRACKING_URI"] = f"sqlite:///{(run_dir / 'mlflow.db').resolve()}"
+    if "wandb" in trackers:
+        defaults.update(WANDB_MODE="offline", WANDB_DIR=str(run_dir.resolve()))
+    ours = {k: v for k, v in defaults.items() if k not in os.environ}
+    os.environ.update(ours)
+    try:
+        yield
+    finally:
+        for key in ours:
+            os.environ.pop(key, None)
+
+
+def _check_trackers_installed(trackers: list[str]) -> None:
+    """accelerate leaves out a tracker whose package is missing without a word: a run would log nowhere."""
+    from accelerate.tracking import get_available_trackers
+
+    available = {str(t) for t in get_available_trackers()}
+    missing = [t for t in trackers if t not in available]
+    if missing:
+        raise TunelabError(f"train.trackers: {', '.join(missing)} is not installed; install it with "
+                           f"pip install 'tunelab[{','.join(missing)}]', or leave it out of train.trackers")
 
 
 def _train(config: Config, resume: bool = False, overwrite: bool = False, quiet: bool = False,
@@ -170,12 +202,7 @@ def _train(config: Config, resume: bool = False, overwrite: bool = False, quiet:
     if not resume and not overwrite and (latest is not None or (run_dir / "model").exists()):
         raise TunelabError(f"{run_dir} already holds a training run; continue it with --resume, "
                            "or start again with --overwrite (deletes its checkpoints and model)")
-    trackers = list(cfg.trackers)
-    if "wandb" in trackers:
-        os.environ.setdefault("WANDB_MODE", "offline")
-        os.environ.setdefault("WANDB_DIR", str(run_dir))
-    if "mlflow" in trackers:
-        os.environ.setdefault("MLFLOW_TRACKING_URI", (run_dir / "mlruns").resolve().as_uri())
+    trackers = list(cfg.trackers)  # their settings: _tracker_environment
     _fresh_accelerator_state()
     no_accelerator = not (torch.cuda.is_available() or torch.backends.mps.is_available())
     accelerator = Accelerator(
