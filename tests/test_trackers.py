@@ -82,7 +82,7 @@ def test_a_tracker_whose_package_is_missing_is_one_clear_error(tiny_config, monk
     # accelerate itself leaves a missing tracker out without a word: the run would log nowhere
     monkeypatch.setattr(accelerate.tracking, "get_available_trackers", lambda: ["tensorboard"])
     config = tiny_config(name="untracked", max_steps=2, trackers=["tensorboard", "mlflow"])
-    with pytest.raises(TunelabError, match=r"train.trackers: mlflow is not installed; install it with "
+    with pytest.raises(TunelabError, match=r"train.trackers: mlflow is not installed; install with "
                                            r"pip install 'tunelab\[mlflow\]', or leave it out of train.trackers"):
         train(config, quiet=True)
     assert not config.run_dir.exists()

@@ -167,8 +167,8 @@ def _check_trackers_installed(trackers: list[str]) -> None:
     available = {str(t) for t in get_available_trackers()}
     missing = [t for t in trackers if t not in available]
     if missing:
-        raise TunelabError(f"train.trackers: {', '.join(missing)} is not installed; install it with "
-                           f"pip install 'tunelab[{','.join(missing)}]', or leave it out of train.trackers")
+        raise TunelabError(f"train.trackers: {', '.join(missing)} {'is' if len(missing) == 1 else 'are'} not installed; "
+                           f"install with pip install 'tunelab[{','.join(missing)}]', or leave it out of train.trackers")
 
 
 def _train(config: Config, resume: bool = False, overwrite: bool = False, quiet: bool = False,
