@@ -66,7 +66,7 @@ def test_sigkill_then_resume_equals_an_uninterrupted_run(tiny_config, tmp_path):
 
 
 def _saved_steps(run_dir):
-    return [int(p.name.split("-")[1]) for p in sorted((run_dir / "checkpoints").glob("step-*"))]
+    return sorted(int(p.name.split("-")[1]) for p in (run_dir / "checkpoints").glob("step-*"))
 
 
 def _logged_step(run_dir) -> int:
