@@ -1,11 +1,13 @@
 """Checkpoints: a run killed with SIGKILL (or stopped with Ctrl-C) and resumed ends as if never stopped."""
 
+import json
 import os
 import signal
 import subprocess
 import sys
 import time
 
+import pytest
 import yaml
 from safetensors.torch import load_file
 
@@ -63,21 +65,78 @@ def test_sigkill_then_resume_equals_an_uninterrupted_run(tiny_config, tmp_path):
     assert steps == sorted(set(steps))
 
 
-def test_ctrl_c_saves_a_checkpoint_and_exits_130(tiny_config, tmp_path):
+def _saved_steps(run_dir):
+    return sorted(int(p.name.split("-")[1]) for p in (run_dir / "checkpoints").glob("step-*"))
+
+
+def _logged_step(run_dir) -> int:
+    log = run_dir / "metrics.jsonl"
+    lines = log.read_text().splitlines() if log.exists() else []
+    return max((json.loads(ln)["step"] for ln in lines if ln.endswith("}")), default=0)
+
+
+def _stop_midway(config, path, signum, at_step, **popen):
+    """`tunelab train` of `config` in a child, sent `signum` once it has logged step `at_step`: (returncode, stderr)."""
+    path.write_text(dump_config(config))
+    with open(path.with_suffix(".err"), "w+") as err:  # a file, not a pipe: a full pipe would stall the child
+        proc = subprocess.Popen([sys.executable, "-m", "tunelab", "train", str(path)], stdout=subprocess.DEVNULL,
+                                stderr=err, **popen)
+        try:
+            reached = _wait_for(lambda: _logged_step(config.run_dir) >= at_step, proc)
+            proc.send_signal(signum)
+            proc.wait(timeout=120)
+        finally:
+            proc.kill()  # when the signal was not enough (no-op once it ended)
+            proc.wait()
+        err.seek(0)
+        assert reached, f"the run ended before step {at_step}; nothing was interrupted:\n{err.read()[-2000:]}"
+        return proc.returncode, err.read()
+
+
+def test_ctrl_c_saves_a_checkpoint_and_exits_130_even_with_sigint_ignored_at_start(tiny_config, tmp_path):
+    """A run started in the background from a script (`&`, nohup) inherits SIGINT ignored: it still stops on it."""
     config = tiny_config(name="interrupted", max_steps=100000, checkpoint_every=100000, eval_every=100000)
-    cfg_path = _write_config(config, tmp_path / "int.yaml")
-    # a runner started in the background (nohup, `&`) passes SIGINT on as ignored: give the child the default
-    proc = subprocess.Popen([sys.executable, "-m", "tunelab", "train", str(cfg_path)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
-    log = config.run_dir / "metrics.jsonl"
-    assert _wait_for(lambda: log.exists() and log.stat().st_size > 0, proc)
-    proc.send_signal(signal.SIGINT)
-    _, err = proc.communicate(timeout=120)
-    assert proc.returncode == 130
+    code, err = _stop_midway(config, tmp_path / "int.yaml", signal.SIGINT, 5,
+                             preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN))
+    assert code == 130, err[-2000:]
     assert "checkpoint saved" in err and "--resume" in err and "Traceback" not in err
-    saved = sorted((config.run_dir / "checkpoints").glob("step-*"))
-    assert saved and int(saved[-1].name.split("-")[1]) >= 5
+    assert _saved_steps(config.run_dir)[-1] >= 5
+
+
+def test_sigterm_saves_a_checkpoint_exits_143_and_resume_equals_an_uninterrupted_run(tiny_config, tmp_path):
+    """Slurm, Kubernetes and `kill` stop with SIGTERM: handled as Ctrl-C, at the step reached."""
+    settings = dict(max_steps=40, eval_every=10, checkpoint_every=100000, precision="fp32", dropout=0.1)
+    straight = train(tiny_config(name="straight", **settings), quiet=True)
+    config = tiny_config(name="terminated", **settings)
+    code, err = _stop_midway(config, tmp_path / "term.yaml", signal.SIGTERM, 5)
+    assert code == 143, err[-2000:]
+    (step,) = _saved_steps(config.run_dir)  # the only checkpoint: the one SIGTERM saved
+    assert 5 <= step < 40 and f"interrupted by SIGTERM at step {step}; checkpoint saved" in err
+    assert "--resume" in err and "Traceback" not in err
+    resumed = train(config, resume=True, quiet=True)
+    assert resumed.steps == straight.steps == 40 and resumed.best_step == straight.best_step
+    w_straight, w_resumed = _final(straight.run_dir)[0], _final(config.run_dir)[0]
+    assert max(float((w_straight[k] - w_resumed[k]).abs().max()) for k in w_straight) < 1e-5
+
+
+def test_a_stop_signal_during_a_step_waits_for_its_end_and_handlers_come_back():
+    from tunelab.signals import Stopped, step_in_progress, stop_on_signals
+
+    before = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+    done = []
+    with pytest.raises(Stopped) as stopped:
+        with stop_on_signals():
+            with step_in_progress():
+                os.kill(os.getpid(), signal.SIGTERM)
+                done.append("the rest of the step")  # runs: the signal waits
+            done.append("the next step")  # does not
+    assert done == ["the rest of the step"] and stopped.value.signum == signal.SIGTERM
+    assert {s: signal.getsignal(s) for s in before} == before
+    with pytest.raises(KeyboardInterrupt):  # outside a step: at once, as Ctrl-C
+        with stop_on_signals():
+            os.kill(os.getpid(), signal.SIGINT)
+            done.append("after the signal")
+    assert done == ["the rest of the step"]
 
 
 def test_a_half_written_checkpoint_is_ignored(tiny_config):
@@ -92,8 +151,6 @@ def test_a_half_written_checkpoint_is_ignored(tiny_config):
 
 
 def test_resume_refuses_a_changed_config(tiny_config):
-    import pytest
-
     from tunelab.errors import TunelabError
 
     train(tiny_config(name="changed", max_steps=4, checkpoint_every=2), quiet=True)

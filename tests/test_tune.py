@@ -188,6 +188,52 @@ def test_killed_search_continues_without_repeating_finished_trials(tiny_config, 
     assert steps == sorted(set(steps)) and steps[-1] == 60
 
 
+def test_sigterm_stops_a_search_as_ctrl_c_does_and_the_trial_continues_from_its_checkpoint(tiny_config, tmp_path):
+    from test_resume import _logged_step, _saved_steps, _wait_for
+
+    config = _config(tiny_config, max_steps=40, eval_every=10, checkpoint_every=100000, tune_section={
+        "sampler": "grid", "n_trials": None, "space": {"train.learning_rate": [3e-3]}})
+    path = tmp_path / "search.yaml"
+    path.write_text(dump_config(config))
+    trial_dir = config.run_dir / "trial-0"
+    proc = _cli(path)  # quiet trials: little output, a pipe does not fill
+    reached = _wait_for(lambda: _logged_step(trial_dir) >= 5, proc)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=120)
+    assert reached, err[-2000:]
+    assert proc.returncode == 143, err[-2000:]
+    assert "tune: interrupted in trial 0 (checkpoint saved)" in err and "Traceback" not in err
+    (step,) = _saved_steps(trial_dir)
+    study = optuna.load_study(study_name=config.name, storage=optuna.storages.JournalStorage(
+        optuna.storages.journal.JournalFileBackend(str(config.run_dir / "tune" / "study.journal"))))
+    assert study.trials[0].state == optuna.trial.TrialState.WAITING  # back in the queue, not left running
+
+    assert tune(config, quiet=True).states == {"complete": 1}
+    steps = [yaml.safe_load(ln)["step"] for ln in (trial_dir / "metrics.jsonl").read_text().splitlines() if '"loss"' in ln]
+    assert steps == sorted(set(steps)) and steps[-1] == 40 and 5 <= step < 40
+
+
+def test_a_trial_whose_folder_another_process_holds_is_left_to_it_and_taken_back_when_it_dies(tiny_config):
+    """A worker thought lost may still be running its trial: the trial stays that worker's (not failed, not run
+    twice at once), and comes back to the queue once that process is gone."""
+    import socket
+
+    from test_runlock import _holder
+
+    config = _config(tiny_config, max_steps=5, eval_every=5, tune_section={
+        "sampler": "grid", "n_trials": None, "space": {"train.learning_rate": [3e-3]}})
+    holder = _holder(config.run_dir / "trial-0")
+    try:
+        assert tune(config, quiet=True).states == {"running": 1}
+        study = optuna.load_study(study_name=config.name, storage=optuna.storages.JournalStorage(
+            optuna.storages.journal.JournalFileBackend(str(config.run_dir / "tune" / "study.journal"))))
+        assert study.trials[0].user_attrs["worker"] == f"{socket.gethostname()}:{holder.pid}"
+    finally:
+        holder.kill()
+        holder.wait()
+    assert tune(config, quiet=True).states == {"complete": 1}
+
+
 def test_two_workers_share_one_study_exactly(tiny_config, tmp_path):
     config = _config(tiny_config, max_steps=10, eval_every=5, tune_section={
         "n_trials": 5, "space": {"train.learning_rate": {"log_uniform": [1e-4, 1e-2]}}})

@@ -1,7 +1,8 @@
 """The `tunelab` command: one sub-command per pipeline stage, thin over the Python API.
 
 Heavy imports happen inside each command, so `tunelab --help` answers at once. A user mistake
-(TunelabError) prints one clear message and exits 2; Ctrl-C exits 130 without a traceback.
+(TunelabError) prints one clear message and exits 2; Ctrl-C exits 130 without a traceback (SIGTERM to a training
+or a search: 143, after the same checkpoint).
 """
 
 from __future__ import annotations
@@ -362,10 +363,10 @@ def main() -> None:
         app()
     except Interrupted as exc:
         typer.echo(f"{exc}", err=True)
-        sys.exit(130)
+        sys.exit(128 + exc.signum)
     except TunelabError as exc:
         typer.echo(f"error: {exc}", err=True)
         sys.exit(2)
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as exc:  # Ctrl-C, or SIGTERM where training or a search handles it (tunelab.signals)
         typer.echo("interrupted", err=True)
-        sys.exit(130)
+        sys.exit(128 + getattr(exc, "signum", 2))

@@ -14,4 +14,9 @@ class DataError(TunelabError):
 
 
 class Interrupted(TunelabError):
-    """The user pressed Ctrl-C; state was saved. The CLI exits with 130, as shells expect."""
+    """Ctrl-C or SIGTERM stopped the work; state was saved. The CLI exits with 128 + `signum` (130 for Ctrl-C,
+    143 for SIGTERM), as shells and schedulers expect."""
+
+    def __init__(self, message: str, signum: int = 2):  # 2: SIGINT
+        super().__init__(message)
+        self.signum = signum

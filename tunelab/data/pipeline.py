@@ -19,6 +19,7 @@ from tunelab.data.split import label_counts, stratified_split
 from tunelab.data.validate import LabelCheck, Rows, lone_surrogate, validate
 from tunelab.errors import DataError
 from tunelab.files import write_text_atomic
+from tunelab.runlock import run_lock
 
 SPLITS = ("train", "validation", "test")
 PRECEDENCE = ("test", "validation", "train")  # a text in two splits stays in the first of these
@@ -156,6 +157,11 @@ def load_prepared(out: Path) -> Prepared | None:
 
 def prepare(config: Config, force: bool = False, tokenizer=None, quiet: bool = False) -> Prepared:
     """Run the data stage for `config`; reuse the earlier result when inputs and settings are unchanged."""
+    with run_lock(config.run_dir, "prepare"):  # a training of the run reads data/ (it holds the lock itself)
+        return _prepare(config, force, tokenizer, quiet)
+
+
+def _prepare(config: Config, force: bool, tokenizer, quiet: bool) -> Prepared:
     say = (lambda m: None) if quiet else _say
     cfg = config.data
     out = config.run_dir / "data"

@@ -16,6 +16,7 @@ import torch
 from tunelab.errors import TunelabError
 from tunelab.files import replace_folder
 from tunelab.methods import METHODS
+from tunelab.runlock import run_lock
 
 PARITY_TOLERANCE = 1e-4
 
@@ -67,12 +68,18 @@ def parity_texts(run_dir: Path, limit: int | None = None) -> tuple[list[str], li
 
 def merge_run(run: str | Path, out: str | Path | None = None, limit: int | None = None) -> dict:
     """Write the merged model folder (default runs/<name>/export/merged) and return the parity figures."""
-    from transformers import AutoTokenizer
-
-    from tunelab.methods.store import load_model
     from tunelab.models.predictor import find_model_dir
 
     model_dir = find_model_dir(run)
+    with run_lock(model_dir.parent, "export"):  # a training of the run would rewrite the model being merged
+        return _merge(model_dir, out, limit)
+
+
+def _merge(model_dir: Path, out: str | Path | None, limit: int | None) -> dict:
+    from transformers import AutoTokenizer
+
+    from tunelab.methods.store import load_model
+
     run_dir = model_dir.parent
     meta = json.loads((model_dir / "tunelab.json").read_text())
     method = meta.get("method", {"name": "full"})["name"]

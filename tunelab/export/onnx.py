@@ -27,6 +27,7 @@ import torch
 
 from tunelab.errors import TunelabError
 from tunelab.files import replace_folder
+from tunelab.runlock import run_lock
 
 FP32_TOLERANCE = 1e-4  # max |probability difference| of the fp32 export
 OPSET = 18
@@ -67,18 +68,25 @@ def export_onnx(run: str | Path, out: str | Path | None = None, quantize: str | 
                 min_agreement: float = 0.99, limit: int | None = None, quiet: bool = False,
                 ffn_down_fp32: bool = False) -> dict:
     """Write the ONNX folder and return its parity figures (also in parity.json)."""
+    from tunelab.models.predictor import ONNX_FILE, find_model_dir
+
+    model_dir = find_model_dir(run)
+    if (model_dir / ONNX_FILE).is_file():
+        raise TunelabError(f"{model_dir} is already an ONNX export; export the run it came from")
+    with run_lock(model_dir.parent, "export"):  # a training of the run would rewrite the model being exported
+        return _export_onnx(model_dir, out, quantize, min_agreement, limit, quiet, ffn_down_fp32)
+
+
+def _export_onnx(model_dir: Path, out, quantize, min_agreement, limit, quiet, ffn_down_fp32) -> dict:
     from transformers import AutoTokenizer
 
     from tunelab.export.merge import parity_texts
-    from tunelab.models.predictor import ONNX_FILE, Predictor, find_model_dir
+    from tunelab.models.predictor import ONNX_FILE, Predictor
     from tunelab.models.source import quiet_transformers
     from tunelab.monitor.profile import build_profile
 
     quiet_transformers()
     say = (lambda m: None) if quiet else (lambda m: print(m, flush=True))
-    model_dir = find_model_dir(run)
-    if (model_dir / ONNX_FILE).is_file():
-        raise TunelabError(f"{model_dir} is already an ONNX export; export the run it came from")
     run_dir = model_dir.parent
     meta = json.loads((model_dir / "tunelab.json").read_text())
     out = Path(out) if out else run_dir / "export" / ("onnx-int8" if quantize == "int8" else "onnx")

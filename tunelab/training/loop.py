@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import json
 import math
-from contextlib import nullcontext
+from contextlib import contextmanager, nullcontext
 import os
+import signal
 import shutil
 import sys
 import time
@@ -31,6 +32,8 @@ from tunelab.methods.parts import count_parameters, enable_activation_checkpoint
 from tunelab.methods.store import apply_method
 from tunelab.models.inference import iter_probabilities
 from tunelab.models.source import load_tokenizer, quiet_transformers, resolve_model
+from tunelab.runlock import run_lock
+from tunelab.signals import step_in_progress, stop_on_signals
 from tunelab.tasks import make_task
 from tunelab.tasks.encoding import cached_encode, collate
 from tunelab.tasks.metrics import Collector, best_threshold, headline
@@ -130,6 +133,46 @@ def _clear_run(run_dir: Path) -> None:
 
 def train(config: Config, resume: bool = False, overwrite: bool = False, quiet: bool = False,
           on_evaluation: Callable[[int, float], None] | None = None) -> TrainResult:
+    """Fine-tune `config.model` on the prepared data of `config` (see _train), holding the run folder's lock.
+    Ctrl-C and SIGTERM save a checkpoint and raise Interrupted."""
+    _check_trackers_installed(config.train.trackers)
+    with run_lock(config.run_dir, "train"), _tracker_environment(config.train.trackers, config.run_dir), \
+            stop_on_signals():
+        return _train(config, resume, overwrite, quiet, on_evaluation)
+
+
+@contextmanager
+def _tracker_environment(trackers: list[str], run_dir: Path):
+    """Where MLflow and W&B write unless the environment says otherwise: this run's folder (MLflow: mlflow.db, W&B:
+    wandb/, offline). Set for this training only: a later training in the same process (a search, a notebook) must
+    not take the first one's folder for a setting of the user's."""
+    defaults = {}
+    if "mlflow" in trackers:  # MLflow 3 refuses its plain-folder store unless asked; SQLite is its local default
+        defaults["MLFLOW_TRACKING_URI"] = f"sqlite:///{(run_dir / 'mlflow.db').resolve()}"
+    if "wandb" in trackers:
+        defaults.update(WANDB_MODE="offline", WANDB_DIR=str(run_dir.resolve()))
+    ours = {k: v for k, v in defaults.items() if k not in os.environ}
+    os.environ.update(ours)
+    try:
+        yield
+    finally:
+        for key in ours:
+            os.environ.pop(key, None)
+
+
+def _check_trackers_installed(trackers: list[str]) -> None:
+    """accelerate leaves out a tracker whose package is missing without a word: a run would log nowhere."""
+    from accelerate.tracking import get_available_trackers
+
+    available = {str(t) for t in get_available_trackers()}
+    missing = [t for t in trackers if t not in available]
+    if missing:
+        raise TunelabError(f"train.trackers: {', '.join(missing)} {'is' if len(missing) == 1 else 'are'} not installed; "
+                           f"install with pip install 'tunelab[{','.join(missing)}]', or leave it out of train.trackers")
+
+
+def _train(config: Config, resume: bool = False, overwrite: bool = False, quiet: bool = False,
+           on_evaluation: Callable[[int, float], None] | None = None) -> TrainResult:
     """Fine-tune `config.model` on the prepared data of `config`; write runs/<name>/model and checkpoints.
 
     `on_evaluation(step, value)` is called after each validation with the value of the train metric (the
@@ -162,12 +205,7 @@ def train(config: Config, resume: bool = False, overwrite: bool = False, quiet: 
     # the model before the data: a model that cannot be had (offline, wrong id) fails in seconds, not after them
     source = resolve_model(config.model.name, config.model.revision)
     tokenizer = load_tokenizer(source, config.model.revision, config.model.trust_remote_code)
-    trackers = list(cfg.trackers)
-    if "wandb" in trackers:
-        os.environ.setdefault("WANDB_MODE", "offline")
-        os.environ.setdefault("WANDB_DIR", str(run_dir))
-    if "mlflow" in trackers:
-        os.environ.setdefault("MLFLOW_TRACKING_URI", (run_dir / "mlruns").resolve().as_uri())
+    trackers = list(cfg.trackers)  # their settings: _tracker_environment
     _fresh_accelerator_state()
     no_accelerator = not (torch.cuda.is_available() or torch.backends.mps.is_available())
     accelerator = Accelerator(
@@ -296,59 +334,62 @@ def train(config: Config, resume: bool = False, overwrite: bool = False, quiet: 
                                        f"lower the learning rate (now {config.learning_rate:g})")
                 if cfg.max_grad_norm is not None and not clip_inside_step(optimizer, model.parameters(), cfg.max_grad_norm):
                     accelerator.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
-                if lazy is not None:
-                    lazy.step()
-                optimizer.step()
-                scheduler.step()
-                optimizer.zero_grad(set_to_none=True)
-                state.step += 1
-                state.batch_in_epoch += 1
-                if average is not None:
-                    average.update(state.step)
-                seen += len(rows)
-                loss_acc += step_loss_value
-                loss_n += 1
-                if state.step % cfg.log_every == 0 or state.step == total_steps:
-                    rate = seen / (time.perf_counter() - started - side_seconds)
-                    record = {"step": state.step, "epoch": round(state.step / steps_per_epoch, 3),
-                              "loss": loss_acc / loss_n, "learning_rate": scheduler.get_last_lr()[body_group],
-                              "samples_per_second": rate}
-                    bar.set_postfix(loss=f"{record['loss']:.4f}", samples_s=f"{rate:.0f}")
-                    if main:
-                        log.write(record)
-                        accelerator.log({"train/loss": record["loss"], "train/learning_rate": record["learning_rate"]},
-                                        step=state.step)
-                    loss_acc, loss_n = 0.0, 0
-                bar.update(1)
-                end_of_epoch = state.batch_in_epoch == len(batches)
-                if end_of_epoch:
-                    state.epoch += 1
-                    state.batch_in_epoch = 0
-                do_eval = len(val_enc) > 0 and (state.step % eval_every == 0 or state.step == total_steps
-                                                or (cfg.eval_every is None and end_of_epoch))
-                side_start = time.perf_counter()
-                if lazy is not None and (do_eval or state.step == total_steps):
-                    # the rows skipped since they last appeared, before the weights are evaluated or saved as the
-                    # model. Not for a checkpoint: the pending steps are in the optimizer's state, and catching up
-                    # where a run without that checkpoint would not would change the rounding
-                    lazy.catch_up()
-                if do_eval:
-                    with average.applied() if average is not None else nullcontext():  # scored and saved: the average
-                        value = _evaluate_and_keep_best(evaluate_validation(), state, cfg, config, main, log,
-                                                        accelerator, unwrapped, tokenizer, meta, bar, say)
-                    if on_evaluation is not None:
-                        on_evaluation(state.step, value)
-                if state.step % ckpt_every == 0 and state.step < total_steps and not state.stopped_early:
-                    save_checkpoint(accelerator, ckpt_root, state, cfg.keep_checkpoints, average)
-                side_seconds += time.perf_counter() - side_start
-                if end_of_epoch:
-                    break
-    except KeyboardInterrupt:
+                with step_in_progress():  # a stop signal from here on waits for the step, its evaluation and checkpoint
+                    if lazy is not None:
+                        lazy.step()
+                    optimizer.step()
+                    scheduler.step()
+                    optimizer.zero_grad(set_to_none=True)
+                    state.step += 1
+                    state.batch_in_epoch += 1
+                    if average is not None:
+                        average.update(state.step)
+                    seen += len(rows)
+                    loss_acc += step_loss_value
+                    loss_n += 1
+                    if state.step % cfg.log_every == 0 or state.step == total_steps:
+                        rate = seen / (time.perf_counter() - started - side_seconds)
+                        record = {"step": state.step, "epoch": round(state.step / steps_per_epoch, 3),
+                                  "loss": loss_acc / loss_n, "learning_rate": scheduler.get_last_lr()[body_group],
+                                  "samples_per_second": rate}
+                        bar.set_postfix(loss=f"{record['loss']:.4f}", samples_s=f"{rate:.0f}")
+                        if main:
+                            log.write(record)
+                            accelerator.log({"train/loss": record["loss"], "train/learning_rate": record["learning_rate"]},
+                                            step=state.step)
+                        loss_acc, loss_n = 0.0, 0
+                    bar.update(1)
+                    end_of_epoch = state.batch_in_epoch == len(batches)
+                    if end_of_epoch:
+                        state.epoch += 1
+                        state.batch_in_epoch = 0
+                    do_eval = len(val_enc) > 0 and (state.step % eval_every == 0 or state.step == total_steps
+                                                    or (cfg.eval_every is None and end_of_epoch))
+                    side_start = time.perf_counter()
+                    if lazy is not None and (do_eval or state.step == total_steps):
+                        # the rows skipped since they last appeared, before the weights are evaluated or saved as the
+                        # model. Not for a checkpoint: the pending steps are in the optimizer's state, and catching up
+                        # where a run without that checkpoint would not would change the rounding
+                        lazy.catch_up()
+                    if do_eval:
+                        with average.applied() if average is not None else nullcontext():  # scored and saved: the average
+                            value = _evaluate_and_keep_best(evaluate_validation(), state, cfg, config, main, log,
+                                                            accelerator, unwrapped, tokenizer, meta, bar, say)
+                        if on_evaluation is not None:
+                            on_evaluation(state.step, value)
+                    if state.step % ckpt_every == 0 and state.step < total_steps and not state.stopped_early:
+                        save_checkpoint(accelerator, ckpt_root, state, cfg.keep_checkpoints, average)
+                    side_seconds += time.perf_counter() - side_start
+                    if end_of_epoch:
+                        break
+    except KeyboardInterrupt as exc:  # Ctrl-C, or SIGTERM (tunelab.signals)
         bar.close()  # no lazy catch-up before this checkpoint either (see where checkpoints are scheduled)
         save_checkpoint(accelerator, ckpt_root, state, cfg.keep_checkpoints, average)
         accelerator.end_training()  # close the trackers' writer threads, or the process may not exit
-        raise Interrupted(f"interrupted at step {state.step}; checkpoint saved in {ckpt_root}. "
-                           f"Continue with: tunelab train CONFIG --resume") from None
+        signum = getattr(exc, "signum", signal.SIGINT)
+        raise Interrupted(f"interrupted{' by ' + signal.Signals(signum).name if signum != signal.SIGINT else ''} "
+                          f"at step {state.step}; checkpoint saved in {ckpt_root}. "
+                          f"Continue with: tunelab train CONFIG --resume", signum) from None
     except BaseException:  # divergence, a pruned search trial, a bug: close the trackers' writer threads
         bar.close()
         accelerator.end_training()

@@ -25,6 +25,8 @@ import yaml
 
 from tunelab.config import Config, dump_config, load_config, set_key
 from tunelab.errors import ConfigError, Interrupted, TunelabError
+from tunelab.runlock import RunInUse
+from tunelab.signals import stop_on_signals
 from tunelab.tuning import space as search_space
 
 
@@ -162,23 +164,24 @@ def tune(config: Config, quiet: bool = False) -> TuneResult:
     heartbeat = Heartbeat(storage)
     bar = tqdm(total=n_total, initial=finished, unit="trial", desc="tune", disable=quiet, dynamic_ncols=True)
     try:
-        while time.time() < deadline:
-            back = requeue_stale(study, storage)  # trials of workers that died, here or elsewhere
-            if back and not quiet:
-                bar.write(f"tune: trial(s) {', '.join(map(str, back))} lost their worker; they continue from "
-                          "their checkpoints", file=sys.stderr)
-            trial = _next_trial(study, storage, config, params, n_total)
-            if trial is None:
-                break
-            heartbeat.trial_id = trial._trial_id
-            trial.set_user_attr("rss_mb_at_start", _rss_mb())
-            line = run_trial(study, storage, trial, config, params)
-            heartbeat.trial_id = None
-            _release_memory()
-            write_outputs(study, config, tune_dir)
-            bar.update(1)
-            if not quiet:
-                bar.write(line, file=sys.stderr)
+        with stop_on_signals():  # SIGTERM as Ctrl-C, between trials too: the running trial goes back to the queue
+            while time.time() < deadline:
+                back = requeue_stale(study, storage)  # trials of workers that died, here or elsewhere
+                if back and not quiet:
+                    bar.write(f"tune: trial(s) {', '.join(map(str, back))} lost their worker; they continue from "
+                              "their checkpoints", file=sys.stderr)
+                trial = _next_trial(study, storage, config, params, n_total)
+                if trial is None:
+                    break
+                heartbeat.trial_id = trial._trial_id
+                trial.set_user_attr("rss_mb_at_start", _rss_mb())
+                line = run_trial(study, storage, trial, config, params)
+                heartbeat.trial_id = None
+                _release_memory()
+                write_outputs(study, config, tune_dir)
+                bar.update(1)
+                if not quiet:
+                    bar.write(line, file=sys.stderr)
     finally:
         heartbeat.stop()
         bar.close()
@@ -253,13 +256,17 @@ def run_trial(study, storage, trial, config: Config, params) -> str:
     except optuna.TrialPruned:
         finish(TrialState.PRUNED)
         return f"trial {trial.number}: {shown}: pruned at step {progress['step']}"
-    except Interrupted:  # the checkpoint is saved: back to the queue, to continue on the next start
+    except Interrupted as exc:  # the checkpoint is saved: back to the queue, to continue on the next start
         put_back(storage, trial._trial_id)
         raise Interrupted(f"tune: interrupted in trial {trial.number} (checkpoint saved); run the same command "
-                          "again to continue the study") from None
+                          "again to continue the study", exc.signum) from None
     except KeyboardInterrupt:
         put_back(storage, trial._trial_id)
         raise
+    except RunInUse as exc:  # a worker thought lost still runs it: it stays that worker's, to finish and report
+        if exc.holder:
+            storage.set_trial_user_attr(trial._trial_id, "worker", f"{exc.holder['host']}:{exc.holder['pid']}")
+        return f"trial {trial.number}: {shown}: left to the process still running it ({exc})"
     except Exception as exc:  # a bad combination, divergence, a bug: recorded, and the search goes on
         reason = " ".join((str(exc) if isinstance(exc, TunelabError) else f"{type(exc).__name__}: {exc}").split())
         finish(TrialState.FAIL, reason=reason[:500])
