@@ -104,7 +104,7 @@ def detect_format(path: Path, fmt: str = "auto", names: SettingNames = CONFIG_NA
 
 # ------------------------------------------------------------------ text decoding
 
-_BAD_BYTE = re.compile(r"[\udc80-\udcff]")  # how surrogateescape keeps an undecodable byte
+BAD_BYTE = re.compile(r"[\udc80-\udcff]")  # how surrogateescape keeps an undecodable byte
 _BOMS = ((codecs.BOM_UTF32_LE, "UTF-32"), (codecs.BOM_UTF32_BE, "UTF-32"),  # before UTF-16: FF FE starts both
          (codecs.BOM_UTF16_LE, "UTF-16"), (codecs.BOM_UTF16_BE, "UTF-16"))
 
@@ -136,7 +136,7 @@ def check_not_utf16(path: Path | str, raw: bytes, encoding: str, names: SettingN
                         + _encoding_hint(names, name))
 
 
-def _decode(path: Path, encoding: str, names: SettingNames) -> tuple[str, list[int], list[int]]:
+def decode_file(path: Path, encoding: str, names: SettingNames = CONFIG_NAMES) -> tuple[str, list[int], list[int]]:
     """Decode a whole file, keeping undecodable bytes as surrogates so every other problem is still found.
 
     Returns the text, the byte offsets of undecodable bytes, and the byte offset of each line start.
@@ -161,7 +161,7 @@ def _decode(path: Path, encoding: str, names: SettingNames) -> tuple[str, list[i
         raw = raw[3:]
     text = raw.decode(encoding, errors="surrogateescape")
     bad = []
-    if _BAD_BYTE.search(text):
+    if BAD_BYTE.search(text):
         pos = 0
         while len(bad) < 10_000:
             try:
@@ -185,7 +185,7 @@ class _RowSink:
     def add(self, where: int, values: tuple, problems: list[Problem] | None = None, last_line: int | None = None) -> None:
         """values: (text, text_pair, label, id) as read; problems: what the loader already found."""
         cols = self.cols
-        if self.bad_bytes and any(isinstance(v, str) and _BAD_BYTE.search(v) for v in values):
+        if self.bad_bytes and any(isinstance(v, str) and BAD_BYTE.search(v) for v in values):
             problems = (problems or []) + [Problem(
                 cols.file, where, None, "invalid_unicode",
                 f"bytes that are not valid {self.encoding}{self._offsets(where, last_line)}; re-save the file as UTF-8"
@@ -226,7 +226,7 @@ def _missing_columns(file: str, header: list[str], wanted: Wanted, where: int | 
 
 def read_delimited(path: Path, wanted: Wanted, encoding: str, delimiter: str, names: SettingNames) -> Columns:
     file = str(path)
-    text, bad, starts = _decode(path, encoding, names)
+    text, bad, starts = decode_file(path, encoding, names)
     cols = Columns(file, "line")
     sink = _RowSink(cols, wanted, bad, starts, encoding, names)
     reader = csv.reader(io.StringIO(text, newline=""), delimiter=delimiter, strict=True)
@@ -280,7 +280,7 @@ def read_tsv(path: Path, wanted: Wanted, encoding: str, names: SettingNames = CO
 
 def read_jsonl(path: Path, wanted: Wanted, encoding: str, names: SettingNames = CONFIG_NAMES) -> Columns:
     file = str(path)
-    text, bad, starts = _decode(path, encoding, names)
+    text, bad, starts = decode_file(path, encoding, names)
     cols = Columns(file, "line")
     sink = _RowSink(cols, wanted, bad, starts, encoding, names)
 
@@ -302,7 +302,7 @@ def read_jsonl(path: Path, wanted: Wanted, encoding: str, names: SettingNames = 
 
 def read_json(path: Path, wanted: Wanted, encoding: str, names: SettingNames = CONFIG_NAMES) -> Columns:
     file = str(path)
-    text, bad, starts = _decode(path, encoding, names)
+    text, bad, starts = decode_file(path, encoding, names)
     try:
         data = json.loads(text)
     except json.JSONDecodeError as exc:
@@ -348,7 +348,7 @@ def read_parquet(path: Path, wanted: Wanted, encoding: str, names: SettingNames 
             values = [None if b is None else b.decode("utf-8", "surrogateescape")
                       for b in column.cast(pa.large_binary()).to_pylist()]
             for i, value in enumerate(values):
-                if value is not None and _BAD_BYTE.search(value):
+                if value is not None and BAD_BYTE.search(value):
                     cols.row_problems.setdefault(i, []).append(Problem(
                         file, i + 1, name, "invalid_unicode", "bytes that are not valid UTF-8", "row"))
             return values

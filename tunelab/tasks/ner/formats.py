@@ -13,7 +13,7 @@ import re
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from tunelab.data.load import _BAD_BYTE, Problem, _decode
+from tunelab.data.load import BAD_BYTE, Problem, decode_file
 from tunelab.errors import DataError
 from tunelab.tasks.ner.spans import tags_from_entities
 
@@ -86,14 +86,14 @@ def read_conll(path, encoding: str = "utf-8", labelled: bool = True) -> Sentence
     are skipped. Unlabelled (`labelled=False`): the first column of each line is the token.
     """
     path = Path(path)
-    text, _, _ = _decode(path, encoding)
+    text, _, _ = decode_file(path, encoding)
     out = Sentences(str(path), "conll", tags=[] if labelled else None)
     block: list[tuple[int, list[str]]] = []  # (line number, columns) of the sentence being read
 
     def flush() -> None:
         if not block:
             return
-        bad = [n for n, cols in block if any(_BAD_BYTE.search(c) for c in cols)]
+        bad = [n for n, cols in block if any(BAD_BYTE.search(c) for c in cols)]
         short = [n for n, cols in block if len(cols) < 2] if labelled else []
         if bad:
             out.problems.append(_undecodable(out.file, bad[0], encoding))
@@ -129,13 +129,13 @@ def _records(path: Path, encoding: str, out: Sentences, keys: list[str | None]):
 
     A key that no record has is a wrong key name, not a mistake of every line: one DataError at the end.
     """
-    text, _, _ = _decode(path, encoding)
+    text, _, _ = decode_file(path, encoding)
     seen: set[str] = set()
     first: list[str] | None = None
     for number, line in enumerate(text.split("\n"), start=1):
         if not line.strip():
             continue
-        if _BAD_BYTE.search(line):
+        if BAD_BYTE.search(line):
             out.problems.append(_undecodable(out.file, number, encoding))
             continue
         try:
