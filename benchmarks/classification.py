@@ -36,7 +36,7 @@ def case_trainer(tuned: bool) -> dict:
                               Trainer, TrainingArguments)
     from transformers.utils import logging
 
-    from tunelab.models.source import default_model_dir
+    from tunelab.hub import default_model_dir
 
     logging.set_verbosity_error()
     texts, labels, vtexts, vlabels = sst2_subset()

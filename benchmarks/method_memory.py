@@ -32,7 +32,7 @@ def measure(method: str, checkpointing: bool) -> dict:
     from tunelab.config import load_config
     from tunelab.methods.parts import enable_activation_checkpointing
     from tunelab.methods.store import apply_method
-    from tunelab.models.source import default_model_dir
+    from tunelab.hub import default_model_dir
     from tunelab.tasks import make_task
     from tunelab.training.optim import build_optimizer
 

@@ -99,7 +99,7 @@ def run_case(case: str) -> dict:
 def _test_split(config, task, s):
     if s["test"] is None:
         from tunelab.data import prepare
-        from tunelab.models.source import load_tokenizer
+        from tunelab.hub import load_tokenizer
         from tunelab.tasks.encoding import cached_encode
 
         files = prepare(config, quiet=True).files

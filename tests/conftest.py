@@ -10,7 +10,7 @@ SHARED_DATA = Path(os.environ.get("TUNELAB_DATA", REPO.parent / "shared" / "data
 @pytest.fixture(scope="session")
 def tokenizer():
     """The bundled MiniLM tokenizer (a local folder inside the installed package)."""
-    from tunelab.models.source import load_tokenizer
+    from tunelab.hub import load_tokenizer
 
     return load_tokenizer("default")
 
@@ -81,7 +81,7 @@ def tiny_model_dir(tmp_path_factory):
     """A 2-layer, 32-wide BERT built from a config in-process, with the bundled tokenizer: fast to train."""
     from transformers import AutoTokenizer, BertConfig, BertModel
 
-    from tunelab.models.source import default_model_dir
+    from tunelab.hub import default_model_dir
 
     folder = tmp_path_factory.mktemp("tiny-bert")
     tokenizer = AutoTokenizer.from_pretrained(default_model_dir())

@@ -12,7 +12,8 @@ from tunelab.config import load_config
 from tunelab.errors import ConfigError
 from tunelab.methods import METHODS
 from tunelab.methods.parts import count_parameters
-from tunelab.methods.store import apply_method, load_model
+from tunelab.methods.store import apply_method
+from tunelab.models.load import load_model
 from tunelab.tasks import make_task
 from tunelab.training.checkpoint import save_model_folder
 from tunelab.training.optim import build_optimizer

@@ -16,6 +16,7 @@ import yaml
 from tunelab.config import dump_config, load_config
 from tunelab.errors import ConfigError
 from tunelab.training import train
+from tunelab.search_space import parse_space
 from tunelab.tuning import space as S
 from tunelab.tuning.run import check_space, retrain_best, tune
 
@@ -63,18 +64,18 @@ def test_an_unknown_or_mistyped_key_is_refused_before_any_trial(tiny_config):
 
 
 def test_grid_has_each_distinct_config_once_and_needs_lists():
-    params = S.parse_space({"method.name": ["full", "lora"], "method.lora.r": [4, 8], "train.learning_rate": [1e-4, 1e-3]})
+    params = parse_space({"method.name": ["full", "lora"], "method.lora.r": [4, 8], "train.learning_rate": [1e-4, 1e-3]})
     points = S.grid(params, "full")
     assert len(points) == 6  # full x 2 lr + lora x 2 r x 2 lr: r does not act on full, so no full run twice
     assert all("method.lora.r" not in p for p in points if p["method.name"] == "full")
     assert len({repr(sorted(p.items())) for p in points}) == 6
     with pytest.raises(ValueError, match="train.learning_rate is a range"):
-        S.grid(S.parse_space({"train.learning_rate": {"log_uniform": [1e-5, 1e-3]}}), "full")
+        S.grid(parse_space({"train.learning_rate": {"log_uniform": [1e-5, 1e-3]}}), "full")
 
 
 @pytest.mark.parametrize("sampler", ["random", "tpe"])
 def test_samplers_honour_types_bounds_and_conditionals(sampler):
-    params = S.parse_space(SPACE)
+    params = parse_space(SPACE)
     make = (lambda: optuna.samplers.RandomSampler(seed=0)) if sampler == "random" else (
         lambda: optuna.samplers.TPESampler(seed=0, n_startup_trials=5, multivariate=True))
     study = optuna.create_study(sampler=make(), direction="maximize")

@@ -141,7 +141,8 @@ def export(run: Path = RUN,
 def tune(config: Path = CONFIG, overrides: Optional[List[str]] = OVERRIDES,
          retrain_best: bool = typer.Option(False, "--retrain-best", help="Then train the best config on train+validation and evaluate it on test.")) -> None:
     """Hyperparameter search (the config's tune: section); run it again to continue, or on several workers at once."""
-    from tunelab.tuning.run import metric_of, retrain_best as run_retrain, tune as run_tune
+    from tunelab.tuning.objective import metric_of
+    from tunelab.tuning.run import retrain_best as run_retrain, tune as run_tune
 
     cfg = _load(config, overrides)
     result = run_tune(cfg)

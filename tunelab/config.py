@@ -197,7 +197,7 @@ class TuneConfig(Section):
     @field_validator("space")
     @classmethod
     def _space_entries_parse(cls, value: dict) -> dict:
-        from tunelab.tuning.space import parse_param
+        from tunelab.search_space import parse_param
 
         for key, spec in value.items():
             try:

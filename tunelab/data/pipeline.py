@@ -174,7 +174,7 @@ def _prepare(config: Config, force: bool, tokenizer, quiet: bool) -> Prepared:
             return previous
 
     if tokenizer is None:  # before reading the data: a model that cannot load fails in seconds
-        from tunelab.models.source import load_tokenizer
+        from tunelab.hub import load_tokenizer
 
         tokenizer = load_tokenizer(config.model.name, config.model.revision, config.model.trust_remote_code)
     wanted = Wanted(cfg.text_column, cfg.label_column, cfg.text_pair_column, cfg.id_column)

@@ -14,7 +14,7 @@ def token_lengths(tokenizer, texts: list[str], pairs: list[str] | None, batch_si
 
     Uses the Rust tokenizer directly (`encode_batch_fast`, no offsets), with padding and truncation off.
     """
-    from tunelab.models.source import rust_tokenizer
+    from tunelab.hub import rust_tokenizer
 
     backend = rust_tokenizer(tokenizer)
     out = np.zeros(len(texts), dtype=np.int32)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import base64
 import html
 import json
 from pathlib import Path
@@ -13,6 +12,7 @@ matplotlib.use("Agg")  # files only, no display
 import matplotlib.pyplot as plt  # noqa: E402
 
 from tunelab.files import write_text_atomic  # noqa: E402
+from tunelab.html_report import figure, table  # noqa: E402
 from tunelab.tasks.metrics import SUMMARY_KEYS  # noqa: E402
 
 
@@ -96,21 +96,6 @@ def plot_label_f1(per_label: dict, path: Path) -> None:
     plt.close(fig)
 
 
-def _table(headers: list[str], rows: list[list]) -> str:
-    head = "".join(f"<th>{html.escape(str(h))}</th>" for h in headers)
-    body = "".join("<tr>" + "".join(f"<td>{html.escape(_fmt(v))}</td>" for v in row) + "</tr>" for row in rows)
-    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
-
-
-def _fmt(v) -> str:
-    return f"{v:.4f}" if isinstance(v, float) else str(v)
-
-
-def _img(path: Path, alt: str) -> str:
-    data = base64.b64encode(path.read_bytes()).decode()
-    return f'<figure><img alt="{html.escape(alt)}" src="data:image/png;base64,{data}"><figcaption>{html.escape(alt)}</figcaption></figure>'
-
-
 def write_report(out: Path, split: str, metrics: dict, labels: list[str], metrics_log: Path, meta: dict) -> None:
     out.mkdir(parents=True, exist_ok=True)
     report = {"split": split, "model": meta.get("run"), "base_model": meta.get("base_model"), **metrics}
@@ -118,22 +103,22 @@ def write_report(out: Path, split: str, metrics: dict, labels: list[str], metric
 
     figures = []
     headline = [[k, metrics[k]] for k in SUMMARY_KEYS if k in metrics]
-    sections = [f"<h2>Summary</h2>{_table(['metric', 'value'], headline)}"]
+    sections = [f"<h2>Summary</h2>{table(['metric', 'value'], headline)}"]
     if "per_class" in metrics:
         rows = [[lab, m["precision"], m["recall"], m["f1"], m["support"]] for lab, m in metrics["per_class"].items()]
-        sections.append(f"<h2>Per class</h2>{_table(['label', 'precision', 'recall', 'F1', 'support'], rows)}")
+        sections.append(f"<h2>Per class</h2>{table(['label', 'precision', 'recall', 'F1', 'support'], rows)}")
         plot_confusion(metrics["confusion_matrix"], labels, out / "confusion_matrix.png")
         figures.append((out / "confusion_matrix.png", "Confusion matrix (rows: true label, columns: predicted)"))
         plot_reliability(metrics["reliability"], metrics["ece"], out / "reliability.png")
         figures.append((out / "reliability.png", "Reliability diagram"))
     if "per_label" in metrics:
         rows = [[lab, m["f1"], m["support"]] for lab, m in metrics["per_label"].items()]
-        sections.append(f"<h2>Per label</h2>{_table(['label', 'F1', 'support'], rows)}")
+        sections.append(f"<h2>Per label</h2>{table(['label', 'F1', 'support'], rows)}")
         plot_label_f1(metrics["per_label"], out / "label_f1.png")
         figures.append((out / "label_f1.png", "F1 per label"))
     if plot_curves(metrics_log, out / "curves.png"):
         figures.append((out / "curves.png", "Training curves"))
-    sections.append("<h2>Figures</h2>" + "".join(_img(p, alt) for p, alt in figures))
+    sections.append("<h2>Figures</h2>" + "".join(figure(p, alt) for p, alt in figures))
     page = f"""<!doctype html><html><head><meta charset="utf-8"><title>tunelab evaluation: {html.escape(str(meta.get('run')))} on {html.escape(split)}</title>
 <style>body{{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em}}
 table{{border-collapse:collapse;margin:1em 0}}td,th{{border:1px solid #ccc;padding:4px 10px;text-align:right}}

@@ -78,7 +78,7 @@ def merge_run(run: str | Path, out: str | Path | None = None, limit: int | None 
 def _merge(model_dir: Path, out: str | Path | None, limit: int | None) -> dict:
     from transformers import AutoTokenizer
 
-    from tunelab.methods.store import load_model
+    from tunelab.models.load import load_model
 
     run_dir = model_dir.parent
     meta = json.loads((model_dir / "tunelab.json").read_text())

@@ -52,7 +52,7 @@ class _Logits(torch.nn.Module):
 def _plain_model(model_dir: Path, meta: dict):
     """The trained model as one torch module: PEFT adapters merged into the base weights."""
     from tunelab.methods import METHODS
-    from tunelab.methods.store import load_model
+    from tunelab.models.load import load_model
 
     method = meta.get("method", {"name": "full"})["name"]
     model = load_model(model_dir, meta)
@@ -82,7 +82,7 @@ def _export_onnx(model_dir: Path, out, quantize, min_agreement, limit, quiet, ff
 
     from tunelab.export.merge import parity_texts
     from tunelab.models.predictor import ONNX_FILE, Predictor
-    from tunelab.models.source import quiet_transformers
+    from tunelab.hub import quiet_transformers
     from tunelab.monitor.profile import build_profile
 
     quiet_transformers()

@@ -1,5 +1,1 @@
-"""Model sources and task models."""
-
-from tunelab.models.source import DEFAULT, default_model_dir, load_tokenizer, resolve_model
-
-__all__ = ["DEFAULT", "default_model_dir", "load_tokenizer", "resolve_model"]
+"""Trained models: their folder description (card.py), loading them back (load.py), predicting with them."""

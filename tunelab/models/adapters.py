@@ -16,9 +16,9 @@ import numpy as np
 from tunelab.errors import TunelabError
 from tunelab.methods import METHODS
 from tunelab.methods.parts import head_modules
-from tunelab.methods.store import build_base
+from tunelab.models.load import build_base
 from tunelab.models.predictor import Predictor, find_model_dir
-from tunelab.models.source import resolve_model
+from tunelab.hub import resolve_model
 
 SHAREABLE = [n for n, m in METHODS.items() if getattr(m, "MERGEABLE", False)]  # weight-level adapters: lora, ia3
 PEFT_PREFIX = "base_model.model."

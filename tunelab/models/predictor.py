@@ -111,7 +111,7 @@ class Predictor:
         from transformers import AutoTokenizer
         from transformers.utils import logging as hf_logging
 
-        from tunelab.methods.store import load_model
+        from tunelab.models.load import load_model
 
         hf_logging.disable_progress_bar()
         self.model_dir = find_model_dir(model_dir)

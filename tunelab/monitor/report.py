@@ -43,7 +43,7 @@ def write_monitor_report(database: str, out_dir: Path, since: datetime, profiles
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from tunelab.evaluation.report import _img, _table
+    from tunelab.html_report import figure, table
     from tunelab.files import write_text_atomic
 
     engine = store.open_database(database)
@@ -83,8 +83,8 @@ def write_monitor_report(database: str, out_dir: Path, since: datetime, profiles
         fig.tight_layout()
         fig.savefig(out_dir / "traffic.png", dpi=100)
         plt.close(fig)
-        sections.append("<h2>Traffic</h2>" + _table(["p50 ms", "p95 ms", "p99 ms"],
-                        [[float(np.percentile(latency, q)) for q in (50, 95, 99)]]) + _img(out_dir / "traffic.png", "traffic"))
+        sections.append("<h2>Traffic</h2>" + table(["p50 ms", "p95 ms", "p99 ms"],
+                        [[float(np.percentile(latency, q)) for q in (50, 95, 99)]]) + figure(out_dir / "traffic.png", "traffic"))
 
     for model in models:
         rows = [r for r in preds if r.model == model]
@@ -95,7 +95,7 @@ def write_monitor_report(database: str, out_dir: Path, since: datetime, profiles
         if rows and labels:
             shares = {lab: np.mean([lab in r.label.split("|") for r in rows]) for lab in labels}
             reference = reference_shares(profile)
-            sections.append(f"<h2>{html.escape(model)}: labels</h2>" + _table(
+            sections.append(f"<h2>{html.escape(model)}: labels</h2>" + table(
                 ["label", "share of predictions", "training reference"],
                 [[lab, float(shares[lab]), float(reference[lab]) if lab in reference else "-"] for lab in labels]))
         series: dict[str, list] = {}
@@ -119,8 +119,8 @@ def write_monitor_report(database: str, out_dir: Path, since: datetime, profiles
             fig.savefig(png, dpi=100)
             plt.close(fig)
             last = [[m, float(series[m][-1][1]), float(np.max([v for _, v in series[m]]))] for m in sorted(series)]
-            sections.append(f"<h2>{html.escape(model)}: drift</h2>" + _img(png, f"{model} drift")
-                            + _table(["figure", "last", "max in period"], last))
+            sections.append(f"<h2>{html.escape(model)}: drift</h2>" + figure(png, f"{model} drift")
+                            + table(["figure", "last", "max in period"], last))
         given = [(lab, pred) for m, lab, pred in feedback if m == model]
         if given:
             from sklearn.metrics import accuracy_score
@@ -128,7 +128,7 @@ def write_monitor_report(database: str, out_dir: Path, since: datetime, profiles
             true, predicted = zip(*given)
             sections.append(f"<p>{html.escape(model)}: accuracy on {len(given)} predictions with feedback: "
                             f"{accuracy_score(true, predicted):.4f}</p>")
-    sections.append("<h2>Alerts</h2>" + (_table(["time", "state", "rule", "model", "message"],
+    sections.append("<h2>Alerts</h2>" + (table(["time", "state", "rule", "model", "message"],
                     [[_aware(r.created_at).isoformat(timespec="seconds"), r.state, r.rule, r.model, r.message]
                      for r in alerts]) if alerts else "<p>None.</p>"))
     page = ("<!doctype html><html><head><meta charset='utf-8'><title>tunelab monitor report</title><style>"

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from tunelab.models.source import rust_tokenizer
+from tunelab.hub import rust_tokenizer
 
 
 @dataclass

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from tunelab.methods.store import load_model
+from tunelab.models.load import load_model
 from tunelab.models.inference import iter_probabilities
 from tunelab.tasks.calibration import fit_temperature, fold_temperature
 from tunelab.tasks.encoding import Encoded

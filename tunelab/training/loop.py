@@ -31,7 +31,7 @@ from tunelab.methods import METHODS
 from tunelab.methods.parts import count_parameters, enable_activation_checkpointing
 from tunelab.methods.store import apply_method
 from tunelab.models.inference import iter_probabilities
-from tunelab.models.source import load_tokenizer, quiet_transformers, resolve_model
+from tunelab.hub import load_tokenizer, quiet_transformers, resolve_model
 from tunelab.runlock import run_lock
 from tunelab.signals import step_in_progress, stop_on_signals
 from tunelab.tasks import make_task

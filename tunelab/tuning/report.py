@@ -38,7 +38,7 @@ def best_trial(study, direction: str):
 
 def write_outputs(study, config, tune_dir: Path) -> None:
     """trials.csv (every trial) and best.yaml (a config that trains the best trial again)."""
-    from tunelab.tuning.run import direction_of, trial_raw
+    from tunelab.tuning.objective import direction_of, trial_raw
 
     header, rows = trial_rows(study)
     buf = io.StringIO()
@@ -63,8 +63,8 @@ def write_report(study, config, tune_dir: Path) -> Path:
     import matplotlib.pyplot as plt
     from optuna.visualization import matplotlib as plots
 
-    from tunelab.evaluation.report import _img, _table
-    from tunelab.tuning.run import direction_of, metric_of
+    from tunelab.html_report import figure, table
+    from tunelab.tuning.objective import direction_of, metric_of
 
     figures, notes = [], []
     for name, title, draw in [("history", "Optimization history", plots.plot_optimization_history),
@@ -84,7 +84,7 @@ def write_report(study, config, tune_dir: Path) -> Path:
         except Exception as exc:  # too few finished trials, or no parameter that varied
             notes.append(f"{title}: not drawn ({str(exc).splitlines()[0] if str(exc) else type(exc).__name__})")
     header, rows = trial_rows(study)
-    table = _table(header[:-1], [[_cell(row.get(k)) for k in header[:-1]] for row in rows])
+    table = table(header[:-1], [[_cell(row.get(k)) for k in header[:-1]] for row in rows])
     best = best_trial(study, direction_of(config))
     summary = (f"Best: trial {best.number}, validation {metric_of(config)} {best.value:.4f}; config in best.yaml."
                if best else "No trial has finished yet.")
@@ -95,7 +95,7 @@ img{{max-width:100%}}</style></head><body>
 <h1>Search {html.escape(config.name)}</h1>
 <p>{config.tune.sampler} sampler, {config.tune.pruner} pruner; {direction_of(config)} validation {html.escape(metric_of(config))}.
 {html.escape(summary)}</p>
-{''.join(_img(p, t) for p, t in figures)}
+{''.join(figure(p, t) for p, t in figures)}
 {''.join(f'<p>{html.escape(n)}</p>' for n in notes)}
 <h2>Trials</h2>{table}</body></html>"""
     out = tune_dir / "report.html"

@@ -21,13 +21,14 @@ import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
-import yaml
 
-from tunelab.config import Config, dump_config, load_config, set_key
+from tunelab.config import Config, load_config, set_key
 from tunelab.errors import ConfigError, Interrupted, TunelabError
 from tunelab.runlock import RunInUse
 from tunelab.signals import stop_on_signals
-from tunelab.tuning import space as search_space
+from tunelab.search_space import Param, parse_space
+from tunelab.tuning import space as sampling
+from tunelab.tuning.objective import base_raw, direction_of, metric_of, trial_raw
 
 
 @dataclass
@@ -41,28 +42,18 @@ class TuneResult:
     seconds: float  # training time over all trials
 
 
-def metric_of(config: Config) -> str:
-    return config.tune.metric or config.train.metric or ("micro_f1" if config.data.multi_label else "accuracy")
-
-
-def direction_of(config: Config) -> str:
-    if config.tune.direction != "auto":
-        return config.tune.direction
-    return "minimize" if metric_of(config) in ("loss", "ece") else "maximize"
-
-
 def startup_trials(config: Config, n_trials: int) -> int:
     given = config.tune.startup_trials
     return given if given is not None else min(10, max(2, n_trials // 4))
 
 
-def check_space(config: Config) -> list[search_space.Param]:
+def check_space(config: Config) -> list[Param]:
     """Parse the space and check every key is a config key taking values of that kind (errors say which)."""
-    params = search_space.parse_space(config.tune.space)
+    params = parse_space(config.tune.space)
     if not params:
         raise ConfigError("tune.space is empty: name the keys to search, e.g.\n  tune:\n    space:\n"
                           "      train.learning_rate: {log_uniform: [1e-5, 1e-3]}")
-    base = _base_raw(config)
+    base = base_raw(config)
     methods = next((set(p.choices) for p in params if p.key == "method.name"), {config.method.name})
     for p in params:
         if p.method and p.method not in methods:
@@ -73,29 +64,13 @@ def check_space(config: Config) -> list[search_space.Param]:
         raw = copy.deepcopy(base)
         if p.method:
             set_key(raw, "method.name", p.method)
-        set_key(raw, p.key, search_space.example_value(p))
+        set_key(raw, p.key, sampling.example_value(p))
         try:
             load_config(raw)
         except ConfigError as exc:
             detail = str(exc).split("\n", 1)[-1].strip()
             raise ConfigError(f"tune.space: key {p.key!r} does not fit the config: {detail}") from None
     return params
-
-
-def _base_raw(config: Config) -> dict:
-    raw = yaml.safe_load(dump_config(config))
-    raw.pop("tune")
-    return raw
-
-
-def trial_raw(config: Config, values: dict) -> dict:
-    """A trial's whole config (raw dict) from the search's config and the trial's values. Built, not read from the
-    trial's folder: with a shared database the trial may have run on another machine."""
-    raw = _base_raw(config)
-    set_key(raw, "train.metric", metric_of(config))
-    for key, value in values.items():
-        set_key(raw, key, value)
-    return raw
 
 
 def _sampler(config: Config, params, trial_number: int, n_trials: int):
@@ -125,7 +100,7 @@ def _slots(config: Config, params) -> list[dict]:
     if config.tune.sampler != "grid":
         return [{} for _ in range(config.tune.n_trials or 20)]
     try:
-        points = search_space.grid(params, config.method.name)
+        points = sampling.grid(params, config.method.name)
     except ValueError as exc:
         raise ConfigError(f"tune.space: {exc}") from None
     return points[: config.tune.n_trials] if config.tune.n_trials else points
@@ -149,7 +124,7 @@ def tune(config: Config, quiet: bool = False) -> TuneResult:
     tune_dir.mkdir(parents=True, exist_ok=True)
     slots = _slots(config, params)
     if config.tune.sampler == "grid" and config.tune.n_trials and len(slots) == config.tune.n_trials:
-        size = len(search_space.grid(params, config.method.name))
+        size = len(sampling.grid(params, config.method.name))
         if size > len(slots):
             say(f"tune: the grid has {size} configurations; tune.n_trials = {len(slots)} runs the first {len(slots)} "
                 "(set tune.n_trials: null for all)")
@@ -233,7 +208,7 @@ def run_trial(study, storage, trial, config: Config, params) -> str:
 
     run_dir = config.run_dir / f"trial-{trial.number}"
     try:
-        values = search_space.suggest(trial, params, config.method.name)
+        values = sampling.suggest(trial, params, config.method.name)
         shown = ", ".join(f"{k.split('.')[-1] if k != 'method.name' else 'method'}={_short(v)}" for k, v in values.items())
         same = _same_config_done(study, trial, values)
         if same is not None:  # a config already measured (random draws repeat on small choice sets)

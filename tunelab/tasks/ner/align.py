@@ -15,7 +15,7 @@ from typing import Sequence
 import numpy as np
 
 from tunelab.errors import TunelabError
-from tunelab.models.source import rust_tokenizer
+from tunelab.hub import rust_tokenizer
 
 IGNORE = -100  # label of positions the loss skips (torch.nn.CrossEntropyLoss's default ignore_index)
 

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from tunelab.errors import TunelabError
-from tunelab.models.source import default_model_dir, resolve_model
+from tunelab.hub import default_model_dir, resolve_model
 
 
 def test_default_is_found_through_the_installed_package():
@@ -35,7 +35,7 @@ def test_local_folder_must_be_a_model_folder(tmp_path):
 
 def _resolve(tmp_path, call: str, **env) -> tuple[str, float]:
     """Run `call` (resolve_model / load_tokenizer ...) in a fresh process: (its result or error, seconds it took)."""
-    code = ("import time\nfrom tunelab.models.source import load_tokenizer, resolve_model\nstart = time.time()\n"
+    code = ("import time\nfrom tunelab.hub import load_tokenizer, resolve_model\nstart = time.time()\n"
             f"try:\n    out = {call}\nexcept Exception as e:\n    out = f'{{type(e).__name__}}: {{e}}'\n"
             "print(out)\nprint(time.time() - start)")
     env = {**os.environ, "HF_HUB_CACHE": str(tmp_path / "hf-cache"), "HF_HOME": str(tmp_path / "hf-home"), **env}
