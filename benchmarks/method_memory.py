@@ -33,11 +33,11 @@ def measure(method: str, checkpointing: bool) -> dict:
     from tunelab.methods.parts import enable_activation_checkpointing
     from tunelab.methods.store import apply_method
     from tunelab.hub import default_model_dir
-    from tunelab.tasks import make_task
+    from tunelab.tasks.classification import ClassificationTask
     from tunelab.training.optim import build_optimizer
 
     config = load_config({"name": "m", "data": {"train": "x"}, "method": {"name": method}})
-    task = make_task("classification", ["0", "1"], False, False)
+    task = ClassificationTask(["0", "1"], False, False)
     torch.manual_seed(0)
     model = apply_method(task.build_model(str(default_model_dir()), 0.0, attention="eager"), config.method)
     if checkpointing:

@@ -13,7 +13,7 @@ import pytest
 from conftest import sentiment_rows, write_csv
 from tunelab.evaluation import evaluate
 from tunelab.models.predictor import Predictor
-from tunelab.tasks.metrics import best_threshold, single_label_metrics
+from tunelab.tasks.classification.metrics import best_threshold, single_label_metrics
 from tunelab.training import train
 
 

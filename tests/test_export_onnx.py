@@ -99,7 +99,7 @@ def test_int8_export_reports_agreement_and_refuses_below_the_floor(runs, monkeyp
     assert fp32_weight_matmuls(runs["full"] / "export" / "int8-retried" / "model.onnx") == layers
     # under the floor both ways: refused, nothing written
     monkeypatch.setattr(onnx_export, "_parity", lambda *a: {"examples": 60, "label_agreement": 0.95, "disagreements": 3, "max_abs_prob_diff": 0.2})
-    with pytest.raises(TunelabError, match=r"disagrees with the fp32 model on 3 of 60 texts \(60 validation, 240 training\): "
+    with pytest.raises(TunelabError, match=r"int8: the labels differ on 3 of 60 texts \(60 validation, 240 training\): "
                        r"95.00% agree, under the floor of 99% \(every matmul in int8: 95.00%\); nothing written.*"
                        r"--min-agreement 0.95"):
         export_onnx(runs["full"], quantize="int8", quiet=True)

@@ -14,7 +14,7 @@ from tunelab.methods import METHODS
 from tunelab.methods.parts import count_parameters
 from tunelab.methods.store import apply_method
 from tunelab.models.load import load_model
-from tunelab.tasks import make_task
+from tunelab.tasks.classification import ClassificationTask
 from tunelab.training.checkpoint import save_model_folder
 from tunelab.training.optim import build_optimizer
 
@@ -45,7 +45,7 @@ def _method(name):
 
 
 def _build(tiny_model_dir, method, task_kind):
-    task = make_task("classification", **TASKS[task_kind])
+    task = ClassificationTask(**TASKS[task_kind])
     torch.manual_seed(0)
     model = apply_method(task.build_model(str(tiny_model_dir)), _method(method))
     return task, model
@@ -100,10 +100,11 @@ def _perturbed(tiny_model_dir, method, task_kind):
 
 
 def _meta(task, method_config, tiny_model_dir):
+    from tunelab.models.card import ModelCard
+
     settings = getattr(method_config, method_config.name, None)
-    return {"task": "classification", "labels": task.labels, "multi_label": task.multi_label, "pair": task.pair,
-            "max_length": 32, "base_model": str(tiny_model_dir),
-            "method": {"name": method_config.name, **({method_config.name: settings.model_dump()} if settings else {})}}
+    return ModelCard(**task.card_fields(), max_length=32, base_model=str(tiny_model_dir),
+                     method={"name": method_config.name, **({method_config.name: settings.model_dump()} if settings else {})})
 
 
 @pytest.mark.parametrize("task_kind", list(TASKS))
@@ -118,7 +119,7 @@ def test_save_then_load_predicts_the_same(tiny_model_dir, tokenizer, tmp_path, m
     saved = json.loads((tmp_path / "model" / "tunelab.json").read_text())
     if METHODS[method].SAVES != "model":  # PEFT saves adapter + head only: far smaller than the base
         assert saved["saved_bytes"] < 0.5 * count_parameters(model)["total"] * 4
-    loaded = load_model(tmp_path / "model", saved)
+    loaded = load_model(tmp_path / "model")
     with torch.no_grad():
         got = loaded(**batch).logits
     assert torch.allclose(got, expected, atol=1e-6), f"{method}: max diff {(got - expected).abs().max():.2e}"
@@ -127,7 +128,7 @@ def test_save_then_load_predicts_the_same(tiny_model_dir, tokenizer, tmp_path, m
 def test_adapter_train_pooler_adds_the_pooler_and_saves_it(tiny_model_dir, tokenizer, tmp_path):
     raw = {"name": "t", "data": {"train": "x.csv"}, "method": {"name": "adapter", "adapter": {"train_pooler": True}}}
     method_config = load_config(raw).method
-    task = make_task("classification", **TASKS["single"])
+    task = ClassificationTask(**TASKS["single"])
     torch.manual_seed(0)
     model = apply_method(task.build_model(str(tiny_model_dir)), method_config)
     trainable = {n for n, p in model.named_parameters() if p.requires_grad}
@@ -142,7 +143,7 @@ def test_adapter_train_pooler_adds_the_pooler_and_saves_it(tiny_model_dir, token
     with torch.no_grad():
         expected = model(**batch).logits
     save_model_folder(model, tokenizer, tmp_path / "model", _meta(task, method_config, tiny_model_dir))
-    loaded = load_model(tmp_path / "model", json.loads((tmp_path / "model" / "tunelab.json").read_text()))
+    loaded = load_model(tmp_path / "model")
     with torch.no_grad():
         assert torch.allclose(loaded(**batch).logits, expected, atol=1e-6)
 
@@ -179,9 +180,9 @@ def test_each_method_has_a_learning_rate_and_a_description():
 
 def _interrupt_at(monkeypatch, forward_calls):
     """Make the next training raise KeyboardInterrupt (like Ctrl-C) in its n-th training forward pass."""
-    import tunelab.training.loop as loop
+    import tunelab.training.setup as setup
 
-    real = loop.apply_method
+    real = setup.apply_method
     calls = {"n": 0}
 
     def apply_then_arm(model, method_config):
@@ -194,7 +195,7 @@ def _interrupt_at(monkeypatch, forward_calls):
                     raise KeyboardInterrupt
         model.register_forward_pre_hook(hook, with_kwargs=True)
         return model
-    monkeypatch.setattr(loop, "apply_method", apply_then_arm)
+    monkeypatch.setattr(setup, "apply_method", apply_then_arm)
 
 
 def straight_and_resumed(tiny_config, monkeypatch, name: str, stop_at: int, **settings):
@@ -271,7 +272,7 @@ def test_export_merge_refuses_methods_that_cannot_merge(tiny_config):
 
 
 def test_adapter_scale_multiplies_what_each_adapter_adds_and_survives_save_load(tiny_model_dir, tokenizer, tmp_path):
-    task = make_task("classification", **TASKS["single"])
+    task = ClassificationTask(**TASKS["single"])
     batch, _ = _batch(task)
     logits = {}
     for scale in (1.0, 3.0):
@@ -294,7 +295,7 @@ def test_adapter_scale_multiplies_what_each_adapter_adds_and_survives_save_load(
         with torch.no_grad():
             logits[scale] = model(**batch).logits
         save_model_folder(model, tokenizer, tmp_path / str(scale), _meta(task, method_config, tiny_model_dir))
-        loaded = load_model(tmp_path / str(scale), json.loads((tmp_path / str(scale) / "tunelab.json").read_text()))
+        loaded = load_model(tmp_path / str(scale))
         with torch.no_grad():
             assert torch.allclose(loaded(**batch).logits, logits[scale], atol=1e-6)
     assert not torch.allclose(logits[1.0], logits[3.0])
@@ -302,7 +303,7 @@ def test_adapter_scale_multiplies_what_each_adapter_adds_and_survives_save_load(
 
 @pytest.mark.parametrize("placement,per_layer", [("parallel", 1), ("parallel_both", 2), ("houlsby", 2), ("pfeiffer", 1)])
 def test_each_adapter_placement_starts_as_pretrained_learns_and_reloads(tiny_model_dir, tokenizer, tmp_path, placement, per_layer):
-    task = make_task("classification", **TASKS["single"])
+    task = ClassificationTask(**TASKS["single"])
     batch, _ = _batch(task)
     torch.manual_seed(0)
     base = task.build_model(str(tiny_model_dir)).eval()
@@ -321,7 +322,7 @@ def test_each_adapter_placement_starts_as_pretrained_learns_and_reloads(tiny_mod
         after = model(**batch).logits
     assert not torch.allclose(after, before, atol=1e-5)
     save_model_folder(model, tokenizer, tmp_path / "m", _meta(task, method_config, tiny_model_dir))
-    loaded = load_model(tmp_path / "m", json.loads((tmp_path / "m" / "tunelab.json").read_text()))
+    loaded = load_model(tmp_path / "m")
     with torch.no_grad():
         assert torch.allclose(loaded(**batch).logits, after, atol=1e-6)
 
@@ -364,7 +365,7 @@ def test_lora_factors_compute_in_fp32_under_cpu_autocast_and_keep_their_input_as
     lora_layers = [m for m in model.modules() if hasattr(m, "cast_input_dtype_enabled")]
     assert lora_layers and not any(m.cast_input_dtype_enabled for m in lora_layers)  # peft's fp32 copy is off
     raw = {"name": "t", "data": {"train": "x.csv"}, "method": {"name": "lora", "lora": {"fp32_on_cpu": False}}}
-    plain = apply_method(make_task("classification", **TASKS["single"]).build_model(str(tiny_model_dir)), load_config(raw).method)
+    plain = apply_method(ClassificationTask(**TASKS["single"]).build_model(str(tiny_model_dir)), load_config(raw).method)
     assert all(type(m) is torch.nn.Linear for n, m in plain.named_modules() if n.endswith("lora_A.default"))
 
     torch.manual_seed(0)

@@ -87,7 +87,7 @@ def test_read_conll_undecodable_bytes_named_by_line(write):
     s = formats.read_conll(path)
     assert s.tokens == [["Ann"], ["Bob"]]
     [p] = s.problems
-    assert (p.where, p.reason) == (3, "undecodable_bytes") and "utf-8" in p.message
+    assert (p.where, p.reason) == (3, "invalid_unicode") and "utf-8" in p.message
     assert formats.read_conll(path, encoding="latin-1").tokens[1] == ["Z\u00fcrich", "is"]
 
 

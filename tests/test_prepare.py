@@ -134,7 +134,7 @@ def test_crash_while_writing_leaves_nothing_a_later_stage_accepts(write, make_co
     config = make_config(train=path)
     prepare(config, tokenizer=tokenizer, quiet=True)
     path.write_text(csv_rows([(f"new text {i}", "a" if i % 2 else "b") for i in range(30)]))
-    real = prepare_module._write_split
+    real = prepare_module.write_split
     calls = []
 
     def crash_on_second(rows, out, fmt):
@@ -143,11 +143,11 @@ def test_crash_while_writing_leaves_nothing_a_later_stage_accepts(write, make_co
             raise KeyboardInterrupt
         real(rows, out, fmt)
 
-    monkeypatch.setattr(prepare_module, "_write_split", crash_on_second)
+    monkeypatch.setattr(prepare_module, "write_split", crash_on_second)
     with pytest.raises(KeyboardInterrupt):
         prepare(config, tokenizer=tokenizer, quiet=True)
     assert load_prepared(config.run_dir / "data") is None  # no manifest: not accepted as prepared
-    monkeypatch.setattr(prepare_module, "_write_split", real)
+    monkeypatch.setattr(prepare_module, "write_split", real)
     redone = prepare(config, tokenizer=tokenizer, quiet=True)
     assert not redone.up_to_date and "new text" in read_split(redone.files["train"])[0]["text"]
 

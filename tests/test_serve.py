@@ -48,7 +48,7 @@ def served(predictor, name="m", delay=0.0, fail_on=None, calls=None):
         time.sleep(delay)
         return predictor.infer(texts, pairs, embeddings)
     return ServedModel(name, infer, predictor.decide, predictor.tokenizer, predictor.max_length, False,
-                       {"labels": predictor.labels, "path": str(predictor.model_dir)})
+                       {"labels": predictor.labels, "path": str(predictor.model_dir)}, task=predictor.task)
 
 
 def post_all(url: str, bodies: list[bytes], path="/v1/predict") -> list[httpx.Response]:

@@ -76,13 +76,13 @@ def test_resume_of_a_finished_run_trains_nothing_again(tiny_config, capsys):
 def test_long_stretches_between_evaluations_are_checkpointed_without_changing_the_training(tiny_config, monkeypatch):
     """One epoch of large data is a single evaluation: checkpoints come at least every CHECKPOINT_AT_LEAST_EVERY
     steps anyway, and (no lazy embedding catch-up for them) the run ends with the same weights as without them."""
-    import tunelab.training.loop as loop
+    import tunelab.training.setup as setup
     from safetensors.torch import load_file
 
     settings = dict(max_steps=12, eval_every=12, learning_rate=1e-2, lazy_embeddings=True)
     plain = train(tiny_config(name="no-checkpoints", **settings), quiet=True)
     assert not list((plain.run_dir / "checkpoints").glob("step-*"))
-    monkeypatch.setattr(loop, "CHECKPOINT_AT_LEAST_EVERY", 5)
+    monkeypatch.setattr(setup, "CHECKPOINT_AT_LEAST_EVERY", 5)
     saved = train(tiny_config(name="checkpoints", **settings), quiet=True)
     assert [p.name for p in (saved.run_dir / "checkpoints").glob("step-*")] == ["step-10"]  # 5, then 10 (keeps 1)
     a, b = (load_file(str(r.model_dir / "model.safetensors")) for r in (plain, saved))
@@ -341,13 +341,15 @@ def test_schedules_warm_up_then_follow_their_shape(tiny_config, name):
 
 
 def test_balanced_class_weights():
-    from tunelab.tasks import make_task
+    from tunelab.tasks.classification import ClassificationTask
+    from tunelab.tasks.encoding import Encoded
 
-    task = make_task("classification", ["a", "b"], False, False)
-    w = task.class_weights(np.array([0, 0, 0, 1]), "balanced")
+    task = ClassificationTask(["a", "b"], False, False)
+    split = lambda targets: Encoded(np.zeros(0, np.int32), None, np.zeros(len(targets) + 1, np.int64), np.array(targets))  # noqa: E731
+    w = task.class_weights(split([0, 0, 0, 1]), "balanced")
     assert torch.allclose(w, torch.tensor([4 / 6, 4 / 2]))
     with pytest.raises(TunelabError, match="3 weights for 2 labels"):
-        task.class_weights(np.array([0, 1]), [1.0, 2.0, 3.0])
+        task.class_weights(split([0, 1]), [1.0, 2.0, 3.0])
 
 
 def test_unknown_metric_is_a_clear_error(tiny_config):

@@ -77,7 +77,7 @@ RUN = typer.Argument(..., help="A run folder (runs/<name>) or its model folder."
 @app.command()
 def evaluate(run: Path = RUN,
              split: str = typer.Option("test", "--split", help="test, validation, train, or a labelled CSV/JSONL/Parquet file."),
-             batch_size: int = typer.Option(128, "--batch-size", min=1, help="Examples per forward pass.")) -> None:
+             batch_size: Optional[int] = typer.Option(None, "--batch-size", min=1, help="Examples per forward pass (default: the run's evaluate.batch_size).")) -> None:
     """Metrics of a trained run on a split or file; writes eval/report.json, report.html and PNGs."""
     from tunelab.evaluation import evaluate as run_evaluate, metrics_table
 
@@ -108,6 +108,8 @@ def export(run: Path = RUN,
            min_agreement: float = typer.Option(0.99, "--min-agreement", min=0.0, max=1.0,
                                                help="int8: the least share of labels that must agree with fp32 (on validation, topped up to 1000 texts with training texts)."),
            ffn_down_fp32: bool = typer.Option(False, "--ffn-down-fp32", help="int8: keep the feed-forward down-projections (fed by GELU) in fp32 from the start: slower, closer to fp32 (tried by itself when every matmul in int8 falls under --min-agreement)."),
+           max_metric_drop: float = typer.Option(0.5, "--max-metric-drop", min=0.0,
+                                                 help="int8, token classification: the most points of validation entity F1 the int8 model may lose."),
            output: Optional[Path] = typer.Option(None, "--output", "-o", help="Output folder (default runs/<name>/export/merged, onnx or onnx-int8)."),
            limit: Optional[int] = typer.Option(None, "--limit", min=1, help="Check parity on at most this many texts (validation first).")) -> None:
     """Export a trained run: --merge (merged adapters) or --format onnx [--quantize int8], each checked on validation."""
@@ -130,7 +132,8 @@ def export(run: Path = RUN,
 
     if ffn_down_fp32 and not quantize:
         raise TunelabError("--ffn-down-fp32 is an int8 setting: add --quantize int8")
-    parity = export_onnx(run, output, quantize, min_agreement, limit, ffn_down_fp32=ffn_down_fp32)
+    parity = export_onnx(run, output, quantize, min_agreement, limit, ffn_down_fp32=ffn_down_fp32,
+                         max_metric_drop=max_metric_drop)
     from tunelab.export.onnx import describe_parity
 
     typer.echo(f"onnx model{' (int8)' if quantize else ''}: {parity['out']} ({parity['bytes'] / 1e6:.1f} MB); "
@@ -267,14 +270,14 @@ def monitor_report(run: Path = typer.Argument(..., help="The served run (or mode
                    out: Optional[Path] = typer.Option(None, "--out", help="Folder (default: RUN/monitor/).")) -> None:
     """The dashboard as a static report (HTML + PNGs) from the prediction log."""
     from tunelab.config import DEFAULT_ALERTS
+    from tunelab.models.card import ModelCard
     from tunelab.models.predictor import find_model_dir
     from tunelab.monitor.profile import load_profile, run_of
     from tunelab.monitor.report import parse_since, write_monitor_report
 
     start = parse_since(since)
     model_dir = find_model_dir(run)
-    meta = json.loads((model_dir / "tunelab.json").read_text())
-    run_dir = run_of(model_dir, meta)
+    run_dir = run_of(model_dir, ModelCard.read(model_dir))
     if database is None:
         db = run_dir / "monitor.db"
         if not db.is_file():

@@ -17,6 +17,7 @@ from pydantic import BaseModel, Field, ValidationError, create_model, field_vali
 from tunelab.errors import ConfigError
 from tunelab.methods import METHODS
 from tunelab.settings import Section
+from tunelab.tasks import TASKS
 
 
 class DataConfig(Section):
@@ -25,16 +26,27 @@ class DataConfig(Section):
     train: Path = Field(description="Training file: .csv, .tsv, .jsonl, .json or .parquet.")
     validation: Path | None = Field(None, description="Validation file; split from train when absent.")
     test: Path | None = Field(None, description="Test file; split from train when absent.")
-    format: Literal["auto", "csv", "tsv", "jsonl", "json", "parquet"] = Field(
-        "auto", description="File format; 'auto' picks it from the file extension.")
+    format: Literal["auto", "csv", "tsv", "jsonl", "json", "parquet", "conll", "token_jsonl", "entity_jsonl"] = Field(
+        "auto", description="File format; 'auto' picks it from the file extension (token classification: .conll/"
+        ".txt/.iob/.bio are CoNLL, .jsonl is token_jsonl or entity_jsonl by the keys of its first line).")
     encoding: str = Field("utf-8", description="Text encoding of CSV/TSV/JSON files (e.g. 'latin-1').")
-    text_column: str = Field("text", description="Column holding the text.")
+    text_column: str = Field("text", description="Column holding the text (token classification, entity_jsonl: "
+                             "the key of the text the entity offsets point into).")
     text_pair_column: str | None = Field(
         None, description="Column holding the second text of a sentence pair (NLI, paraphrase); none for single texts.")
     label_column: str = Field("label", description="Column holding the label (or labels, for multi-label).")
     id_column: str | None = Field(None, description="Optional column of unique row ids; duplicates are reported.")
     labels: list[str] | None = Field(
-        None, description="The allowed labels, in order; inferred from the training file when absent.")
+        None, description="The allowed labels, in order (token classification: the entity types, e.g. [PER, ORG]); "
+        "inferred from the training file when absent.")
+    tokens_column: str = Field("tokens", description="Token classification, token_jsonl: the key of the list of words.")
+    tags_column: str = Field("tags", description="Token classification, token_jsonl: the key of the list of tags, one per word.")
+    entities_column: str = Field(
+        "entities", description="Token classification, entity_jsonl: the key of the entities, [{start, end, label}] "
+        "with character offsets into the text (end exclusive), as annotation tools export them.")
+    tag_scheme: Literal["auto", "IOB1", "IOB2", "IOBES", "BILOU"] = Field(
+        "auto", description="Token classification: how the tags mark entities ('auto': detected from the training "
+        "file). Every file is checked in it and converted to IOB2, which the model predicts.")
     multi_label: bool = Field(False, description="Each row has a list of labels (JSON list, or separated in CSV).")
     label_separator: str = Field("|", description="Separator of several labels in one CSV/TSV cell (multi-label).")
     on_bad_rows: Literal["error", "drop"] = Field(
@@ -79,8 +91,10 @@ class ModelConfig(Section):
 class TaskConfig(Section):
     """What the model learns to do; the head, inputs and metrics follow from it."""
 
-    name: Literal["classification"] = Field(
-        "classification", description="Task type. 'classification': single-label, multi-label (data.multi_label) or sentence pairs (data.text_pair_column).")
+    name: Literal[tuple(TASKS)] = Field(
+        "classification", description="Task type. 'classification': single-label, multi-label (data.multi_label) or "
+        "sentence pairs (data.text_pair_column); 'token_classification': a tag per word, answered as entities "
+        "(named-entity recognition).")
     multi_label_threshold: float | None = Field(
         None, gt=0.0, lt=1.0, description="Multi-label decision threshold; none: chosen on validation to maximise micro-F1.")
     calibrate: bool = Field(

@@ -48,9 +48,10 @@ def stop_on_signals():
 
 @contextmanager
 def step_in_progress():
-    """A stop signal inside the block takes effect at its end: an optimizer step with its log line, evaluation and
-    checkpoint is done whole or not at all, so the checkpoint saved on stopping continues exactly like a run never
-    stopped. (The forward and backward passes, most of a step's time, stay interruptible: they change nothing kept.)
+    """A stop signal inside the block takes effect at its end: an optimizer step -- forward and backward passes,
+    update, log line, evaluation, checkpoint -- is done whole or not at all, so the checkpoint saved on stopping
+    continues exactly like a run never stopped. The forward pass is inside too: dropout draws from the random
+    state the checkpoint keeps, and a checkpoint taken mid-forward would resume with some draws spent.
     """
     _step["depth"] += 1
     try:

@@ -13,7 +13,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 
 from tunelab.files import write_text_atomic  # noqa: E402
 from tunelab.html_report import figure, table  # noqa: E402
-from tunelab.tasks.metrics import SUMMARY_KEYS  # noqa: E402
+from tunelab.tasks.base import SUMMARY_KEYS  # noqa: E402
 
 
 def plot_confusion(matrix: list[list[int]], labels: list[str], path: Path) -> None:
@@ -96,9 +96,13 @@ def plot_label_f1(per_label: dict, path: Path) -> None:
     plt.close(fig)
 
 
-def write_report(out: Path, split: str, metrics: dict, labels: list[str], metrics_log: Path, meta: dict) -> None:
+def _spans(spans: list) -> str:
+    return "; ".join(f"{s.get('text', '')} ({s.get('label')})" for s in spans) or "none"
+
+
+def write_report(out: Path, split: str, metrics: dict, labels: list[str], metrics_log: Path, card) -> None:
     out.mkdir(parents=True, exist_ok=True)
-    report = {"split": split, "model": meta.get("run"), "base_model": meta.get("base_model"), **metrics}
+    report = {"split": split, "model": card.run, "base_model": card.base_model, **metrics}
     write_text_atomic(out / "report.json", json.dumps(report, indent=1))
 
     figures = []
@@ -111,6 +115,16 @@ def write_report(out: Path, split: str, metrics: dict, labels: list[str], metric
         figures.append((out / "confusion_matrix.png", "Confusion matrix (rows: true label, columns: predicted)"))
         plot_reliability(metrics["reliability"], metrics["ece"], out / "reliability.png")
         figures.append((out / "reliability.png", "Reliability diagram"))
+    if "per_type" in metrics:  # token classification: entities by type
+        rows = [[kind, m["precision"], m["recall"], m["f1"], m["support"]] for kind, m in metrics["per_type"].items()]
+        sections.append(f"<h2>Entities by type</h2>{table(['type', 'precision', 'recall', 'F1', 'support'], rows)}")
+        plot_confusion(metrics["confusion_matrix"], metrics["confusion_labels"], out / "confusion_matrix.png")
+        figures.append((out / "confusion_matrix.png", "Entity types, matched by exact span (rows: true, columns: "
+                                                      "predicted; O: missed or spurious)"))
+    if metrics.get("errors"):
+        items = "".join(f"<li>{html.escape(' '.join(e.get('tokens') or []))}<br>true: {html.escape(_spans(e['gold']))}"
+                        f"<br>predicted: {html.escape(_spans(e['predicted']))}</li>" for e in metrics["errors"])
+        sections.append(f"<h2>Examples of errors</h2><ol>{items}</ol>")
     if "per_label" in metrics:
         rows = [[lab, m["f1"], m["support"]] for lab, m in metrics["per_label"].items()]
         sections.append(f"<h2>Per label</h2>{table(['label', 'F1', 'support'], rows)}")
@@ -119,11 +133,11 @@ def write_report(out: Path, split: str, metrics: dict, labels: list[str], metric
     if plot_curves(metrics_log, out / "curves.png"):
         figures.append((out / "curves.png", "Training curves"))
     sections.append("<h2>Figures</h2>" + "".join(figure(p, alt) for p, alt in figures))
-    page = f"""<!doctype html><html><head><meta charset="utf-8"><title>tunelab evaluation: {html.escape(str(meta.get('run')))} on {html.escape(split)}</title>
+    page = f"""<!doctype html><html><head><meta charset="utf-8"><title>tunelab evaluation: {html.escape(str(card.run))} on {html.escape(split)}</title>
 <style>body{{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em}}
 table{{border-collapse:collapse;margin:1em 0}}td,th{{border:1px solid #ccc;padding:4px 10px;text-align:right}}
 td:first-child,th:first-child{{text-align:left}}img{{max-width:100%}}figure{{margin:1.5em 0}}</style></head><body>
-<h1>Evaluation of {html.escape(str(meta.get('run')))} on {html.escape(split)}</h1>
-<p>Base model: {html.escape(str(meta.get('base_model')))}; labels: {len(labels)}.</p>
+<h1>Evaluation of {html.escape(str(card.run))} on {html.escape(split)}</h1>
+<p>Base model: {html.escape(str(card.base_model))}; labels: {len(labels)}.</p>
 {''.join(sections)}</body></html>"""
     write_text_atomic(out / "report.html", page)

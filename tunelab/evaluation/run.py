@@ -10,8 +10,10 @@ from pathlib import Path
 
 from tunelab.config import load_config
 from tunelab.errors import TunelabError
+from tunelab.models.card import ModelCard
 from tunelab.models.predictor import Predictor, find_model_dir
-from tunelab.tasks.metrics import SUMMARY_KEYS, Collector
+from tunelab.tasks import task_of
+from tunelab.tasks.base import SUMMARY_KEYS
 
 CHUNK_ROWS = 8192  # rows read, tokenised and scored at a time: memory does not grow with the split
 
@@ -56,12 +58,10 @@ def resolve_split(run_dir: Path, split: str) -> tuple[str, Path]:
     path = Path(split)
     if not path.is_file():
         raise TunelabError(f"--split: '{split}' is neither train, validation, test nor an existing file")
-    from tunelab.data.pipeline import prepare_file
-
     config = load_config(run_dir / "config.yaml")
-    labels = json.loads((run_dir / "model" / "tunelab.json").read_text())["labels"]
+    card = ModelCard.read(run_dir / "model")
     name = path.stem
-    return name, prepare_file(path, config, labels, run_dir / "eval" / name / "data.parquet")
+    return name, task_of(card).prepare_file(path, config, card.labels, run_dir / "eval" / name / "data.parquet")
 
 
 def run_folder(run: str | Path) -> Path:
@@ -79,30 +79,39 @@ def run_folder(run: str | Path) -> Path:
 
 def evaluate(run: str | Path, split: str = "test", batch_size: int | None = None, write_report: bool = True,
              quiet: bool = False) -> EvalResult:
-    """Metrics of the run's model on `split`; writes report.json, report.html and PNGs."""
-    from tqdm.auto import tqdm
-
+    """Metrics of the run's model on `split`; writes report.json, report.html and PNGs. `batch_size`: examples
+    per forward pass (none: the run's evaluate.batch_size)."""
     run_dir = run_folder(run)
     config = load_config(run_dir / "config.yaml")
     name, path = resolve_split(run_dir, split)  # before the model loads: a wrong split or file fails at once
-    predictor = Predictor(run_dir, batch_size=batch_size or 128)
-    task = predictor.task
-    collector = Collector(task.labels, task.multi_label, float(predictor.meta.get("temperature", 1.0)))
-    bar = tqdm(desc=f"evaluate {name}", unit="row", disable=quiet, file=sys.stderr)
-    for chunk in iter_chunks(path, ["text", "text_pair", "label"]):
-        probs = predictor.probabilities(chunk["text"], chunk.get("text_pair") if task.pair else None)
-        collector.add(probs, task.targets(chunk["label"]))
-        bar.update(len(chunk["text"]))
-    bar.close()
-    if not len(collector):
-        raise TunelabError(f"{path}: the {name} split is empty; nothing to evaluate")
-    metrics = collector.result(predictor.threshold, config.evaluate.calibration_bins)
+    predictor = Predictor(run_dir, batch_size=batch_size or config.evaluate.batch_size)
+    metrics = score_file(predictor, path, config.evaluate.calibration_bins, quiet, name)
     out = run_dir / "eval" if name == "test" else run_dir / "eval" / name
     if write_report:
         from tunelab.evaluation.report import write_report as write
 
-        write(out, name, metrics, task.labels, run_dir / "metrics.jsonl", predictor.meta)
+        write(out, name, metrics, predictor.task.labels, run_dir / "metrics.jsonl", predictor.card)
     return EvalResult(name, metrics, out)
+
+
+def score_file(predictor, path: Path, calibration_bins: int = 15, quiet: bool = True, name: str = "split") -> dict:
+    """The task's metrics of `predictor` on a prepared split file, read and scored chunk by chunk."""
+    from tqdm.auto import tqdm
+
+    task = predictor.task
+    collector = task.collector(predictor.card.temperature or 1.0)
+    bar = tqdm(desc=f"evaluate {name}", unit="example", disable=quiet, file=sys.stderr)
+    seen = 0
+    for chunk in iter_chunks(path, list(task.split_columns)):
+        enc = task.encode(predictor.tokenizer, chunk, predictor.max_length)
+        collector.add(predictor.infer_encoded(enc, embeddings=False).probs, task.example_targets(enc), enc.contexts)
+        n = len(next(iter(chunk.values())))
+        seen += n
+        bar.update(n)
+    bar.close()
+    if not seen:
+        raise TunelabError(f"{path}: the {name} split is empty; nothing to evaluate")
+    return collector.result(predictor.threshold, calibration_bins)
 
 
 def metrics_table(metrics: dict) -> str:

@@ -15,6 +15,7 @@ import torch
 
 from tunelab.errors import TunelabError
 from tunelab.files import replace_folder
+from tunelab.models.card import ModelCard
 from tunelab.methods import METHODS
 from tunelab.runlock import run_lock
 
@@ -27,8 +28,8 @@ def _logits(model, texts: list[str], pairs, tokenizer, max_length: int, batch_si
         for start in range(0, len(texts), batch_size):
             args = (texts[start:start + batch_size],) + ((pairs[start:start + batch_size],) if pairs else ())
             batch = tokenizer(*args, truncation=True, max_length=max_length, padding=True, return_tensors="pt")
-            out.append(model(**batch).logits.float().numpy())
-    return np.concatenate(out) if out else np.zeros((0, 0), dtype=np.float32)
+            out.append(model(**batch).logits.float().numpy().reshape(-1))  # per text, or per token
+    return np.concatenate(out) if out else np.zeros(0, dtype=np.float32)
 
 
 def _validation_texts(run_dir: Path, limit: int | None, split: str = "validation") -> tuple[list[str], list[str] | None]:
@@ -81,8 +82,8 @@ def _merge(model_dir: Path, out: str | Path | None, limit: int | None) -> dict:
     from tunelab.models.load import load_model
 
     run_dir = model_dir.parent
-    meta = json.loads((model_dir / "tunelab.json").read_text())
-    method = meta.get("method", {"name": "full"})["name"]
+    card = ModelCard.read(model_dir)
+    method = card.method_name
     if not getattr(METHODS[method], "MERGEABLE", False):
         if METHODS[method].SAVES == "model":
             raise TunelabError(f"{model_dir} was trained with method '{method}': it is already a plain transformers "
@@ -91,12 +92,12 @@ def _merge(model_dir: Path, out: str | Path | None, limit: int | None) -> dict:
                            f"{', '.join(n for n, m in METHODS.items() if getattr(m, 'MERGEABLE', False))} can be merged. "
                            f"Load {model_dir} with tunelab (or peft) instead")
     out = Path(out) if out else run_dir / "export" / "merged"
-    live = load_model(model_dir, meta)
+    live = load_model(model_dir, card)
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     texts, pairs = _validation_texts(run_dir, limit)
-    before = _logits(live, texts, pairs, tokenizer, int(meta["max_length"]))
+    before = _logits(live, texts, pairs, tokenizer, card.max_length)
     merged = live.merge_and_unload().eval()
-    after = _logits(merged, texts, pairs, tokenizer, int(meta["max_length"]))
+    after = _logits(merged, texts, pairs, tokenizer, card.max_length)
     parity = {"examples": len(texts), "max_abs_logit_diff": float(np.abs(before - after).max()) if len(texts) else 0.0,
               "tolerance": PARITY_TOLERANCE, "method": method}
     if parity["max_abs_logit_diff"] > PARITY_TOLERANCE:
@@ -106,9 +107,8 @@ def _merge(model_dir: Path, out: str | Path | None, limit: int | None) -> dict:
     shutil.rmtree(tmp, ignore_errors=True)
     merged.save_pretrained(tmp, safe_serialization=True)
     tokenizer.save_pretrained(tmp)
-    merged_meta = {**meta, "method": {"name": "full"}, "merged_from": {"run": str(run_dir.resolve()), "method": meta["method"]},
-                   "saved_bytes": (tmp / "model.safetensors").stat().st_size}
-    (tmp / "tunelab.json").write_text(json.dumps(merged_meta, indent=1))
+    card.replace(method={"name": "full"}, merged_from={"run": str(run_dir.resolve()), "method": card.method},
+                 saved_bytes=(tmp / "model.safetensors").stat().st_size).write(tmp)
     (tmp / "parity.json").write_text(json.dumps(parity, indent=1))
     from tunelab.monitor.profile import EMBEDDINGS_FILE, PROFILE_FILE
 

@@ -27,6 +27,7 @@ import torch
 
 from tunelab.errors import TunelabError
 from tunelab.files import replace_folder
+from tunelab.models.card import ModelCard
 from tunelab.runlock import run_lock
 
 FP32_TOLERANCE = 1e-4  # max |probability difference| of the fp32 export
@@ -49,13 +50,13 @@ class _Logits(torch.nn.Module):
         return out.logits, mean_pool(out.hidden_states[-1], attention_mask)
 
 
-def _plain_model(model_dir: Path, meta: dict):
+def _plain_model(model_dir: Path, card):
     """The trained model as one torch module: PEFT adapters merged into the base weights."""
     from tunelab.methods import METHODS
     from tunelab.models.load import load_model
 
-    method = meta.get("method", {"name": "full"})["name"]
-    model = load_model(model_dir, meta)
+    method = card.method_name
+    model = load_model(model_dir, card)
     if METHODS[method].SAVES == "peft":
         if not getattr(METHODS[method], "MERGEABLE", False):
             raise TunelabError(f"method '{method}' cannot be exported to ONNX (its virtual tokens live in peft's "
@@ -66,18 +67,20 @@ def _plain_model(model_dir: Path, meta: dict):
 
 def export_onnx(run: str | Path, out: str | Path | None = None, quantize: str | None = None,
                 min_agreement: float = 0.99, limit: int | None = None, quiet: bool = False,
-                ffn_down_fp32: bool = False) -> dict:
-    """Write the ONNX folder and return its parity figures (also in parity.json)."""
+                ffn_down_fp32: bool = False, max_metric_drop: float = 0.5) -> dict:
+    """Write the ONNX folder and return its parity figures (also in parity.json). int8 is refused under
+    `min_agreement` of the labels; for a task judged by a metric (token classification: entity F1), when it loses
+    more than `max_metric_drop` points of it on validation."""
     from tunelab.models.predictor import ONNX_FILE, find_model_dir
 
     model_dir = find_model_dir(run)
     if (model_dir / ONNX_FILE).is_file():
         raise TunelabError(f"{model_dir} is already an ONNX export; export the run it came from")
     with run_lock(model_dir.parent, "export"):  # a training of the run would rewrite the model being exported
-        return _export_onnx(model_dir, out, quantize, min_agreement, limit, quiet, ffn_down_fp32)
+        return _export_onnx(model_dir, out, quantize, min_agreement, limit, quiet, ffn_down_fp32, max_metric_drop)
 
 
-def _export_onnx(model_dir: Path, out, quantize, min_agreement, limit, quiet, ffn_down_fp32) -> dict:
+def _export_onnx(model_dir: Path, out, quantize, min_agreement, limit, quiet, ffn_down_fp32, max_metric_drop) -> dict:
     from transformers import AutoTokenizer
 
     from tunelab.export.merge import parity_texts
@@ -88,11 +91,11 @@ def _export_onnx(model_dir: Path, out, quantize, min_agreement, limit, quiet, ff
     quiet_transformers()
     say = (lambda m: None) if quiet else (lambda m: print(m, flush=True))
     run_dir = model_dir.parent
-    meta = json.loads((model_dir / "tunelab.json").read_text())
+    card = ModelCard.read(model_dir)
     out = Path(out) if out else run_dir / "export" / ("onnx-int8" if quantize == "int8" else "onnx")
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
-    model = _plain_model(model_dir, meta)
-    names = ["input_ids", "attention_mask"] + (["token_type_ids"] if meta["pair"] and "token_type_ids" in tokenizer.model_input_names else [])
+    model = _plain_model(model_dir, card)
+    names = ["input_ids", "attention_mask"] + (["token_type_ids"] if card.pair and "token_type_ids" in tokenizer.model_input_names else [])
     sample = tokenizer(*(["an example", "a second, longer example text"],) * (2 if len(names) == 3 else 1),
                        padding=True, return_tensors="pt")
     tmp = out.with_name(out.name + ".tmp")
@@ -104,13 +107,13 @@ def _export_onnx(model_dir: Path, out, quantize, min_agreement, limit, quiet, ff
         try:
             _export(model, names, tuple(sample[n] for n in names), tmp / "model.fp32.onnx")
         except Exception as exc:
-            method = meta.get("method", {"name": "full"})["name"]
-            raise TunelabError(f"ONNX export of this '{method}' model failed: {type(exc).__name__}: "
+            raise TunelabError(f"ONNX export of this '{card.method_name}' model failed: {type(exc).__name__}: "
                                f"{str(exc).strip().splitlines()[0] if str(exc).strip() else ''}") from exc
         tokenizer.save_pretrained(tmp)
         model.config.save_pretrained(tmp)  # labels and architecture, for readers of the folder
         texts, pairs, sources = parity_texts(run_dir, limit)
         reference = Predictor(model_dir, model=model)
+        judge = _Judge(reference, run_dir, min_agreement, max_metric_drop)
         fp32_file = tmp / "model.fp32.onnx"
         # int8: every weight matmul first (fastest); under the floor, the GELU-fed ones back in fp32, said so
         tries = ([ffn_down_fp32] if ffn_down_fp32 or not quantize else [False, True])
@@ -120,31 +123,32 @@ def _export_onnx(model_dir: Path, out, quantize, min_agreement, limit, quiet, ff
                 _quantize_int8(fp32_file, tmp / ONNX_FILE, keep_ffn)
             else:
                 fp32_file.rename(tmp / ONNX_FILE)
-            onnx_meta = {**meta, "exported_from": str(run_dir.resolve()),
-                         "onnx": {"opset": OPSET, "quantize": quantize, "inputs": names,
-                                  **({"ffn_down_fp32": keep_ffn} if quantize else {})}}
-            (tmp / "tunelab.json").write_text(json.dumps(onnx_meta, indent=1))
-            parity = {**_parity(reference, Predictor(tmp), texts, pairs), "texts": sources}
-            if not quantize or parity["label_agreement"] >= min_agreement or keep_ffn:
+            onnx_card = card.replace(exported_from=str(run_dir.resolve()),
+                                     onnx={"opset": OPSET, "quantize": quantize, "inputs": names,
+                                           **({"ffn_down_fp32": keep_ffn} if quantize else {})})
+            onnx_card.write(tmp)
+            exported = Predictor(tmp)
+            parity = {**_parity(reference, exported, texts, pairs), "texts": sources, **judge.scores(exported, quantize)}
+            if not quantize or judge.passes(parity) or keep_ffn:
                 break
             first = parity
-            say(f"export: with every matmul in int8 the labels differ on {_changed(parity)}: {parity['label_agreement']:.2%} "
-                f"agree, under the {min_agreement:.0%} floor; trying again with the GELU-fed matmuls in fp32")
+            say(f"export: with every matmul in int8, {judge.shortfall(parity)}; trying again with the GELU-fed matmuls in fp32")
         if first is not None:
             parity["all_int8_label_agreement"] = first["label_agreement"]
+            if judge.metric:
+                parity["all_int8_metric_drop_points"] = first["metric_drop_points"]
         if fp32_file.exists():
             fp32_file.unlink()
-        parity.update(quantize=quantize, ffn_down_fp32=onnx_meta["onnx"].get("ffn_down_fp32"),
-                      min_agreement=min_agreement if quantize else None, seconds=round(time.perf_counter() - started, 1),
+        parity.update(quantize=quantize, ffn_down_fp32=onnx_card.onnx.get("ffn_down_fp32"),
+                      min_agreement=min_agreement if quantize and not judge.metric else None,
+                      max_metric_drop=max_metric_drop if quantize and judge.metric else None,
+                      seconds=round(time.perf_counter() - started, 1),
                       bytes=(tmp / ONNX_FILE).stat().st_size)
         (tmp / "parity.json").write_text(json.dumps(parity, indent=1))
-        if quantize == "int8" and parity["label_agreement"] < min_agreement:
-            raise TunelabError(
-                f"int8 model disagrees with the fp32 model on {_changed(parity)}: {parity['label_agreement']:.2%} "
-                f"agree, under the floor of {min_agreement:.0%}"
-                + ("" if first is None else f" (every matmul in int8: {first['label_agreement']:.2%})")
-                + "; nothing written. Serve the fp32 export (--format onnx without --quantize), or accept the loss "
-                f"with --min-agreement {max(0.0, np.floor(parity['label_agreement'] * 100) / 100):.2f}")
+        if quantize == "int8" and not judge.passes(parity):
+            raise TunelabError(f"int8: {judge.shortfall(parity)}" + judge.first_try(first)
+                               + "; nothing written. Serve the fp32 export (--format onnx without --quantize), or accept "
+                               f"the loss with {judge.accept(parity)}")
         if not quantize and parity["max_abs_prob_diff"] > FP32_TOLERANCE:
             raise TunelabError(f"the ONNX model differs from the torch model by {parity['max_abs_prob_diff']:.2e} in "
                                f"probability (> {FP32_TOLERANCE}) on {_texts(parity)}; nothing written (please report this)")
@@ -211,16 +215,61 @@ def _quantize_int8(src: Path, dst: Path, ffn_down_fp32: bool = False) -> None:
         root.setLevel(level)
 
 
+class _Judge:
+    """Whether an int8 export is close enough to its source: label agreement on the parity texts, or, for a task
+    judged by a metric (token classification: entity F1), the points of it lost on the labelled validation split."""
+
+    def __init__(self, reference, run_dir: Path, min_agreement: float, max_drop: float):
+        self.metric = getattr(reference.task, "parity_metric", None)
+        self.min_agreement, self.max_drop = min_agreement, max_drop
+        self.run_dir, self.reference_score = run_dir, None
+        if self.metric:
+            self.reference_score = self._score(reference)
+
+    def _score(self, predictor) -> float:
+        from tunelab.evaluation.run import resolve_split, score_file
+
+        return float(score_file(predictor, resolve_split(self.run_dir, "validation")[1])[self.metric])
+
+    def scores(self, exported, quantize) -> dict:
+        if not self.metric:
+            return {}
+        score = self._score(exported)
+        return {f"reference_{self.metric}": self.reference_score, self.metric: score,
+                "metric_drop_points": round(100 * (self.reference_score - score), 4)}
+
+    def passes(self, parity: dict) -> bool:
+        if self.metric:
+            return parity["metric_drop_points"] <= self.max_drop
+        return parity["label_agreement"] >= self.min_agreement
+
+    def shortfall(self, parity: dict) -> str:
+        if self.metric:
+            return (f"validation {self.metric} falls from {parity[f'reference_{self.metric}']:.4f} to "
+                    f"{parity[self.metric]:.4f} ({parity['metric_drop_points']:.2f} points, more than the "
+                    f"{self.max_drop:g} allowed)")
+        return (f"the labels differ on {_changed(parity)}: {parity['label_agreement']:.2%} agree, under the floor "
+                f"of {self.min_agreement:.0%}")
+
+    def first_try(self, first: dict | None) -> str:
+        if first is None:
+            return ""
+        if self.metric:
+            return f" (every matmul in int8: {first['metric_drop_points']:.2f} points)"
+        return f" (every matmul in int8: {first['label_agreement']:.2%})"
+
+    def accept(self, parity: dict) -> str:
+        if self.metric:
+            return f"--max-metric-drop {np.ceil(parity['metric_drop_points'] * 100) / 100:.2f}"
+        return f"--min-agreement {max(0.0, np.floor(parity['label_agreement'] * 100) / 100):.2f}"
+
+
 def _parity(reference, exported, texts: list[str], pairs: list[str] | None) -> dict:
+    """How closely `exported` answers as `reference` does on these texts (the task compares their outputs)."""
     if not texts:
         return {"examples": 0, "label_agreement": 1.0, "disagreements": 0, "max_abs_prob_diff": 0.0}
     a, b = reference.probabilities(texts, pairs), exported.probabilities(texts, pairs)
-    if reference.task.multi_label:
-        same = ((a >= reference.threshold) == (b >= reference.threshold)).all(axis=1)
-    else:
-        same = a.argmax(1) == b.argmax(1)
-    return {"examples": len(texts), "label_agreement": float(same.mean()), "disagreements": int((~same).sum()),
-            "max_abs_prob_diff": float(np.abs(a - b).max())}
+    return {"examples": len(texts), **reference.task.agreement(a, b, reference.threshold)}
 
 
 def _texts(parity: dict) -> str:
@@ -232,8 +281,13 @@ def _texts(parity: dict) -> str:
 
 def describe_parity(parity: dict) -> str:
     """The CLI's summary of parity.json."""
-    return (f"on {_texts(parity)}: {parity['disagreements']} labels differ from the torch model "
+    text = (f"on {_texts(parity)}: {parity['disagreements']} answers differ from the torch model "
             f"({parity['label_agreement']:.2%} agree), max |prob diff| {parity['max_abs_prob_diff']:.2e}")
+    if "metric_drop_points" in parity:
+        metric = next(k.removeprefix("reference_") for k in parity if k.startswith("reference_"))
+        text += (f"; validation {metric} {parity[f'reference_{metric}']:.4f} -> {parity[metric]:.4f} "
+                 f"({parity['metric_drop_points']:.2f} points lost)")
+    return text
 
 
 def _changed(parity: dict) -> str:

@@ -7,7 +7,6 @@ weights, we switch the head. Calls are serialised by a lock (one adapter active 
 
 from __future__ import annotations
 
-import json
 import threading
 from pathlib import Path
 
@@ -16,6 +15,7 @@ import numpy as np
 from tunelab.errors import TunelabError
 from tunelab.methods import METHODS
 from tunelab.methods.parts import head_modules
+from tunelab.models.card import ModelCard
 from tunelab.models.load import build_base
 from tunelab.models.predictor import Predictor, find_model_dir
 from tunelab.hub import resolve_model
@@ -37,14 +37,14 @@ class AdapterSet:
         self._lock = threading.Lock()
         for name, run in adapters.items():
             model_dir = find_model_dir(run)
-            meta = json.loads((model_dir / "tunelab.json").read_text())
-            method = meta.get("method", {"name": "full"})["name"]
+            card = ModelCard.read(model_dir)
+            method = card.method_name
             if method not in SHAREABLE:
                 raise TunelabError(f"adapter '{name}': {run} was trained with method '{method}'; only "
                                    f"{' and '.join(SHAREABLE)} runs can share one base model")
-            if not _same_model(meta["base_model"], base):
-                raise TunelabError(f"adapter '{name}': {run} was trained on base '{meta['base_model']}', not '{base}'")
-            donor = build_base(meta)  # a fresh model with this adapter's head shape
+            if not _same_model(card.base_model, base):
+                raise TunelabError(f"adapter '{name}': {run} was trained on base '{card.base_model}', not '{base}'")
+            donor = build_base(card)  # a fresh model with this adapter's head shape
             heads = head_modules(donor)
             state = load_file(str(model_dir / "adapter_model.safetensors"))
             is_head = {k: k.removeprefix(PEFT_PREFIX).split(".")[0] in heads for k in state}

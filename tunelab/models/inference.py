@@ -9,13 +9,24 @@ import torch
 from tunelab.tasks.encoding import Encoded, collate, eval_batches
 
 
+def row_scores(scores, lengths, width: int):
+    """A batch's scores per row: as they are (one vector per row), or, scored per token, each row's own
+    positions (the input's last `width`: a prompt method prepends virtual ones), cut to its length."""
+    if scores.ndim < 3:
+        return scores
+    scores = scores[:, -width:]
+    return [scores[i, :n] for i, n in enumerate(lengths)]
+
+
 @torch.inference_mode()
-def iter_probabilities(model, enc: Encoded, task, batch_size: int, pad_id: int, with_types: bool,
-                       autocast: bool = False, embeddings: bool = False, call_tokens: int = 32,
-                       pad_multiple: int = 1, logits: bool = False) -> Iterator[tuple]:
-    """Yield (row indices, probabilities) batch by batch -- (rows, probabilities, embeddings) with
-    `embeddings` -- rows longest first, not in file order. Each batch is padded to its longest row, rounded up
-    to a multiple of `pad_multiple` tokens. `logits`: the raw float32 logits instead of probabilities."""
+def iter_outputs(model, enc: Encoded, task, batch_size: int, pad_id: int, with_types: bool,
+                 autocast: bool = False, embeddings: bool = False, call_tokens: int = 32,
+                 pad_multiple: int = 1, logits: bool = False) -> Iterator[tuple]:
+    """Yield (row indices, outputs) batch by batch -- (rows, outputs, embeddings) with `embeddings` -- rows
+    longest first, not in file order. Outputs are the task's probabilities (`logits`: the raw float32 logits):
+    an array with one row per input, or, where the model scores every token, a list with one (tokens, labels)
+    array per input, cut to its length. Each batch is padded to its longest row, rounded up to a multiple of
+    `pad_multiple` tokens."""
     was_training = model.training
     model.eval()
     device = next(model.parameters()).device
@@ -26,12 +37,13 @@ def iter_probabilities(model, enc: Encoded, task, batch_size: int, pad_id: int, 
             batch = {k: v.to(device) for k, v in collate(enc, rows, pad_id, with_types, pad_multiple).items()}
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast):
                 out = model(**batch, output_hidden_states=embeddings and hook is None)
-            probs = (out.logits.float() if logits else task.probabilities(out.logits)).cpu().numpy()
+            scores = (out.logits.float() if logits else task.probabilities(out.logits)).cpu().numpy()
+            scores = row_scores(scores, enc.lengths[rows], batch["input_ids"].shape[1])
             if embeddings:
                 hidden = captured.pop("hidden") if hook is not None else out.hidden_states[-1]
-                yield rows, probs, mean_pool(hidden, batch["attention_mask"]).float().cpu().numpy()
+                yield rows, scores, mean_pool(hidden, batch["attention_mask"]).float().cpu().numpy()
             else:
-                yield rows, probs
+                yield rows, scores
     finally:
         if hook is not None:
             hook.remove()

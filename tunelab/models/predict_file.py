@@ -10,6 +10,7 @@ from pathlib import Path
 
 from tunelab.data.texts import read_texts
 from tunelab.errors import TunelabError
+from tunelab.models.card import ModelCard
 from tunelab.models.predictor import Predictor, find_model_dir
 
 CHUNK = 4096
@@ -40,7 +41,7 @@ def predict_file(run: str | Path, source: str, output: str | None = None, text_c
     The output path and the input are checked before the model loads: a mistake costs no model time."""
     out_path = check_output(output)
     model_dir = find_model_dir(run)
-    pair = json.loads((model_dir / "tunelab.json").read_text()).get("pair", False)
+    pair = ModelCard.read(model_dir).pair
     read = read_texts(source, text_column, pair_column or ("text_pair" if pair else None))
     texts, pairs = read.texts, read.pairs
     predictor = Predictor(model_dir)
@@ -58,12 +59,8 @@ def predict_file(run: str | Path, source: str, output: str | None = None, text_c
                     continue
                 if writer is None:
                     writer = csv.writer(sink, lineterminator="\n")
-                    head = ["text", "labels" if predictor.task.multi_label else "label"]
-                    writer.writerow(head + ([] if predictor.task.multi_label else ["score"])
-                                    + [f"score_{lab}" for lab in predictor.labels])
-                label = "|".join(res["labels"]) if predictor.task.multi_label else res["label"]
-                row = [text, label] + ([] if predictor.task.multi_label else [f"{res['score']:.6f}"])
-                writer.writerow(row + [f"{res['scores'][lab]:.6f}" for lab in predictor.labels])
+                    writer.writerow(["text", *predictor.task.csv_header()])
+                writer.writerow([text, *predictor.task.csv_row(res)])
     except BaseException:  # Ctrl-C too: no half-written .tmp left beside the output
         if tmp:
             sink.close()

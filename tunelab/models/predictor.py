@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import json
 from collections import deque
 from collections.abc import Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -13,11 +12,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from tunelab.data.clean import clean_text
 from tunelab.errors import TunelabError
-from tunelab.models.inference import iter_probabilities
-from tunelab.tasks import make_task
-from tunelab.tasks.encoding import collate, encode, eval_batches
+from tunelab.models.card import ModelCard
+from tunelab.models.inference import iter_outputs, row_scores
+from tunelab.tasks import task_of
+from tunelab.tasks.encoding import Encoded, collate, eval_batches
 
 
 def find_model_dir(path: str | Path) -> Path:
@@ -93,17 +92,19 @@ class OnnxModel:
 
 @dataclass
 class Inference:
-    """What one model call gives: probabilities, and what monitoring compares with the training data."""
+    """What one model call gives per input: the task's outputs (probabilities per label; per word for token
+    classification), and what monitoring compares with the training data."""
 
-    probs: np.ndarray  # one row per text
-    embeddings: np.ndarray | None  # mean-pooled last layer per text; None for an ONNX export without it
-    lengths: np.ndarray  # tokens per text (after truncation)
-    unknown: np.ndarray  # unknown tokens per text
+    probs: np.ndarray | list  # one entry per input: an array (n, labels), or one array per input
+    embeddings: np.ndarray | None  # mean-pooled last layer per input; None for an ONNX export without it
+    lengths: np.ndarray  # tokens per input (after truncation)
+    unknown: np.ndarray  # unknown tokens per input
+    contexts: list | None = None  # what a task needs besides the outputs to answer (token classification: word offsets)
 
 
 class Predictor:
-    """A trained classifier ready for inference: tokenizer, model (torch, or ONNX Runtime for an exported
-    folder) and label names."""
+    """A trained model ready for inference: tokenizer, model (torch, or ONNX Runtime for an exported folder) and
+    its task, which turns outputs into answers."""
 
     def __init__(self, model_dir: str | Path, precision: str = "fp32", batch_size: int = 64, model=None):
         """`model`: an already loaded model to use instead of loading the folder's (shared-base adapters).
@@ -115,82 +116,77 @@ class Predictor:
 
         hf_logging.disable_progress_bar()
         self.model_dir = find_model_dir(model_dir)
-        self.meta = json.loads((self.model_dir / "tunelab.json").read_text())
-        self.task = make_task(self.meta["task"], self.meta["labels"], self.meta["multi_label"], self.meta["pair"])
+        self.card = ModelCard.read(self.model_dir)
+        self.task = task_of(self.card)
         self.tokenizer = AutoTokenizer.from_pretrained(self.model_dir)
         self.onnx = OnnxModel(self.model_dir / ONNX_FILE) if model is None and (self.model_dir / ONNX_FILE).is_file() else None
-        self.model = None if self.onnx else (model if model is not None else load_model(self.model_dir, self.meta))
-        self.max_length = int(self.meta["max_length"])
-        self.threshold = float(self.meta.get("threshold", 0.5))
+        self.model = None if self.onnx else (model if model is not None else load_model(self.model_dir, self.card))
+        self.max_length = int(self.card.max_length)
+        self.threshold = float(self.card.threshold)
         self.bf16 = precision == "bf16"
         self.batch_size = batch_size
         self.call_tokens = CALL_TOKENS["onnx" if self.onnx else "bf16" if self.bf16 else "fp32"]
         self.pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
-        self.with_types = self.task.pair and "token_type_ids" in self.tokenizer.model_input_names
+        self.with_types = getattr(self.task, "pair", False) and "token_type_ids" in self.tokenizer.model_input_names
 
     @property
     def labels(self) -> list[str]:
         return self.task.labels
 
-    def probabilities(self, texts: list[str], pairs: list[str] | None = None) -> np.ndarray:
-        """Class (or per-label) probabilities, one row per text, in input order."""
+    def probabilities(self, texts: list[str], pairs: list[str] | None = None):
+        """The task's outputs per text, in input order (classification: an array, one row of label
+        probabilities per text)."""
         return self.infer(texts, pairs, embeddings=False).probs
 
     def infer(self, texts: list[str], pairs: list[str] | None = None, embeddings: bool = True) -> Inference:
-        """Probabilities, and (with `embeddings`) each text's embedding, token count and unknown tokens."""
-        if self.task.pair and pairs is None:
+        """Outputs, and (with `embeddings`) each text's embedding, token count and unknown tokens."""
+        if getattr(self.task, "pair", False) and pairs is None:
             raise TunelabError("this model classifies sentence pairs: give a second text for each input")
-        how = self.meta.get("clean", {})
-        columns = {"text": [clean_text(t, **how) for t in texts],
-                   "text_pair": [clean_text(t, **how) for t in pairs] if pairs is not None else None}
-        enc = encode(self.tokenizer, columns, self.task, self.max_length, with_targets=False)
-        out = np.zeros((len(texts), self.task.num_labels), dtype=np.float32)
+        enc = self.task.encode_inputs(self.tokenizer, texts, pairs, self.max_length, self.card.clean)
+        return self.infer_encoded(enc, embeddings)
+
+    def infer_encoded(self, enc: Encoded, embeddings: bool = True) -> Inference:
+        """infer() of inputs the task already encoded (e.g. pre-split words)."""
+        rows_out: list = [None] * len(enc)
         emb = None
         if self.onnx is not None:
             embeddings = embeddings and self.onnx.has_embedding
             # at least as many batches as parallel calls: 32 texts of one length run as 2 x 16, not 1 x 32
-            most = max(1, min(self.batch_size, -(-len(texts) // self.onnx.calls)))
+            most = max(1, min(self.batch_size, -(-len(enc) // self.onnx.calls)))
             batches = eval_batches(enc.lengths, most, self.call_tokens)
-            padded = (collate(enc, rows, self.pad_id, self.with_types) for rows in batches)
+            padded = [collate(enc, rows, self.pad_id, self.with_types) for rows in batches]
             # one batch (a lone request) runs here: a hand-off to the pool would only add its latency
             results = self.onnx.outputs_many(padded) if len(batches) > 1 else map(self.onnx.outputs, padded)
-            for rows, (logits, pooled) in zip(batches, results):
-                out[rows] = self.task.probabilities(logits).numpy()
+            for rows, batch, (logits, pooled) in zip(batches, padded, results):
+                scores = row_scores(self.task.probabilities(logits).numpy(), enc.lengths[rows], batch["input_ids"].shape[1])
+                for row, value in zip(rows, scores):
+                    rows_out[row] = value
                 if embeddings:
-                    emb = np.zeros((len(texts), pooled.shape[1]), dtype=np.float32) if emb is None else emb
+                    emb = np.zeros((len(enc), pooled.shape[1]), dtype=np.float32) if emb is None else emb
                     emb[rows] = pooled
         else:
             with torch.inference_mode():
-                for rows, probs, *pooled in iter_probabilities(self.model, enc, self.task, self.batch_size, self.pad_id,
-                                                               self.with_types, autocast=self.bf16, embeddings=embeddings,
-                                                               call_tokens=self.call_tokens,
-                                                               pad_multiple=BF16_WIDTH_STEP if self.bf16 else 1):
-                    out[rows] = probs
+                for rows, scores, *pooled in iter_outputs(self.model, enc, self.task, self.batch_size, self.pad_id,
+                                                          self.with_types, autocast=self.bf16, embeddings=embeddings,
+                                                          call_tokens=self.call_tokens,
+                                                          pad_multiple=BF16_WIDTH_STEP if self.bf16 else 1):
+                    for row, value in zip(rows, scores):
+                        rows_out[row] = value
                     if embeddings:
-                        emb = np.zeros((len(texts), pooled[0].shape[1]), dtype=np.float32) if emb is None else emb
+                        emb = np.zeros((len(enc), pooled[0].shape[1]), dtype=np.float32) if emb is None else emb
                         emb[rows] = pooled[0]
         lengths = enc.lengths
         unk = self.tokenizer.unk_token_id
-        unknown = (np.bincount(np.repeat(np.arange(len(texts)), lengths)[enc.ids == unk], minlength=len(texts))
-                   if unk is not None else np.zeros(len(texts), dtype=np.int64))
-        return Inference(out, emb, lengths, unknown.astype(np.int64))
+        unknown = (np.bincount(np.repeat(np.arange(len(enc)), lengths)[enc.ids == unk], minlength=len(enc))
+                   if unk is not None else np.zeros(len(enc), dtype=np.int64))
+        outputs = self.task.examples(enc, np.stack(rows_out) if rows_out and np.ndim(rows_out[0]) == 1 else rows_out)
+        return Inference(outputs, *self.task.per_example(enc, emb, lengths, unknown.astype(np.int64)), enc.contexts)
 
-    def decide(self, probs: np.ndarray, top_k: int | None = None) -> list[dict]:
-        """Probabilities -> one result per row: the label(s), the score and all scores by label."""
-        results = []
-        for row in probs:
-            scores = {lab: float(p) for lab, p in zip(self.labels, row)}
-            if self.task.multi_label:
-                chosen = [lab for lab, p in scores.items() if p >= self.threshold]
-                result = {"labels": chosen, "scores": scores}
-            else:
-                best = int(row.argmax())
-                result = {"label": self.labels[best], "score": float(row[best]), "scores": scores}
-            if top_k:
-                result["top_k"] = [{"label": lab, "score": s} for lab, s in
-                                   sorted(scores.items(), key=lambda kv: -kv[1])[:top_k]]
-            results.append(result)
-        return results
+    def decide(self, outputs, top_k: int | None = None, contexts=None) -> list[dict]:
+        """Outputs -> one answer per input (classification: the label(s), the score and all scores by label)."""
+        return self.task.decide(outputs, self.threshold, top_k, contexts)
 
     def predict(self, texts: list[str], pairs: list[str] | None = None, top_k: int | None = None) -> list[dict]:
-        return self.decide(self.probabilities(texts, pairs), top_k)
+        out = self.infer(texts, pairs, embeddings=False)
+        return self.decide(out.probs, top_k, out.contexts)
+

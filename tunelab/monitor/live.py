@@ -9,7 +9,6 @@ blocking the event loop) the log's commit of its rows.
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 import threading
 import time
@@ -23,10 +22,11 @@ import sqlalchemy as sa
 
 from tunelab.config import MonitorConfig
 from tunelab.errors import TunelabError
+from tunelab.models.card import ModelCard
 from tunelab.monitor import store
 from tunelab.monitor.alerts import AlertRules, Event, Webhook
 from tunelab.monitor.drift import load_statistics, window_drift
-from tunelab.monitor.profile import confidence, label_counts, reference_shares, run_of, shares
+from tunelab.monitor.profile import label_counts, reference_shares, run_of, shares
 
 log = logging.getLogger("tunelab.monitor")
 RECENT_IDS = 200_000  # predictions whose id feedback can name without a database lookup
@@ -65,8 +65,7 @@ def default_database(models: dict) -> str | None:
         if not path:
             continue
         model_dir = Path(path)
-        meta = json.loads((model_dir / "tunelab.json").read_text()) if (model_dir / "tunelab.json").is_file() else {}
-        for folder in (run_of(model_dir, meta), model_dir):
+        for folder in (run_of(model_dir, ModelCard.read(model_dir)), model_dir):
             if folder.is_dir() and os.access(folder, os.W_OK):
                 return f"sqlite:///{(folder / 'monitor.db').resolve()}"
         raise TunelabError(f"no writable folder for the monitor's database ({model_dir} is read-only); "
@@ -143,23 +142,22 @@ class Monitor:
         """Log one request's predictions -> (their ids, for feedback; with durability: sync, the Future done once
         they are committed, else None)."""
         served = self.models[name]
+        task = served.task
         created, latency_ms = store.now(), latency_s * 1000
-        multi = bool(served.info.get("multi_label"))
         ids, records = [], []
         live = self.live[name]
         with self.lock:
             for text, row, result in zip(texts, rows, results):
                 pid = uuid.uuid4().hex
                 digest = hashlib.sha256(text.encode("utf-8")).hexdigest()
-                label = "|".join(result["labels"]) if multi else result["label"]
+                label, score, scores = task.log_fields(result)
                 ids.append(pid)
                 records.append({"id": pid, "created_at": created, "model": name, "text_sha256": digest,
                                 "text": text.replace("\x00", "") if self.settings.store_text else None, "label": label,
-                                "score": float(result.get("score", max(result["scores"].values()))),
-                                "scores": result["scores"], "latency_ms": latency_ms, "tokens": row.tokens})
-                probs = np.asarray(row.probs)
-                live.labels.append(tuple((probs >= served.threshold).astype(int)) if multi else int(probs.argmax()))
-                live.confidence.append(float(confidence(probs[None], multi)[0]))
+                                "score": score, "scores": scores, "latency_ms": latency_ms, "tokens": row.tokens})
+                key, sure = task.observe(row.probs, served.threshold)
+                live.labels.append(key)
+                live.confidence.append(sure)
                 live.tokens.append(row.tokens)
                 live.unknown.append(row.unknown)
                 if row.embedding is not None:
@@ -203,7 +201,7 @@ class Monitor:
                 window[row["prediction_id"]] = (row["predicted"], row["label"])
                 while len(window) > self.settings.accuracy_window:
                     window.popitem(last=False)
-            live = {m: _accuracy(list(self.live[m].feedback.values()), self.settings.min_feedback)
+            live = {m: _accuracy(self.models[m].task, list(self.live[m].feedback.values()), self.settings.min_feedback)
                     for m in {r["model"] for r in rows}}
         return {"accepted": len(rows), "live": live}
 
@@ -217,14 +215,13 @@ class Monitor:
                                     "(ids come with each prediction; old ones are removed after the retention)")
             model, predicted = hit
             served = self.models.get(model)
-            labels = served.info.get("labels", []) if served else []
-            given = label if isinstance(label, list) else [label]
-            wrong = [lab for lab in given if lab not in labels]
-            if wrong or served is None or (not served.info.get("multi_label") and len(given) != 1):
-                raise FeedbackError(422, "unknown_label", f"{where}: '{wrong[0] if wrong else label}' is not a label "
-                                    f"of model '{model}'; its labels: {', '.join(labels)}")
-            given = sorted(set(given), key=labels.index)  # in the order predictions list them
-            rows.append({"prediction_id": pid, "model": model, "label": "|".join(given), "predicted": predicted,
+            if served is None:
+                raise FeedbackError(422, "unknown_label", f"{where}: prediction '{pid}' was made by model '{model}', "
+                                    "which this server does not serve")
+            text, problem = served.task.feedback_label(label)
+            if problem is not None:
+                raise FeedbackError(422, "unknown_label", f"{where}: {problem} (model '{model}')")
+            rows.append({"prediction_id": pid, "model": model, "label": text, "predicted": predicted,
                          "created_at": store.now()})
         return rows
 
@@ -311,7 +308,7 @@ class Monitor:
         figures["window"] = float(n)
         with self.lock:
             feedback = list(live.feedback.values())
-        figures.update(_accuracy(feedback, self.settings.min_feedback))
+        figures.update(_accuracy(served.task, feedback, self.settings.min_feedback))
         reference = served.info.get("metrics", {}).get("accuracy") or (profile or {}).get("reference_accuracy")
         if "live_accuracy" in figures and reference is not None:
             figures["accuracy_drop"] = float(reference) - figures["live_accuracy"]
@@ -364,16 +361,11 @@ class Monitor:
                 "check_every_s": self.settings.check_every_s}
 
 
-def _accuracy(feedback: list, min_feedback: int) -> dict:
-    """Live accuracy and macro-F1 (scikit-learn) over the feedback window."""
+def _accuracy(task, feedback: list, min_feedback: int) -> dict:
+    """The task's live figures (accuracy, ...) over the feedback window, once it holds min_feedback answers."""
     if len(feedback) < min_feedback:
         return {}
-    from sklearn.metrics import accuracy_score, f1_score
-
-    predicted, true = zip(*feedback)
-    return {"live_accuracy": float(accuracy_score(true, predicted)),
-            "live_macro_f1": float(f1_score(true, predicted, average="macro", zero_division=0)),
-            "feedback_window": float(len(feedback))}
+    return {**task.live_figures(feedback), "feedback_window": float(len(feedback))}
 
 
 def _event_dict(row) -> dict:

@@ -12,6 +12,8 @@ from pathlib import Path
 
 import numpy as np
 
+from tunelab.models.card import ModelCard
+
 PROFILE_FILE = "monitor_profile.json"
 EMBEDDINGS_FILE = "monitor_profile.safetensors"
 MAX_TRAIN_ROWS = 20_000  # a seeded sample is plenty for length and unknown-token distributions
@@ -23,50 +25,53 @@ def build_profile(model_dir: str | Path, run_dir: str | Path | None = None, quie
     """Profile the model in `model_dir` (a model or export folder) against the prepared data of its run."""
     from tunelab.evaluation.run import resolve_split
     from tunelab.models.predictor import Predictor, find_model_dir
-    from tunelab.tasks.encoding import encode, read_split
+    from tunelab.tasks.encoding import read_split
 
     model_dir = find_model_dir(model_dir)
-    meta = json.loads((model_dir / "tunelab.json").read_text())
-    run_dir = Path(run_dir) if run_dir else run_of(model_dir, meta)
+    card = ModelCard.read(model_dir)
+    run_dir = Path(run_dir) if run_dir else run_of(model_dir, card)
     predictor = Predictor(model_dir)
     task, rng = predictor.task, np.random.default_rng(0)
 
     def sample(split: str, limit: int) -> dict:
         _, path = resolve_split(run_dir, split)
         columns = read_split(path)
-        n = len(columns.get("text", []))
+        n = len(next(iter(columns.values()), []))
         keep = np.sort(rng.permutation(n)[:limit]) if n > limit else np.arange(n)
         return {k: [v[i] for i in keep] for k, v in columns.items()}
 
     train = sample("train", MAX_TRAIN_ROWS)
-    train_enc = encode(predictor.tokenizer, {"text": train["text"], "text_pair": train.get("text_pair"), "label": train["label"]},
-                       task, predictor.max_length)
+    train_enc = task.encode(predictor.tokenizer, train, predictor.max_length)
     try:
         reference = sample("validation", MAX_REFERENCE_ROWS)
     except Exception:  # noqa: BLE001 -- no validation split: the train sample stands in
-        reference = {"text": []}
+        reference = {}
     reference_split = "validation"
-    if len(reference["text"]) < MIN_VALIDATION_ROWS:  # a random part of the train sample (files may be sorted)
+    if len(next(iter(reference.values()), [])) < MIN_VALIDATION_ROWS:  # a random part of the train sample (files may be sorted)
         reference_split = "train"
-        pick = np.sort(rng.permutation(len(train["text"]))[:MAX_REFERENCE_ROWS])
+        pick = np.sort(rng.permutation(len(next(iter(train.values()))))[:MAX_REFERENCE_ROWS])
         reference = {k: [v[i] for i in pick] for k, v in train.items()}
-    out = predictor.infer(reference["text"], reference.get("text_pair"))
-    ref_enc = encode(predictor.tokenizer, {"text": reference["text"], "text_pair": reference.get("text_pair"),
-                                           "label": reference["label"]}, task, predictor.max_length)
+    ref_enc = task.encode(predictor.tokenizer, reference, predictor.max_length)
+    out = predictor.infer_encoded(ref_enc)
+    observed = [task.observe(p, predictor.threshold) for p in out.probs]
+    names = task.observed_labels
+    vectors = task.observes_vectors
+    collector = task.collector()
+    collector.add(out.probs, task.example_targets(ref_enc))
     unk = predictor.tokenizer.unk_token_id
     profile = {
         "version": 1,
-        "labels": task.labels,
-        "multi_label": task.multi_label,
-        "examples": {"train": len(train["text"]), "reference": len(reference["text"])},
+        "labels": names,
+        "multi_label": vectors,  # each prediction counts towards several labels (a 0/1 or count vector)
+        "examples": {"train": len(train_enc), "reference": len(observed)},
         "reference_split": reference_split,
-        "train_label_counts": label_counts(train_enc.targets, task.multi_label, len(task.labels)),
-        "prediction_counts": label_counts(predicted(out.probs, task.multi_label, predictor.threshold),
-                                          task.multi_label, len(task.labels)),
+        "train_label_counts": task.target_counts(train_enc),
+        "prediction_counts": label_counts([key for key, _ in observed], vectors, len(names)),
         "lengths": train_enc.lengths.astype(int).tolist(),
         "unknown_rate": float((train_enc.ids == unk).mean()) if unk is not None and len(train_enc.ids) else 0.0,
-        "confidence": [round(float(c), 6) for c in confidence(out.probs, task.multi_label)],
-        "reference_accuracy": float(accuracy(out.probs, ref_enc.targets, task.multi_label, predictor.threshold)),
+        "confidence": [round(float(sure), 6) for _, sure in observed],
+        # the figure live feedback is compared with (accuracy; entity F1 for token classification)
+        "reference_accuracy": float(collector.result(predictor.threshold).get(task.live_metric, float("nan"))),
         "has_embeddings": out.embeddings is not None,
     }
     tmp = model_dir / (PROFILE_FILE + ".tmp")
@@ -82,9 +87,9 @@ def build_profile(model_dir: str | Path, run_dir: str | Path | None = None, quie
     return profile
 
 
-def run_of(model_dir: Path, meta: dict) -> Path:
+def run_of(model_dir: Path, card) -> Path:
     """The run folder a model, export or merged folder came from (where its data and monitor.db are)."""
-    source = meta.get("exported_from") or (meta.get("merged_from") or {}).get("run")
+    source = card.exported_from or (card.merged_from or {}).get("run")
     return Path(source) if source else model_dir.parent
 
 
@@ -100,19 +105,6 @@ def load_profile(model_dir: str | Path) -> dict | None:
 
         profile["embeddings"] = load_file(str(model_dir / EMBEDDINGS_FILE))["embeddings"]
     return profile
-
-
-def predicted(probs: np.ndarray, multi_label: bool, threshold: float = 0.5) -> np.ndarray:
-    """Label indices (single-label) or a 0/1 matrix (multi-label)."""
-    return (probs >= threshold).astype(np.int8) if multi_label else probs.argmax(1)
-
-
-def confidence(probs: np.ndarray, multi_label: bool) -> np.ndarray:
-    """How sure the model is of each prediction: the top probability; for multi-label, the mean distance
-    of each label's probability from the undecided 0.5, scaled to 0.5..1."""
-    if len(probs) == 0:
-        return np.zeros(0)
-    return 0.5 + np.abs(probs - 0.5).mean(1) if multi_label else probs.max(1)
 
 
 def label_counts(labels: np.ndarray, multi_label: bool, n_labels: int) -> list[int]:
@@ -134,11 +126,3 @@ def shares(labels: list[str], counts: list[int]) -> dict[str, float]:
 def reference_shares(profile: dict | None) -> dict[str, float]:
     """The model's predicted-label shares on its reference data ({} without a profile)."""
     return shares(profile["labels"], profile["prediction_counts"]) if profile else {}
-
-
-def accuracy(probs: np.ndarray, targets, multi_label: bool, threshold: float = 0.5) -> float:
-    if targets is None or len(probs) == 0:
-        return float("nan")
-    guess = predicted(probs, multi_label, threshold)
-    targets = np.asarray(targets)
-    return float((guess == targets).all(1).mean() if multi_label else (guess == targets).mean())

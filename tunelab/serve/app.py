@@ -19,7 +19,6 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Annotated
 
-import numpy as np
 from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse
@@ -61,13 +60,25 @@ class PredictRequest(BaseModel):
     top_k: int | None = Field(None, ge=1, le=1000, description="Also list the k best labels with their scores.")
 
 
+class Entity(BaseModel):
+    start: int = Field(description="Character offset of the entity's first character in the text sent.")
+    end: int = Field(description="Character offset just after its last character: text[start:end] is the entity.")
+    label: str = Field(description="The entity type.")
+    score: float = Field(description="The mean probability of its words' tags.")
+    text: str = Field(description="text[start:end].")
+
+
 class Prediction(BaseModel):
+    """One answer: classification models give label (labels for multi-label), score and scores; token-classification
+    models give entities."""
+
     id: str | None = Field(None, description="The prediction's id in the monitor's log: name it in POST /v1/feedback.")
     label: str | None = None
     labels: list[str] | None = None
     score: float | None = None
-    scores: dict[str, float]
+    scores: dict[str, float] | None = None
     top_k: list[dict] | None = None
+    entities: list[Entity] | None = Field(None, description="Token-classification models: the entities found.")
 
 
 class PredictResponse(BaseModel):
@@ -75,11 +86,21 @@ class PredictResponse(BaseModel):
     predictions: list[Prediction]
 
 
+class EntitySpan(BaseModel):
+    model_config = ConfigDict(strict=True)
+
+    start: int = Field(ge=0, description="Character offset of the entity's first character.")
+    end: int = Field(ge=1, description="Character offset just after its last character.")
+    label: Text = Field(description="The entity type.")
+
+
 class FeedbackItem(BaseModel):
     model_config = ConfigDict(strict=True)
 
     id: Text = Field(max_length=64, description="A prediction's id, as /v1/predict returned it.")
-    label: Text | list[Text] = Field(description="The true label (a list of labels for multi-label models).")
+    label: Text | list[Text] | None = Field(None, description="The true label (a list of labels for multi-label models).")
+    entities: list[EntitySpan] | None = Field(
+        None, max_length=10000, description="Token-classification models: the corrected entities (all of the text's).")
 
 
 class FeedbackRequest(BaseModel):
@@ -87,7 +108,9 @@ class FeedbackRequest(BaseModel):
 
     id: Text | None = Field(None, max_length=64, description="One prediction's id (or give `items`).")
     label: Text | list[Text] | None = Field(None, description="Its true label.")
-    items: list[FeedbackItem] | None = Field(None, max_length=10000, description="Several (id, label) at once.")
+    entities: list[EntitySpan] | None = Field(
+        None, max_length=10000, description="Token-classification models: its corrected entities (instead of label).")
+    items: list[FeedbackItem] | None = Field(None, max_length=10000, description="Several (id, label or entities) at once.")
 
 
 class ApiError(Exception):
@@ -223,7 +246,7 @@ def create_app(models: dict[str, str | Path] | None = None, settings: ServeConfi
             await asyncio.to_thread(monitor.stop)
 
     app = FastAPI(title="tunelab", version=_version(), lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None,
-                  description="Text classification with models fine-tuned by tunelab.")  # docs: add_docs, below
+                  description="Text classification and named-entity recognition with models fine-tuned by tunelab.")  # docs: add_docs, below
     app.state.tunelab = state  # models, batchers, monitor: for code embedding the app (and tests)
 
     @app.exception_handler(ApiError)
@@ -280,7 +303,7 @@ def create_app(models: dict[str, str | Path] | None = None, settings: ServeConfi
             raise ApiError(500, "model_error", f"the model failed on a text of this request: {type(exc).__name__}") from None
         if not rows:
             return PredictResponse(model=name, predictions=[])
-        results = model.decide(np.stack([r.probs for r in rows]), body.top_k)
+        results = model.decide([r.probs for r in rows], body.top_k, [r.context for r in rows])
         monitor: Monitor | None = state["monitor"]
         if monitor is not None:
             ids, written = monitor.record(name, body.texts, rows, results, time.perf_counter() - started)
@@ -296,13 +319,20 @@ def create_app(models: dict[str, str | Path] | None = None, settings: ServeConfi
 
     @app.post("/v1/feedback", dependencies=[Depends(authorised)], responses={401: {}, 404: {}, 422: {}, 503: {}})
     async def post_feedback(body: FeedbackRequest) -> dict:
-        """The true label of earlier predictions (one, or a batch in `items`): live accuracy comes from these."""
+        """The true label of earlier predictions (one, or a batch in `items`; corrected entities for token-classification
+        models): live accuracy (entity F1) comes from these."""
         monitor: Monitor | None = state["monitor"]
         if monitor is None:
             raise ApiError(503, "monitor_off", "monitoring is off on this server (serve.monitor.enabled)")
-        if (body.items is None) == (body.id is None) or (body.id is None) != (body.label is None):
+        def answer(item):  # a label, or corrected entities
+            if (item.label is None) == (item.entities is None):
+                raise ApiError(422, "invalid_request", "give the true label (label) or, for a token-classification "
+                               "model, the corrected entities (entities), one of the two")
+            return item.label if item.label is not None else [e.model_dump() for e in item.entities]
+
+        if (body.items is None) == (body.id is None):
             raise ApiError(422, "invalid_request", "give either id and label, or items: [{id, label}, ...]")
-        items = [(i.id, i.label) for i in body.items] if body.items is not None else [(body.id, body.label)]
+        items = [(i.id, answer(i)) for i in body.items] if body.items is not None else [(body.id, answer(body))]
         if not items:
             raise ApiError(422, "invalid_request", "items is empty")
         try:
@@ -377,7 +407,7 @@ def _check(body: PredictRequest, model: ServedModel, settings: ServeConfig) -> N
                 raise ApiError(422, "text_too_long", f"{field}[{i}] has {len(text)} characters; at most {settings.max_chars_per_text}")
             if not text.strip():
                 raise ApiError(422, "empty_text", f"{field}[{i}] is empty")
-    if settings.too_long == "reject":
+    if settings.too_long == "reject" and getattr(model.task, "truncates", True):  # token classification reads in windows
         args = (body.texts, body.text_pairs) if body.text_pairs is not None else (body.texts,)
         lengths = [len(ids) for ids in model.tokenizer(*args, truncation=False)["input_ids"]]
         over = [i for i, length in enumerate(lengths) if length > model.max_length]

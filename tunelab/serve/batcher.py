@@ -25,10 +25,11 @@ class QueueFull(Exception):
 class Row:
     """One text's share of a model call."""
 
-    probs: np.ndarray
+    probs: np.ndarray  # the task's output for this text (label probabilities; per word for token classification)
     embedding: np.ndarray | None
     tokens: int
     unknown: int
+    context: object = None  # what the task needs besides `probs` to answer (token classification: word offsets)
 
 
 @dataclass
@@ -129,4 +130,5 @@ class Batcher:
                 # copies: a kept row must not keep the whole batch's arrays alive (the monitor's window)
                 item.future.set_result(Row(out.probs[i].copy(),
                                            out.embeddings[i].copy() if out.embeddings is not None else None,
-                                           int(out.lengths[i]), int(out.unknown[i])))
+                                           int(out.lengths[i]), int(out.unknown[i]),
+                                           out.contexts[i] if out.contexts is not None else None))

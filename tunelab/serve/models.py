@@ -22,18 +22,19 @@ class ServedModel:
     info: dict = field(default_factory=dict)
     profile: dict | None = None  # the training profile drift is measured against (monitor/profile.py)
     threshold: float = 0.5
+    task: object = None  # the model's task (tasks/base.py): what the monitor keeps of each answer
 
     def probabilities(self, texts: list[str], pairs: list[str] | None = None) -> np.ndarray:
         return self.infer(texts, pairs, False).probs
 
 
 def _info(predictor, backend: str, path: Path) -> dict:
-    meta = predictor.meta
-    validation = meta.get("validation", {})
-    return {"labels": predictor.labels, "task": meta["task"], "multi_label": meta["multi_label"], "pair": meta["pair"],
-            "base_model": meta.get("base_model"), "method": meta.get("method", {"name": "full"})["name"],
-            "backend": backend, "path": str(path), "max_length": int(meta["max_length"]),
-            "metrics": {k: validation[k] for k in ("accuracy", "macro_f1", "micro_f1", "roc_auc") if k in validation}}
+    card = predictor.card
+    validation = card.validation
+    return {"labels": predictor.labels, "task": card.task, "multi_label": card.multi_label, "pair": card.pair,
+            "base_model": card.base_model, "method": card.method_name, "backend": backend, "path": str(path),
+            "max_length": card.max_length,
+            "metrics": {k: validation[k] for k in ("accuracy", "macro_f1", "micro_f1", "roc_auc", "entity_f1") if k in validation}}
 
 
 def load_models(models: dict[str, str | Path], precision: str = "fp32", base: str | None = None,
@@ -50,10 +51,10 @@ def load_models(models: dict[str, str | Path], precision: str = "fp32", base: st
     served: dict[str, ServedModel] = {}
     for name, path in models.items():
         predictor = Predictor(path, precision=precision)
-        backend = ("onnx-" + (predictor.meta["onnx"].get("quantize") or "fp32")) if predictor.onnx else f"torch-{precision}"
+        backend = ("onnx-" + (predictor.card.onnx.get("quantize") or "fp32")) if predictor.onnx else f"torch-{precision}"
         served[name] = ServedModel(name, predictor.infer, predictor.decide, predictor.tokenizer,
-                                   predictor.max_length, predictor.task.pair, _info(predictor, backend, predictor.model_dir),
-                                   load_profile(predictor.model_dir), predictor.threshold)
+                                   predictor.max_length, predictor.card.pair, _info(predictor, backend, predictor.model_dir),
+                                   load_profile(predictor.model_dir), predictor.threshold, predictor.task)
     if adapters:
         if base is None:
             raise TunelabError("adapters need their base model: --base MODEL")
@@ -63,9 +64,9 @@ def load_models(models: dict[str, str | Path], precision: str = "fp32", base: st
                 raise TunelabError(f"two models are called '{name}'")
             p = shared.predictors[name]
             served[name] = ServedModel(name, lambda texts, pairs, embeddings=True, _n=name: shared.infer(texts, _n, pairs, embeddings),
-                                       p.decide, p.tokenizer, p.max_length, p.task.pair,
+                                       p.decide, p.tokenizer, p.max_length, p.card.pair,
                                        {**_info(p, f"torch-{precision}", p.model_dir), "shared_base": base},
-                                       load_profile(p.model_dir), p.threshold)
+                                       load_profile(p.model_dir), p.threshold, p.task)
     if not served:
         raise TunelabError("nothing to serve: give a run or export folder (or --base with --adapter)")
     return served

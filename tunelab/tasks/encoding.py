@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -16,12 +16,18 @@ from tunelab.hub import rust_tokenizer
 
 @dataclass
 class Encoded:
-    """A tokenised split: token ids per row (flat + offsets) and the task's targets."""
+    """A tokenised split: token ids per row (flat + offsets), the task's targets, and what else the task keeps.
+
+    A row is one model input. For classification a row is an example; a task may cut an example into several
+    rows (token classification: windows of a long sentence) and say in `extras` how they map back.
+    """
 
     ids: np.ndarray  # all token ids, concatenated (int32)
     type_ids: np.ndarray | None  # segment ids for sentence pairs, same layout
     offsets: np.ndarray  # row i is ids[offsets[i]:offsets[i+1]]
-    targets: np.ndarray | None
+    targets: np.ndarray | None  # per row (classification) or per token, laid out as ids (token classification)
+    extras: dict[str, np.ndarray] = field(default_factory=dict)  # task-specific arrays, cached with the rest
+    contexts: list | None = None  # per example, what answering needs besides the outputs (never cached)
 
     def __len__(self) -> int:
         return len(self.offsets) - 1
@@ -59,32 +65,33 @@ def tokenize(tokenizer, texts: list[str], pairs: list[str] | None, max_length: i
     return ids, type_ids
 
 
-def encode(tokenizer, columns: dict, task, max_length: int, with_targets: bool = True) -> Encoded:
-    pairs = columns.get("text_pair") if task.pair else None
-    ids, type_ids = tokenize(tokenizer, columns["text"], pairs, max_length)
+def encode_texts(tokenizer, texts: list[str], pairs: list[str] | None, max_length: int) -> Encoded:
+    """Texts (and second texts) as rows of token ids, truncated to max_length; no targets."""
+    ids, type_ids = tokenize(tokenizer, texts, pairs, max_length)
     offsets = np.zeros(len(ids) + 1, dtype=np.int64)
     np.cumsum([len(x) for x in ids], out=offsets[1:])
     flat = np.fromiter((t for row in ids for t in row), dtype=np.int32, count=int(offsets[-1]))
     flat_types = (np.fromiter((t for row in type_ids for t in row), dtype=np.int8, count=int(offsets[-1]))
-                  if task.pair else None)
-    targets = task.targets(columns["label"]) if with_targets else None
-    return Encoded(flat, flat_types, offsets, targets)
+                  if pairs is not None else None)
+    return Encoded(flat, flat_types, offsets, None)
 
 
 def cached_encode(path: Path, cache_dir: Path, tokenizer, task, max_length: int, tokenizer_id: str) -> Encoded:
-    """Encode a prepared split once; later runs load the arrays (npz, no pickle) if nothing changed."""
+    """Encode a prepared split once (task.encode); later runs load the arrays (npz, no pickle) if nothing changed."""
     stat = path.stat()
     key = hashlib.sha256(json.dumps([str(path.resolve()), stat.st_size, stat.st_mtime_ns, tokenizer_id, max_length,
-                                     task.labels, task.multi_label, task.pair]).encode()).hexdigest()[:16]
+                                     task.cache_key()]).encode()).hexdigest()[:16]
     cache = cache_dir / f"{path.stem}-{key}.npz"
     if cache.is_file():
         with np.load(cache, allow_pickle=False) as z:
-            return Encoded(z["ids"], z["type_ids"] if "type_ids" in z else None, z["offsets"], z["targets"])
-    enc = encode(tokenizer, read_split(path), task, max_length)
+            extras = {k.removeprefix("extra_"): z[k] for k in z.files if k.startswith("extra_")}
+            return Encoded(z["ids"], z["type_ids"] if "type_ids" in z else None, z["offsets"], z["targets"], extras)
+    enc = task.encode(tokenizer, read_split(path), max_length)
     cache_dir.mkdir(parents=True, exist_ok=True)
     for old in cache_dir.glob(f"{path.stem}-*.npz"):
         old.unlink()
-    arrays = {"ids": enc.ids, "offsets": enc.offsets, "targets": enc.targets}
+    arrays = {"ids": enc.ids, "offsets": enc.offsets, "targets": enc.targets,
+              **{f"extra_{k}": v for k, v in enc.extras.items()}}
     if enc.type_ids is not None:
         arrays["type_ids"] = enc.type_ids
     tmp = cache.with_name(cache.name + ".tmp.npz")

@@ -2,16 +2,16 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
 
+from tunelab.models.card import ModelCard
+from tunelab.models.inference import iter_outputs
 from tunelab.models.load import load_model
-from tunelab.models.inference import iter_probabilities
 from tunelab.tasks.calibration import fit_temperature, fold_temperature
+from tunelab.tasks.classification.metrics import calibration
 from tunelab.tasks.encoding import Encoded
-from tunelab.tasks.metrics import calibration
 from tunelab.training.checkpoint import save_model_folder
 
 
@@ -21,10 +21,10 @@ def calibrate_model_folder(model_dir: Path, validation: Encoded, task, tokenizer
     save the folder again; tunelab.json gets `temperature` and the validation ECE before and after.
     Returns {"temperature", "ece", "ece_uncalibrated"}, or {"temperature": None} when validation has no error
     to calibrate against (the folder is left as it was)."""
-    meta = json.loads((model_dir / "tunelab.json").read_text())
-    model = load_model(model_dir, meta)  # fp32, as the model is served and evaluated
+    card = ModelCard.read(model_dir)
+    model = load_model(model_dir, card)  # fp32, as the model is served and evaluated
     logits = np.zeros((len(validation), task.num_labels), dtype=np.float32)
-    for rows, batch_logits in iter_probabilities(model, validation, task, batch_size, pad_id, with_types, logits=True):
+    for rows, batch_logits in iter_outputs(model, validation, task, batch_size, pad_id, with_types, logits=True):
         logits[rows] = batch_logits
     targets = validation.targets
     if (logits.argmax(axis=1) == targets).all():
@@ -33,22 +33,22 @@ def calibrate_model_folder(model_dir: Path, validation: Encoded, task, tokenizer
         return {"temperature": None}
     temperature = fit_temperature(logits, targets)
     before, after = (_ece(logits / t, targets, bins) for t in (1.0, temperature))
-    meta.setdefault("validation", {}).update(ece=after, ece_uncalibrated=before)
-    _fold_and_save(model, model_dir, tokenizer, meta, temperature)
+    card.validation.update(ece=after, ece_uncalibrated=before)
+    _fold_and_save(model, model_dir, tokenizer, card, temperature)
     return {"temperature": temperature, "ece": after, "ece_uncalibrated": before}
 
 
 def apply_temperature(model_dir: Path, temperature: float, tokenizer) -> None:
     """Fold a temperature fitted elsewhere into a saved model (a search's best config retrained on train +
     validation has no held-out data of its own: it takes the temperature of the trial it repeats)."""
-    meta = json.loads((model_dir / "tunelab.json").read_text())
-    _fold_and_save(load_model(model_dir, meta), model_dir, tokenizer, meta, temperature)
+    card = ModelCard.read(model_dir)
+    _fold_and_save(load_model(model_dir, card), model_dir, tokenizer, card, temperature)
 
 
-def _fold_and_save(model, model_dir: Path, tokenizer, meta: dict, temperature: float) -> None:
-    fold_temperature(model, len(meta["labels"]), temperature)
-    meta["temperature"] = temperature
-    save_model_folder(model, tokenizer, model_dir, meta)
+def _fold_and_save(model, model_dir: Path, tokenizer, card: ModelCard, temperature: float) -> None:
+    fold_temperature(model, len(card.labels), temperature)
+    card.temperature = temperature
+    save_model_folder(model, tokenizer, model_dir, card)
 
 
 def _ece(logits: np.ndarray, targets: np.ndarray, bins: int) -> float:

@@ -61,16 +61,16 @@ def load_checkpoint(accelerator, path: Path, average=None) -> LoopState:
     return LoopState(**json.loads((path / "loop_state.json").read_text()))
 
 
-def save_model_folder(model, tokenizer, out: Path, meta: dict) -> None:
-    """The method's weights (a save_pretrained folder, or adapter + head only) + tokenizer + tunelab.json,
-    swapped in atomically. meta['saved_bytes'] records the size of the weights written."""
+def save_model_folder(model, tokenizer, out: Path, card) -> None:
+    """The method's weights (a save_pretrained folder, or adapter + head only) + tokenizer + tunelab.json (`card`,
+    a models.card.ModelCard), swapped in atomically. card.saved_bytes records the size of the weights written."""
     from tunelab.methods.store import save_weights
 
     tmp = out.with_name(out.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
-    save_weights(model, meta["method"]["name"], tmp)
-    meta["saved_bytes"] = sum(p.stat().st_size for p in tmp.iterdir() if p.suffix == ".safetensors")
+    save_weights(model, card.method_name, tmp)
+    card.saved_bytes = sum(p.stat().st_size for p in tmp.iterdir() if p.suffix == ".safetensors")
     tokenizer.save_pretrained(tmp)
-    (tmp / "tunelab.json").write_text(json.dumps(meta, indent=1))
+    card.write(tmp)
     replace_folder(tmp, out)

@@ -8,7 +8,9 @@ from tunelab.config import Config, dump_config, set_key
 
 
 def metric_of(config: Config) -> str:
-    return config.tune.metric or config.train.metric or ("micro_f1" if config.data.multi_label else "accuracy")
+    from tunelab.tasks import task_class
+
+    return config.tune.metric or config.train.metric or task_class(config.task.name).metric_for(config)
 
 
 def direction_of(config: Config) -> str:

@@ -13,7 +13,6 @@ from __future__ import annotations
 import copy
 import ctypes
 import gc
-import json
 import math
 import sys
 import time
@@ -24,6 +23,7 @@ from pathlib import Path
 
 from tunelab.config import Config, load_config, set_key
 from tunelab.errors import ConfigError, Interrupted, TunelabError
+from tunelab.models.card import ModelCard
 from tunelab.runlock import RunInUse
 from tunelab.signals import stop_on_signals
 from tunelab.search_space import Param, parse_space
@@ -331,7 +331,7 @@ def retrain_best(config: Config, quiet: bool = False) -> dict:
                         early_stopping_patience=None)
     retrain_config = load_config(raw)
     result = train(retrain_config, overwrite=True, quiet=quiet)
-    temperature = json.loads((trial_dir / "model" / "tunelab.json").read_text()).get("temperature")
+    temperature = ModelCard.read(trial_dir / "model").temperature
     if temperature is not None:  # no validation left to fit one on: the trial's, fitted on its validation
         from transformers import AutoTokenizer
 

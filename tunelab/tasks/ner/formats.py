@@ -73,7 +73,7 @@ class Sentences:
 
 
 def _undecodable(file: str, line: int, encoding: str) -> Problem:
-    return Problem(file, line, None, "undecodable_bytes", f"bytes that are not valid {encoding} on this line; "
+    return Problem(file, line, None, "invalid_unicode", f"bytes that are not valid {encoding} on this line; "
                    "re-save the file as UTF-8, or set data.encoding (e.g. latin-1)")
 
 

@@ -22,7 +22,7 @@ class Collector:
         # single-label: (n, 3) = [predicted id, confidence, confidence before calibration] (+ p(positive))
         self._probs: list[np.ndarray] = []
 
-    def add(self, probs: np.ndarray, targets: np.ndarray) -> None:
+    def add(self, probs: np.ndarray, targets: np.ndarray, contexts=None) -> None:
         if self.multi_label:
             self._true.append(targets.astype(bool))
             self._probs.append(probs.astype(np.float16))
@@ -40,21 +40,20 @@ class Collector:
     def __len__(self) -> int:
         return sum(len(t) for t in self._true)
 
-    def result(self, threshold: float = 0.5, calibration_bins: int = 15) -> dict:
+    def result(self, threshold: float | None = None, calibration_bins: int = 15) -> dict:
+        """The metrics. Multi-label decides at `threshold`, or (None) at the one with the best micro-F1 here."""
         if not self._true:
             return {"examples": 0}
         y = np.concatenate(self._true)
         p = np.concatenate(self._probs)
         if self.multi_label:
-            return multilabel_metrics(y, p.astype(np.float32), self.labels, threshold)
+            p = p.astype(np.float32)
+            return multilabel_metrics(y, p, self.labels, best_threshold(y, p) if threshold is None else threshold)
         out = single_label_metrics(y, p, self.labels, calibration_bins)
         if self.temperature != 1.0:
             out["temperature"] = float(self.temperature)
             out["ece_uncalibrated"] = float(calibration(p[:, 2], p[:, 0] == y, calibration_bins)[0])
         return out
-
-    def multilabel_arrays(self) -> tuple[np.ndarray, np.ndarray]:
-        return np.concatenate(self._true), np.concatenate(self._probs).astype(np.float32)
 
 
 def calibration(confidence: np.ndarray, correct: np.ndarray, bins: int) -> tuple[float, list[dict]]:
@@ -113,14 +112,3 @@ def best_threshold(y: np.ndarray, probs: np.ndarray) -> float:
     scores = [skm.f1_score(y, probs >= t, average="micro", zero_division=0) for t in grid]
     best = max(scores)
     return float(min((t for t, s in zip(grid, scores) if s >= best - 1e-12), key=lambda t: abs(t - 0.5)))
-
-
-# the figures of an evaluation's summary (CLI table, report.html), in this order
-SUMMARY_KEYS = ("examples", "accuracy", "macro_f1", "micro_f1", "weighted_f1", "subset_accuracy", "roc_auc", "ece",
-                "ece_uncalibrated", "temperature", "threshold")
-
-
-def headline(metrics: dict) -> dict:
-    """The few numbers shown in progress bars and tables."""
-    keys = ("accuracy", "macro_f1", "subset_accuracy", "micro_f1", "roc_auc", "ece", "ece_uncalibrated")
-    return {k: metrics[k] for k in keys if k in metrics}
