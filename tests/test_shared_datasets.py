@@ -64,3 +64,14 @@ def test_stackfaq(tmp_path, tokenizer):
     r = run("stackfaq.yaml", tmp_path, tokenizer)
     assert r["rows_read"] == 1249 and len(r["labels"]) == 125 and r["removed"] == {}
     assert all(v in (8, 9, 7) for v in r["label_distribution"]["train"].values())
+
+
+def test_conll2003(tmp_path, tokenizer):
+    """Sentence counts are the official ones; the test split stays whole (entity counts as the README gives them);
+    train loses its exact repeats and the sentences that are in the evaluation splits."""
+    r = run("conll2003.yaml", tmp_path, tokenizer)
+    assert {s: v["sentences_read"] for s, v in r["splits"].items()} == {"train": 14041, "validation": 3250, "test": 3453}
+    assert r["tag_scheme"] == "IOB2" and r["entity_types"] == ["LOC", "MISC", "ORG", "PER"]
+    assert r["splits"]["test"]["sentences"] == 3453
+    assert r["splits"]["test"]["entities"] == {"LOC": 1668, "MISC": 702, "ORG": 1661, "PER": 1617}
+    assert set(r["removed"]) == {"duplicate", "conflicting_duplicate", "in_other_split"}

@@ -52,9 +52,11 @@ def build_data(config: Config, tokenizer, say, quiet: bool) -> Built:
     loaded: dict[str, Sentences] = {}
     bad: list[Problem] = []
     scheme = cfg.tag_scheme
+    read_counts = {}
     for split in ("train", *[s for s in given if s != "train"]):  # train first: its scheme is the others'
         say(f"data: reading {split} from {given[split]}")
         loaded[split], problems, found = read(given[split], config, scheme)
+        read_counts[split] = len(loaded[split]) + len(problems)
         if split == "train":
             scheme = found
         bad += problems
@@ -97,7 +99,7 @@ def build_data(config: Config, tokenizer, say, quiet: bool) -> Built:
         for split, idx in parts.items():
             loaded[split] = train.take(idx)
     splits = {s: loaded[s] for s in SPLITS if s in loaded}
-    report = _report(config, splits, removed, conflicts, types, scheme, tokenizer, given)
+    report = _report(config, splits, removed, conflicts, types, scheme, tokenizer, given, read_counts)
     columns = {s: {"tokens": v.tokens, "tags": v.tags, "text": v.text, "offsets": [[list(o) for o in offs] for offs in v.offsets],
                    f"source_{v.unit}": v.where} for s, v in splits.items()}
     return Built(columns, iob2_labels(types), report, _markdown(report), task_options={"scheme": scheme})
@@ -184,7 +186,7 @@ def _main_type(tags: list[str]) -> str:
 
 
 def _report(config, splits: dict, removed: list, conflicts: list, types: list[str], scheme: str, tokenizer,
-            given: dict) -> dict:
+            given: dict, read_counts: dict) -> dict:
     from tunelab import __version__
     from tunelab.tasks.ner.align import encode_words
 
@@ -197,7 +199,8 @@ def _report(config, splits: dict, removed: list, conflicts: list, types: list[st
         lengths = np.array([len(w.input_ids) for w in windows], dtype=np.int64)
         per_split[split] = {
             "source": str(given[split]) if split in given else f"split from {config.data.train} (seed {config.data.seed})",
-            "sentences": len(sentences), "words": sum(len(t) for t in sentences.tokens),
+            "sentences_read": read_counts.get(split, 0), "sentences": len(sentences),
+            "words": sum(len(t) for t in sentences.tokens),
             "entities": {kind: counts.get(kind, 0) for kind in types},
             "split_into_windows": int((per_sentence > 1).sum()),
             "tokens": length_stats(lengths, max_length),
