@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: install demo test bench clean
+.PHONY: install demo test docs bench clean
 
 install: $(VENV)/.installed
 
@@ -24,11 +24,15 @@ demo: install
 test: install
 	$(BIN)/python -m pytest -q
 
+# The documentation site, built offline into site/ (warnings are errors: mkdocs.yml sets strict).
+docs: install
+	$(BIN)/mkdocs build --quiet
+
 # The measured figures in BENCHMARKS.md (about two hours on 2 cores; needs ../shared/data or TUNELAB_DATA).
 bench: install
 	cd benchmarks && ../$(BIN)/python prepare.py && ../$(BIN)/python classification.py \
 	  && ../$(BIN)/python methods.py && ../$(BIN)/python method_memory.py \
-	  && ../$(BIN)/python tune.py && ../$(BIN)/python serve.py && ../$(BIN)/python serve_memory.py && ../$(BIN)/python drift.py && ../$(BIN)/python drift_psi_replay.py
+	  && ../$(BIN)/python tune.py && ../$(BIN)/python serve.py && ../$(BIN)/python serve_memory.py && ../$(BIN)/python drift.py && ../$(BIN)/python drift_psi_replay.py && ../$(BIN)/python ner.py
 
 clean:
-	rm -rf $(VENV) runs .pytest_cache
+	rm -rf $(VENV) runs site .pytest_cache

@@ -1,4 +1,4 @@
-"""Training memory of full fine-tuning and LoRA against the number of batch shapes (a diagnostic for #4);
+"""Training memory of full fine-tuning and LoRA against the number of batch shapes (a diagnostic);
 with the defaults (pad1), also the adapters, each at five seeds.
 
 oneDNN, PyTorch's CPU kernel library, keeps a JIT-compiled kernel and its buffers for every input shape it
@@ -19,8 +19,8 @@ import argparse
 
 from _common import need_data, read_results, run_cases, write_results
 
-# name: (pad multiple, oneDNN cache capacity; None: tunelab's bound, 64 since session 9 — the pad8 figures are
-# session 8's, taken under oneDNN's own 1024)
+# name: (pad multiple, oneDNN cache capacity; None: tunelab's bound, 64 -- the stored pad8 figures were taken
+# under oneDNN's own 1024)
 SETTINGS = {"pad1": (1, None), "pad8": (8, None), "pad8_cache32": (8, "32"), "pad1_cache1024": (1, "1024")}
 # the padding also changes bf16 rounding, hence the run: more seeds tell that noise from an effect on accuracy
 SEEDS = {"pad1": (42, 1, 2, 3, 4), "pad8": (42, 1, 2), "pad8_cache32": (42,), "pad1_cache1024": (42,)}

@@ -81,7 +81,7 @@ def _sweep_case(method: str, lr: float):
 
 CASES = {f"{d}_{m}": (lambda d=d, m=m: run_method(d, m, [], f"methods-{d}-{m}")) for d in DATASETS for m in METHOD_NAMES}
 # Settings measured beside the defaults: case -> (dataset, method, overrides). The run folder is methods-<case>.
-HOULSBY = ["method.adapter.placement=houlsby", "method.adapter.train_pooler=false", "method.adapter.scale=1"]  # adapter default before session 7
+HOULSBY = ["method.adapter.placement=houlsby", "method.adapter.train_pooler=false", "method.adapter.scale=1"]  # the Houlsby placement
 PARALLEL = ["method.adapter.placement=parallel", "method.adapter.scale=4"]
 VARIANTS = {
     "sst2_lora_checkpointing": ("sst2", "lora", ["train.activation_checkpointing=true"]),  # its memory figure
@@ -104,14 +104,13 @@ VARIANTS = {
     "sst2_adapter_parallel_scale4_pooler_size128": ("sst2", "adapter", [*PARALLEL, "method.adapter.train_pooler=true", "method.adapter.size=128"]),
     "sst2_adapter_scale8": ("sst2", "adapter", ["method.adapter.scale=8"]),
     "sst2_adapter_lr5e-4": ("sst2", "adapter", ["train.learning_rate=5e-4"]),
-    # session 8: LoRA's factors computed in fp32 on CPU became the default (rows *_lora_bf16: the default before);
-    # the same for adapters was measured and not kept (rows *_adapter_fp32)
+    # LoRA's factors in bf16 rather than fp32 on CPU (rows *_lora_bf16), and adapters in fp32 (rows *_adapter_fp32)
     "sst2_lora_bf16": ("sst2", "lora", ["method.lora.fp32_on_cpu=false"]),
     "fpb_lora_bf16": ("fpb", "lora", ["method.lora.fp32_on_cpu=false"]),
     "sst2_adapter_fp32": ("sst2", "adapter", ["method.adapter.fp32_on_cpu=true"]),
     "fpb_adapter_fp32": ("fpb", "adapter", ["method.adapter.fp32_on_cpu=true"]),
 }
-# session 10: the adapter at 5e-4 over the seeds memory_shapes.py ran the defaults at (1, 2, 3, 4; 42 is the row above)
+# the adapter at 5e-4 over the seeds memory_shapes.py ran the defaults at (1, 2, 3, 4; 42 is the row above)
 VARIANTS.update({f"sst2_adapter_lr5e-4_seed{seed}": ("sst2", "adapter", ["train.learning_rate=5e-4", f"train.seed={seed}"])
                  for seed in (1, 2, 3, 4)})
 CASES.update({case: (lambda case=case, d=d, m=m, o=o: run_method(d, m, o, "methods-" + case.replace("_", "-")))

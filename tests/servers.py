@@ -58,3 +58,12 @@ def serve_process(*args: str, env: dict | None = None) -> tuple[subprocess.Popen
         except httpx.TransportError:
             time.sleep(0.1)
     return proc, url
+
+
+def wait_until(condition, timeout: float = 30.0, what: str = "the condition") -> None:
+    """Poll `condition()` until it is true; fail after `timeout` seconds (no fixed sleeps in tests)."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{what} did not happen within {timeout:g} s")
+        time.sleep(0.01)

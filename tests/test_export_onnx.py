@@ -34,10 +34,11 @@ def runs(tmp_path_factory, tiny_model_dir, sentiment_files):
 
 @pytest.mark.parametrize("method", ["full", "lora"])
 def test_onnx_folder_runs_in_plain_onnxruntime_and_equals_torch(runs, method):
-    parity = export_onnx(runs[method], quiet=True)
-    out = runs[method] / "export" / "onnx"
+    result = export_onnx(runs[method], quiet=True)
+    parity, out = result.parity, runs[method] / "export" / "onnx"
+    assert json.loads((out / "parity.json").read_text()) == parity
     # validation (60 texts) topped up with the whole training split (240): parity is model against model
-    assert parity["out"] == str(out) and parity["examples"] == 300 and parity["label_agreement"] == 1.0
+    assert result.out == out and parity["examples"] == 300 and parity["label_agreement"] == 1.0
     assert parity["texts"] == {"validation": 60, "train": 240} and parity["disagreements"] == 0
     assert parity["max_abs_prob_diff"] <= 1e-4
     assert json.loads((out / "parity.json").read_text())["max_abs_prob_diff"] == parity["max_abs_prob_diff"]
@@ -70,7 +71,7 @@ def test_parallel_onnx_calls_give_each_row_its_own_result(runs):
 
 
 def test_int8_export_reports_agreement_and_refuses_below_the_floor(runs, monkeypatch):
-    parity = export_onnx(runs["full"], quantize="int8", quiet=True)
+    parity = export_onnx(runs["full"], quantize="int8", quiet=True).parity
     out = runs["full"] / "export" / "onnx-int8"
     assert parity["quantize"] == "int8" and parity["label_agreement"] >= 0.99
     import onnx
@@ -83,7 +84,7 @@ def test_int8_export_reports_agreement_and_refuses_below_the_floor(runs, monkeyp
         weights = {i.name for i in graph.initializer}
         return sum(n.op_type == "MatMul" and n.input[1] in weights for n in graph.node)
     assert fp32_weight_matmuls(out / "model.onnx") == 0  # every weight matmul int8 by default
-    kept = export_onnx(runs["full"], runs["full"] / "export" / "int8-ffn", quantize="int8", quiet=True, ffn_down_fp32=True)
+    kept = export_onnx(runs["full"], runs["full"] / "export" / "int8-ffn", quantize="int8", quiet=True, ffn_down_fp32=True).parity
     layers = json.loads((runs["full"] / "model" / "config.json").read_text())["num_hidden_layers"]
     assert fp32_weight_matmuls(runs["full"] / "export" / "int8-ffn" / "model.onnx") == layers  # one GELU-fed each
     assert kept["label_agreement"] >= 0.99
@@ -93,7 +94,7 @@ def test_int8_export_reports_agreement_and_refuses_below_the_floor(runs, monkeyp
     # under the floor with every matmul in int8, over it with the GELU-fed ones in fp32: the second is kept, said so
     agreements = iter([0.95, 1.0])
     monkeypatch.setattr(onnx_export, "_parity", lambda *a: {"examples": 60, "label_agreement": next(agreements), "disagreements": 3, "max_abs_prob_diff": 0.2})
-    retried = export_onnx(runs["full"], runs["full"] / "export" / "int8-retried", quantize="int8", quiet=True)
+    retried = export_onnx(runs["full"], runs["full"] / "export" / "int8-retried", quantize="int8", quiet=True).parity
     assert retried["ffn_down_fp32"] is True and retried["all_int8_label_agreement"] == 0.95
     assert json.loads((runs["full"] / "export" / "int8-retried" / "tunelab.json").read_text())["onnx"]["ffn_down_fp32"] is True
     assert fp32_weight_matmuls(runs["full"] / "export" / "int8-retried" / "model.onnx") == layers

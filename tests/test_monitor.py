@@ -21,7 +21,7 @@ from tunelab.monitor import store
 from tunelab.serve.app import create_app
 from tunelab.serve.models import load_models
 
-from servers import Server, serve_process
+from servers import Server, serve_process, wait_until
 
 POSITIVE = ["a good film", "lovely story and superb actor", "great scene", "wonderful plot really", "excellent movie"]
 NEGATIVE = ["a bad film", "awful story and poor actor", "terrible scene", "dreadful plot really", "horrible movie"]
@@ -440,15 +440,16 @@ def test_dashboard_in_headless_chromium_shows_what_the_api_reports(run_dir, tmp_
         for i in range(12):
             got = predict(s.url, [f"{POSITIVE[i % 5]} {i}", f"{NEGATIVE[i % 5]} {i}", POSITIVE[i % 5]])
             httpx.post(f"{s.url}/v1/feedback", json={"id": got[0]["id"], "label": "positive"})
-        time.sleep(2.5)  # two checks: history to chart
+        wait_until(lambda: len(httpx.get(f"{s.url}/v1/monitor").json()["models"]["m"]["history"]) >= 2,
+                   what="two checks (history to chart)")
         with playwright.sync_playwright() as p:
             browser = p.chromium.launch(executable_path=chromium, args=[
                 "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
                 "--disable-sync", "--no-first-run"])
             page = browser.new_page(viewport={"width": 1280, "height": 1100})
             page.goto(f"{s.url}/dashboard")
-            page.wait_for_function("window.tunelabState !== null && window.tunelabState.models.m.history.length >= 2")
-            time.sleep(0.3)
+            page.wait_for_function("window.tunelabState !== null && window.tunelabState.models.m.history.length >= 2"
+                                   " && window.tunelabCharts && window.tunelabCharts['chart-drift']")
             state, chart = page.evaluate("""() => { const c = window.tunelabCharts['chart-drift'];
                 return [window.tunelabState, {series: c.series.map(s => s.label), data: c.data.map(a => Array.from(a))}]; }""")
             api = httpx.get(f"{s.url}/v1/monitor").json()

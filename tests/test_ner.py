@@ -210,7 +210,7 @@ def test_int8_export_is_judged_by_the_entity_f1_it_loses(ner_run, monkeypatch):
     from tunelab.export import export_onnx
     from tunelab.models.predictor import Predictor
 
-    parity = export_onnx(ner_run.run_dir, quantize="int8", quiet=True)
+    parity = export_onnx(ner_run.run_dir, quantize="int8", quiet=True).parity
     assert parity["metric_drop_points"] <= 0.5 and parity["reference_entity_f1"] >= 0.9
     folder = ner_run.run_dir / "export" / "onnx-int8"
     (result,) = Predictor(folder).predict(["Mary visited Berlin"])

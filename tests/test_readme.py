@@ -1,9 +1,10 @@
-"""Every command block of the README runs, in order, on the demo data: a documented command cannot fail unnoticed.
+"""Every command block of the README and the docs runs, in order, on the demo data: a documented command cannot
+fail unnoticed.
 
 The blocks run in a scratch folder that links the repository's examples, data, Makefile and .venv, so
 `make demo` and `runs/...` paths work as written while the runs stay out of the checkout. bash blocks run with
 `set -euo pipefail` and a `curl` that fails on an HTTP error; a `tunelab serve` line is started in the
-background and waited for (its /readyz), then stopped at the end of its block. A block preceded by
+background and waited for (its /readyz), and stopped (SIGTERM) after the document's last block. A block preceded by
 `<!-- readme-test: skip REASON -->` is not run (a multi-machine setup, the test suite itself); the reason is
 required and printed.
 """
@@ -12,6 +13,7 @@ from __future__ import annotations
 
 import os
 import re
+import signal
 import subprocess
 import sys
 import textwrap
@@ -23,14 +25,13 @@ from conftest import REPO
 
 pytestmark = pytest.mark.integration
 
-DOCUMENTS = ["README.md"]
+DOCUMENTS = ["README.md", *sorted(str(p.relative_to(REPO)) for p in (REPO / "docs").rglob("*.md"))]
 FENCE = re.compile(r"(?:<!--\s*readme-test:\s*skip\s+(?P<skip>[^>]*?)\s*-->\s*\n)?^(?P<indent>[ \t]*)```(?P<lang>[\w-]*)\n"
                    r"(?P<code>.*?)^(?P=indent)```", re.S | re.M)
 LINKED = ["examples", "data", "Makefile", "pyproject.toml", "scripts", "tunelab", ".venv"]
 PRELUDE = r"""
 set -euo pipefail
 curl() { command curl --silent --show-error --fail-with-body --max-time 120 "$@"; }
-started=()
 ready() {  # ready PID PORT: wait until the server answers /readyz, or fail if it died
   for _ in $(seq 1 1200); do
     command curl -sf "localhost:$2/readyz" >/dev/null 2>&1 && return 0
@@ -39,10 +40,7 @@ ready() {  # ready PID PORT: wait until the server answers /readyz, or fail if i
   done
   echo "tunelab serve was not ready after 120 s" >&2; return 1
 }
-stop() { for pid in "${started[@]}"; do kill -TERM "$pid" 2>/dev/null || true; wait "$pid" 2>/dev/null || true; done; }
-trap stop EXIT
 """
-
 
 @dataclass
 class Block:
@@ -64,9 +62,10 @@ def as_script(code: str) -> str:
     out = []
     for line in code.replace("\\\n", " ").splitlines():
         command = line.split("#")[0].strip() if not line.lstrip().startswith("curl") else line.strip()
-        if command.startswith("tunelab serve"):
+        if command.startswith("tunelab serve"):  # in the background, until the document's last block has run
             port = re.search(r"--port\s+(\d+)", command)
-            out += [f"{command} & started+=($!)", f"ready $! {port.group(1) if port else 8000}"]
+            out += [f"{command.rstrip('&').strip()} >>\"$READMETEST_SERVERS.log\" 2>&1 & echo $! >> \"$READMETEST_SERVERS\"",
+                    f"ready $! {port.group(1) if port else 8000}"]
         elif command in ("make test", "make install"):
             out.append(f": {command} is this test suite / already done")
         else:
@@ -94,7 +93,21 @@ def test_documented_commands_run_in_order(document, workdir):
     env = {**os.environ, "PATH": f"{REPO / '.venv' / 'bin'}:{os.environ['PATH']}", "PYTHONUNBUFFERED": "1",
            "TUNELAB_DATA": os.environ.get("TUNELAB_DATA", str(REPO.parent / "shared" / "data"))}
     env.pop("PYTHONPATH", None)  # the blocks import tunelab as a user's shell would
+    servers = workdir / "servers.pids"
+    env["READMETEST_SERVERS"] = str(servers)
     skipped = []
+    try:
+        _run_blocks(document, workdir, env, skipped)
+    finally:
+        for pid in (servers.read_text().split() if servers.exists() else []):
+            try:
+                os.kill(int(pid), signal.SIGTERM)
+            except ProcessLookupError:
+                pass
+    print("\n".join(["blocks not run:", *skipped]) if skipped else "every block ran")
+
+
+def _run_blocks(document: str, workdir, env: dict, skipped: list) -> None:
     for block in blocks(document):
         if block.skip:
             skipped.append(f"{document}:{block.line}: {block.skip}")
@@ -106,4 +119,3 @@ def test_documented_commands_run_in_order(document, workdir):
         done = subprocess.run(command, cwd=workdir, env=env, capture_output=True, text=True, timeout=900)
         assert done.returncode == 0, (f"{document}:{block.line}: the {block.lang} block failed (exit {done.returncode})"
                                       f":\n{block.code}\n--- output ---\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}")
-    print("\n".join(["blocks not run:", *skipped]) if skipped else "every block ran")

@@ -23,7 +23,7 @@ from tunelab.serve.app import create_app
 from tunelab.serve.models import ServedModel
 from tunelab.training import train
 
-from servers import Server, serve_process
+from servers import Server, serve_process, wait_until
 
 TEXTS = ["a wonderful film", "the plot was dreadful and the actor poor", "quite good really", "bad", "superb story"]
 
@@ -255,7 +255,9 @@ def test_with_keys_the_docs_need_a_key_and_load_without_the_internet(predictor, 
 
 
 def test_a_full_queue_gives_503_with_retry_after(predictor):
-    app = create_app(settings=ServeConfig(max_batch_size=1, max_wait_ms=0, max_queue=2), loaded={"m": served(predictor, delay=0.6)})
+    calls = []
+    app = create_app(settings=ServeConfig(max_batch_size=1, max_wait_ms=0, max_queue=2),
+                     loaded={"m": served(predictor, delay=0.6, calls=calls)})
     codes = {}
     with Server(app) as s:
         def ask(key, n):
@@ -263,10 +265,10 @@ def test_a_full_queue_gives_503_with_retry_after(predictor):
             codes[key] = (r.status_code, r.headers.get("retry-after"))
         first = threading.Thread(target=ask, args=("running", 1))
         first.start()
-        time.sleep(0.3)  # the first text is in the model now; the queue is empty
+        wait_until(lambda: calls, what="the first text reaching the model")  # the queue is empty again
         second = threading.Thread(target=ask, args=("queued", 2))
         second.start()
-        time.sleep(0.1)
+        wait_until(lambda: app.state.tunelab["batchers"]["m"].queue.qsize() == 2, what="two texts queued")
         ask("refused", 1)
         first.join()
         second.join()
@@ -283,7 +285,8 @@ def test_a_model_crash_fails_only_its_batch(predictor):
 
 
 def test_graceful_shutdown_finishes_accepted_requests(predictor):
-    app = create_app(settings=ServeConfig(max_wait_ms=0), loaded={"m": served(predictor, delay=1.0)})
+    calls = []
+    app = create_app(settings=ServeConfig(max_wait_ms=0), loaded={"m": served(predictor, delay=1.0, calls=calls)})
     got = {}
     server = Server(app)
     with server as s:
@@ -291,7 +294,7 @@ def test_graceful_shutdown_finishes_accepted_requests(predictor):
             got["r"] = httpx.post(f"{s.url}/v1/predict", json={"texts": ["fine", "bad"]}, timeout=30)
         t = threading.Thread(target=ask)
         t.start()
-        time.sleep(0.3)  # accepted, in the model
+        wait_until(lambda: calls, what="the request reaching the model")  # accepted, in the model
         server.server.should_exit = True  # what SIGTERM does
         t.join(30)
     assert got["r"].status_code == 200 and len(got["r"].json()["predictions"]) == 2

@@ -281,13 +281,24 @@ def test_padding_to_a_multiple_rounds_the_batch_width_and_changes_nothing_learne
     assert max(float((wa[k] - wb[k]).abs().max()) for k in wa) < 1e-5  # masked padding is inert
 
 
+@pytest.fixture(scope="module")
+def base_six_steps(tmp_path_factory, tiny_model_dir, sentiment_files):
+    """The run every option is compared with, trained once for all of them (the tiny_config defaults, 6 steps)."""
+    from tunelab.config import load_config
+
+    raw = {"name": "base", "runs_dir": str(tmp_path_factory.mktemp("runs")),
+           "data": {k: str(v) for k, v in sentiment_files.items()}, "model": {"name": str(tiny_model_dir), "max_length": 32},
+           "train": {"learning_rate": 3e-3, "batch_size": 16, "epochs": 6, "min_steps": 0, "min_steps_per_label": 0,
+                     "log_every": 5, "trackers": ["tensorboard"], "max_steps": 6, "precision": "fp32"}}
+    return train(load_config(raw), quiet=True).run_dir
+
+
 @pytest.mark.parametrize("option", [{"optimizer": "sgd"}, {"label_smoothing": 0.2}, {"class_weights": [1.0, 3.0]},
                                     {"max_grad_norm": 1e-3}, {"scheduler": "cosine"}, {"weight_decay": 0.5},
                                     {"dropout": 0.3}, {"layer_lr_decay": 0.5}])
-def test_each_option_changes_the_result(tiny_config, option):
-    base = train(tiny_config(name="base", max_steps=6, precision="fp32"), quiet=True)
+def test_each_option_changes_the_result(tiny_config, base_six_steps, option):
     other = train(tiny_config(name="other", max_steps=6, precision="fp32", **option), quiet=True)
-    wa, wb = weights(base.run_dir), weights(other.run_dir)
+    wa, wb = weights(base_six_steps), weights(other.run_dir)
     assert not all(torch.equal(wa[k], wb[k]) for k in wa), option
 
 

@@ -114,8 +114,8 @@ def test_search_writes_trials_best_yaml_that_reproduces_the_best_and_a_report(ti
     assert "Optimization history" in html and "data:image/png;base64" in html
 
     final = retrain_best(config, quiet=True)  # train + validation, then test
-    assert final["train_rows"] == 300 and 0 <= final["test_accuracy"] <= 1
-    assert final["steps"] == round(int(best["best_step"]) * 300 / 240)
+    assert final.train_rows == 300 and 0 <= final.test["accuracy"] <= 1
+    assert final.steps == round(int(best["best_step"]) * 300 / 240)
     kept = [json.loads((config.run_dir / d / "model" / "tunelab.json").read_text()) for d in (f"trial-{best['number']}", "best")]
     assert kept[1].get("temperature") == kept[0].get("temperature")  # no validation left: the trial's temperature
 

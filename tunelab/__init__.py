@@ -2,7 +2,8 @@
 
 The Python API mirrors the CLI: `tunelab.prepare(load_config("cfg.yaml"))` is `tunelab prepare cfg.yaml`,
 `tunelab.train(config)` is `tunelab train`, `tunelab.evaluate(run_dir)` is `tunelab evaluate`,
-`tunelab.tune(config)` is `tunelab tune`, `tunelab.create_app({...})` is the app `tunelab serve` runs.
+`tunelab.tune(config)` is `tunelab tune`, `tunelab.run_server({...})` is `tunelab serve` (`tunelab.create_app` its
+ASGI app), `tunelab.monitor_report(run)` is `tunelab monitor report`.
 Heavy modules (torch, transformers) load only when a function that needs them is called.
 """
 
@@ -17,6 +18,7 @@ _LAZY = {  # public name -> module that defines it (stage folders are named so t
     "Config": "tunelab.config",
     "TunelabError": "tunelab.errors",
     "prepare": "tunelab.data.pipeline",
+    "TrainResult": "tunelab.training.finish",
     "train": "tunelab.training.loop",
     "evaluate": "tunelab.evaluation.run",
     "Predictor": "tunelab.models.predictor",
@@ -24,9 +26,16 @@ _LAZY = {  # public name -> module that defines it (stage folders are named so t
     "AdapterSet": "tunelab.models.adapters",
     "tune": "tunelab.tuning.run",
     "retrain_best": "tunelab.tuning.run",
+    "predict_file": "tunelab.models.predict_file",
+    "ModelCard": "tunelab.models.card",
     "merge_run": "tunelab.export.merge",
     "export_onnx": "tunelab.export.onnx",
+    "ExportResult": "tunelab.export.result",
+    "ServeConfig": "tunelab.config",
     "create_app": "tunelab.serve.app",
+    "run_server": "tunelab.serve.run",
+    "build_profile": "tunelab.monitor.profile",
+    "monitor_report": "tunelab.monitor.report",
 }
 
 __all__ = ["__version__", *_LAZY]

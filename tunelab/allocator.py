@@ -1,7 +1,7 @@
 """The `tunelab` command runs on jemalloc where the machine has it.
 
 glibc's malloc keeps the freed blocks of every batch shape a training run has seen; jemalloc reuses blocks
-across sizes. Measured on the SST-2 side-by-side (BENCHMARKS.md, classification, session 7): peak RSS of the same
+across sizes. Measured on the SST-2 side-by-side (BENCHMARKS.md, classification): peak RSS of the same
 training 2071 -> 1626 MB for tunelab and ~2000 -> ~1625 MB for the transformers Trainer, at the same speed
 (within the machine's noise). The command re-executes itself once with jemalloc preloaded, as PyTorch's
 own CPU launcher does (`python -m torch.backends.xeon.run_cpu --enable-jemalloc`); `make install` puts
@@ -15,9 +15,9 @@ Its other process-wide memory setting: oneDNN, PyTorch's CPU kernel library (bf1
 kernel for each input shape it meets, up to 1024; with dynamic padding every batch length brings a new set,
 and on SST-2 they held ~240 MB of a MiniLM training run. Training bounds the cache to 64 kernels unless
 ONEDNN_PRIMITIVE_CACHE_CAPACITY is set: full fine-tuning's training memory 1041 -> 794 MB, LoRA's 796 -> 591 MB,
-for about 8% and 13% of the speed (kernels compiled again; BENCHMARKS.md, methods, session 9). `tunelab serve`
+for about 8% and 13% of the speed (kernels compiled again; BENCHMARKS.md, methods). `tunelab serve`
 bounds it too: a bf16 server over 1000 varied requests grew 501 -> 1242 MB under oneDNN's 1024, 501 -> 869 MB
-under the bound, ~8% slower (BENCHMARKS.md, serving, session 10). Prediction and evaluation, which end, keep
+under the bound, ~8% slower (BENCHMARKS.md, serving). Prediction and evaluation, which end, keep
 oneDNN's default.
 """
 

@@ -124,20 +124,21 @@ def export(run: Path = RUN,
     if merge:
         from tunelab.export import merge_run
 
-        parity = merge_run(run, output, limit)
-        typer.echo(f"merged model: {parity['out']} (max |logit diff| {parity['max_abs_logit_diff']:.2e} "
+        result = merge_run(run, output, limit)
+        parity = result.parity
+        typer.echo(f"merged model: {result.out} (max |logit diff| {parity['max_abs_logit_diff']:.2e} "
                    f"on {parity['examples']} validation texts)")
         return
     from tunelab.export import export_onnx
 
     if ffn_down_fp32 and not quantize:
         raise TunelabError("--ffn-down-fp32 is an int8 setting: add --quantize int8")
-    parity = export_onnx(run, output, quantize, min_agreement, limit, ffn_down_fp32=ffn_down_fp32,
+    result = export_onnx(run, output, quantize, min_agreement, limit, ffn_down_fp32=ffn_down_fp32,
                          max_metric_drop=max_metric_drop)
     from tunelab.export.onnx import describe_parity
 
-    typer.echo(f"onnx model{' (int8)' if quantize else ''}: {parity['out']} ({parity['bytes'] / 1e6:.1f} MB); "
-               f"{describe_parity(parity)}")
+    typer.echo(f"onnx model{' (int8)' if quantize else ''}: {result.out} ({result.parity['bytes'] / 1e6:.1f} MB); "
+               f"{describe_parity(result.parity)}")
 
 
 @app.command()
@@ -157,8 +158,9 @@ def tune(config: Path = CONFIG, overrides: Optional[List[str]] = OVERRIDES,
     typer.echo(f"report: {result.study_dir / 'tune' / 'report.html'}")
     if retrain_best:
         final = run_retrain(cfg)
-        typer.echo(f"best config retrained on train+validation ({final['steps']} steps): test accuracy "
-                   f"{final.get('test_accuracy', float('nan')):.4f}; model in {final['run_dir']}/model")
+        headline = ", ".join(f"{k} {v:.4f}" for k, v in final.test.items() if isinstance(v, float))
+        typer.echo(f"best config retrained on train+validation ({final.steps} steps): test {headline}; "
+                   f"model in {final.run_dir / 'model'}")
 
 
 @app.command()
@@ -175,84 +177,19 @@ def serve(models: Optional[List[str]] = typer.Argument(None, help="Run or export
           no_monitor: bool = typer.Option(False, "--no-monitor", help="Keep no prediction log, drift or alerts.")) -> None:
     """Serve models over HTTP: POST /v1/predict and /v1/feedback, GET /v1/models, /v1/monitor, /dashboard,
     /healthz, /readyz, /metrics, docs at /docs."""
-    import os
-
-    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch loads: idle OpenMP threads sleep, not spin
-    from tunelab.allocator import bound_onednn_cache
-
-    bound_onednn_cache()  # a batch shape per call: unbounded, oneDNN's kernels grow the server (allocator.py)
-    import logging
-
-    import uvicorn
-
-    from tunelab.serve.app import create_app
-    from tunelab.serve.auth import api_keys, key_notes
+    from tunelab.serve.run import run_server
     from tunelab.serve.settings import serve_settings
 
     settings = serve_settings(config, {"host": host, "port": port, "precision": precision,
                                        "max_batch_size": max_batch_size, "max_wait_ms": max_wait_ms})
-    keys = api_keys(settings)  # a key setting that holds no key: one line now, before the models load
-    named = _named(models or [], "PATH")
-    adapters = _named(adapter or [], "--adapter")
-    if adapters and base is None:
-        raise TunelabError("--adapter needs --base (the model the adapters were trained on)")
-    if not named and not adapters:
-        raise TunelabError("nothing to serve: give a run or export folder, e.g. tunelab serve runs/sentiment-demo")
-    from tunelab.serve.models import load_models
-
-    sock = _bind(settings.host, settings.port)  # first: a busy port is one clear error, and no "serving" line
     if no_monitor:
         settings.monitor.enabled = False
     if monitor_db:
         settings.monitor.database = monitor_db
-    loaded = load_models(named, settings.precision, base, adapters, settings.threads)  # mistakes: one line, no server
-    if settings.monitor.enabled:  # a bad database URL: one line now, not a failed server start
-        from tunelab.monitor.live import default_database
-        from tunelab.monitor.store import open_database
-
-        settings.monitor.database = settings.monitor.database or default_database(loaded)
-        if settings.monitor.database is None:
-            raise TunelabError("no run folder to keep monitor.db in: give --monitor-db URL or --no-monitor")
-        open_database(settings.monitor.database).dispose()
-    app_ = create_app(settings=settings, loaded=loaded)
-    host_in_url = f"[{settings.host}]" if ":" in settings.host else settings.host
-    url = f"http://{host_in_url}:{sock.getsockname()[1]}"  # the port bound (port 0: the one the system chose)
-    keys_note, warning = key_notes(settings.host, len(keys))
-    typer.echo(f"serving {', '.join([*named, *adapters])} on {url} ({keys_note}; API docs at {url}/docs"
-               + (f", dashboard at {url}/dashboard; log in {settings.monitor.database})" if settings.monitor.enabled else ")"),
-               err=True)
-    if warning:
-        typer.echo(warning, err=True)
-    # uvicorn configures only its own loggers: this sends tunelab's (a model's 500, the monitor's) to stderr too
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s: %(name)s: %(message)s")
-    server = uvicorn.Server(uvicorn.Config(app_, log_level="warning", timeout_graceful_shutdown=settings.shutdown_timeout_s))
-    try:
-        server.run(sockets=[sock])
-    except KeyboardInterrupt:  # uvicorn re-raises Ctrl-C after its graceful shutdown: done, as uvicorn.run() does
-        pass
-    if not server.started:
+    started = run_server(_named(models or [], "PATH"), settings, base, _named(adapter or [], "--adapter"),
+                         say=lambda m: typer.echo(m, err=True))
+    if not started:
         sys.exit(3)  # uvicorn's exit code for a failed startup (it has said why)
-
-
-def _bind(host: str, port: int):
-    """The server's socket, bound (not yet listening) before anything loads."""
-    import errno
-    import socket
-
-    try:
-        family, kind, proto, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)[0]
-    except socket.gaierror as exc:
-        raise TunelabError(f"serve.host: cannot listen on '{host}': {exc.strerror}") from None
-    sock = socket.socket(family, kind, proto)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn does: a restart need not wait out TIME_WAIT
-    try:
-        sock.bind(address)
-    except OSError as exc:
-        sock.close()
-        if exc.errno == errno.EADDRINUSE:
-            raise TunelabError(f"port {port} on {host} is in use (by another server?): stop it, or choose --port") from None
-        raise TunelabError(f"cannot listen on {host} port {port}: {exc.strerror}") from None
-    return sock
 
 
 @monitor_app.command("profile")
@@ -269,26 +206,9 @@ def monitor_report(run: Path = typer.Argument(..., help="The served run (or mode
                    database: Optional[str] = typer.Option(None, "--database", help="SQLAlchemy URL (default: RUN/monitor.db)."),
                    out: Optional[Path] = typer.Option(None, "--out", help="Folder (default: RUN/monitor/).")) -> None:
     """The dashboard as a static report (HTML + PNGs) from the prediction log."""
-    from tunelab.config import DEFAULT_ALERTS
-    from tunelab.models.card import ModelCard
-    from tunelab.models.predictor import find_model_dir
-    from tunelab.monitor.profile import load_profile, run_of
-    from tunelab.monitor.report import parse_since, write_monitor_report
+    from tunelab.monitor.report import monitor_report as report
 
-    start = parse_since(since)
-    model_dir = find_model_dir(run)
-    run_dir = run_of(model_dir, ModelCard.read(model_dir))
-    if database is None:
-        db = run_dir / "monitor.db"
-        if not db.is_file():
-            raise TunelabError(f"{db} does not exist: nothing was served from this run with monitoring on "
-                               "(or give --database URL)")
-        database = f"sqlite:///{db.resolve()}"
-    profile = load_profile(model_dir)
-    profiles = {"*": profile} if profile else {}  # served under any name: the run's profile
-    thresholds = {a["metric"]: a.get("above", a.get("below")) for a in DEFAULT_ALERTS}
-    path = write_monitor_report(database, out or run_dir / "monitor", start, profiles, thresholds)
-    typer.echo(path)
+    typer.echo(report(run, since, database, out))
 
 
 @app.command("bench-serve")

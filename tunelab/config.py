@@ -23,7 +23,8 @@ from tunelab.tasks import TASKS
 class DataConfig(Section):
     """Where the labelled data is and how the data stage loads, checks, cleans and splits it."""
 
-    train: Path = Field(description="Training file: .csv, .tsv, .jsonl, .json or .parquet.")
+    train: Path = Field(description="Training file: .csv, .tsv, .jsonl, .json or .parquet (token classification: CoNLL "
+                        "or JSONL).")
     validation: Path | None = Field(None, description="Validation file; split from train when absent.")
     test: Path | None = Field(None, description="Test file; split from train when absent.")
     format: Literal["auto", "csv", "tsv", "jsonl", "json", "parquet", "conll", "token_jsonl", "entity_jsonl"] = Field(
@@ -163,7 +164,7 @@ class TrainConfig(Section):
     pad_to_multiple_of: int = Field(
         1, ge=1, description="Pad each training batch's length up to a multiple of this. 8 cut the training memory by a "
         "third on SST-2 (fewer batch shapes: oneDNN keeps kernels and buffers per shape) for 8-22% of the speed, same "
-        "accuracy over three seeds (BENCHMARKS.md, methods, session 8). 1: pad to the longest text.")
+        "accuracy over three seeds (BENCHMARKS.md, methods). 1: pad to the longest text.")
     eval_every: int | None = Field(None, ge=1, description="Evaluate on validation every N optimizer steps; none: once per epoch.")
     checkpoint_every: int | None = Field(None, ge=1, description="Save a resumable checkpoint every N steps; none: at every evaluation, and at least every 500 steps.")
     keep_checkpoints: int = Field(1, ge=1, description="How many recent checkpoints to keep.")

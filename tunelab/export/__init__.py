@@ -2,5 +2,6 @@
 
 from tunelab.export.merge import merge_run
 from tunelab.export.onnx import export_onnx
+from tunelab.export.result import ExportResult
 
-__all__ = ["merge_run", "export_onnx"]
+__all__ = ["ExportResult", "merge_run", "export_onnx"]

@@ -14,6 +14,7 @@ import numpy as np
 import torch
 
 from tunelab.errors import TunelabError
+from tunelab.export.result import ExportResult
 from tunelab.files import replace_folder
 from tunelab.models.card import ModelCard
 from tunelab.methods import METHODS
@@ -67,8 +68,8 @@ def parity_texts(run_dir: Path, limit: int | None = None) -> tuple[list[str], li
     return texts, pairs, counts
 
 
-def merge_run(run: str | Path, out: str | Path | None = None, limit: int | None = None) -> dict:
-    """Write the merged model folder (default runs/<name>/export/merged) and return the parity figures."""
+def merge_run(run: str | Path, out: str | Path | None = None, limit: int | None = None) -> ExportResult:
+    """Write the merged model folder (default runs/<name>/export/merged); the result holds its parity figures."""
     from tunelab.models.predictor import find_model_dir
 
     model_dir = find_model_dir(run)
@@ -76,7 +77,7 @@ def merge_run(run: str | Path, out: str | Path | None = None, limit: int | None 
         return _merge(model_dir, out, limit)
 
 
-def _merge(model_dir: Path, out: str | Path | None, limit: int | None) -> dict:
+def _merge(model_dir: Path, out: str | Path | None, limit: int | None) -> ExportResult:
     from transformers import AutoTokenizer
 
     from tunelab.models.load import load_model
@@ -116,5 +117,4 @@ def _merge(model_dir: Path, out: str | Path | None, limit: int | None) -> dict:
         if (model_dir / name).is_file():
             shutil.copy2(model_dir / name, tmp / name)
     replace_folder(tmp, out)
-    parity["out"] = str(out)
-    return parity
+    return ExportResult(out, parity)

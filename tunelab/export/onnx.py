@@ -26,6 +26,7 @@ import numpy as np
 import torch
 
 from tunelab.errors import TunelabError
+from tunelab.export.result import ExportResult
 from tunelab.files import replace_folder
 from tunelab.models.card import ModelCard
 from tunelab.runlock import run_lock
@@ -67,8 +68,8 @@ def _plain_model(model_dir: Path, card):
 
 def export_onnx(run: str | Path, out: str | Path | None = None, quantize: str | None = None,
                 min_agreement: float = 0.99, limit: int | None = None, quiet: bool = False,
-                ffn_down_fp32: bool = False, max_metric_drop: float = 0.5) -> dict:
-    """Write the ONNX folder and return its parity figures (also in parity.json). int8 is refused under
+                ffn_down_fp32: bool = False, max_metric_drop: float = 0.5) -> ExportResult:
+    """Write the ONNX folder; the result holds its parity figures (also in parity.json). int8 is refused under
     `min_agreement` of the labels; for a task judged by a metric (token classification: entity F1), when it loses
     more than `max_metric_drop` points of it on validation."""
     from tunelab.models.predictor import ONNX_FILE, find_model_dir
@@ -80,7 +81,7 @@ def export_onnx(run: str | Path, out: str | Path | None = None, quantize: str | 
         return _export_onnx(model_dir, out, quantize, min_agreement, limit, quiet, ffn_down_fp32, max_metric_drop)
 
 
-def _export_onnx(model_dir: Path, out, quantize, min_agreement, limit, quiet, ffn_down_fp32, max_metric_drop) -> dict:
+def _export_onnx(model_dir: Path, out, quantize, min_agreement, limit, quiet, ffn_down_fp32, max_metric_drop) -> ExportResult:
     from transformers import AutoTokenizer
 
     from tunelab.export.merge import parity_texts
@@ -157,8 +158,7 @@ def _export_onnx(model_dir: Path, out, quantize, min_agreement, limit, quiet, ff
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     replace_folder(tmp, out)
-    parity["out"] = str(out)
-    return parity
+    return ExportResult(out, parity)
 
 
 def _export(model, names: list[str], sample: tuple, path: Path) -> None:

@@ -44,7 +44,7 @@ class Settings(Section):
     fp32_on_cpu: bool = Field(
         False, description="On CPU, compute the adapters in fp32 under bf16 autocast: faster (SST-2 427 vs 332 samples/s) "
         "and less memory (787 vs 912 MB); as accurate over five SST-2 seeds with the FFN-only placement (0.8571 vs "
-        "0.8576), not yet measured with parallel_both, hence still off (BENCHMARKS.md, methods, sessions 8 and 11).")
+        "0.8576), not yet measured with parallel_both, hence still off (BENCHMARKS.md, methods).")
 
 
 class Bottleneck(torch.nn.Module):

@@ -35,6 +35,29 @@ def _aware(t: datetime) -> datetime:
     return t if t.tzinfo else t.replace(tzinfo=timezone.utc)  # SQLite hands times back without their zone
 
 
+def monitor_report(run: str | Path, since: str = "24h", database: str | None = None, out: str | Path | None = None) -> Path:
+    """`tunelab monitor report`: the log of a served run (default: its monitor.db) since `since` (30m, 24h, 7d or an
+    ISO time) as report.html + PNGs in `out` (default RUN/monitor/). Returns the report's path."""
+    from tunelab.config import DEFAULT_ALERTS
+    from tunelab.models.card import ModelCard
+    from tunelab.models.predictor import find_model_dir
+    from tunelab.monitor.profile import load_profile, run_of
+
+    start = parse_since(since)
+    model_dir = find_model_dir(run)
+    run_dir = run_of(model_dir, ModelCard.read(model_dir))
+    if database is None:
+        db = run_dir / "monitor.db"
+        if not db.is_file():
+            raise TunelabError(f"{db} does not exist: nothing was served from this run with monitoring on "
+                               "(or give --database URL)")
+        database = f"sqlite:///{db.resolve()}"
+    profile = load_profile(model_dir)
+    profiles = {"*": profile} if profile else {}  # served under any name: the run's profile
+    thresholds = {a["metric"]: a.get("above", a.get("below")) for a in DEFAULT_ALERTS}
+    return write_monitor_report(database, Path(out) if out else run_dir / "monitor", start, profiles, thresholds)
+
+
 def write_monitor_report(database: str, out_dir: Path, since: datetime, profiles: dict | None = None,
                          thresholds: dict | None = None) -> Path:
     """Write out_dir/report.html (+ PNGs) for everything logged since `since`; return the HTML path."""

@@ -4,13 +4,13 @@ other row gets, when it is next read, the moves dense AdamW made to it meanwhile
 The word-embedding matrix is half of a MiniLM (30522 x 384 of 22.7M parameters), yet a batch touches a few
 hundred of its rows. Dense training still writes a zero gradient for every row, takes it into the clipping
 norm and runs AdamW over all 11.7M values each step: ~10% of a full fine-tuning step on a 2-core CPU
-(BENCHMARKS.md, classification, session 8). Here the embedding returns a sparse gradient (`sparse=True`) and
+(BENCHMARKS.md, classification). Here the embedding returns a sparse gradient (`sparse=True`) and
 its rows get AdamW with the hyperparameters and learning rate of their optimizer group, the state kept in the
 optimizer's own state (so checkpoints and exact resume carry it unchanged).
 
 A row absent from a batch is not frozen in dense AdamW: its momentum keeps moving it (over ~1/(1-beta1) = 10
 steps) and weight decay shrinks it. TensorFlow's LazyAdam drops those moves, so a rare token's row moves by a
-tenth of what dense AdamW moves it — another optimizer, not a faster one (tunelab did so until session 10). Here
+tenth of what dense AdamW moves it — another optimizer, not a faster one (0.6 points lower on FPB 50Agree over three seeds). Here
 each row records the step it is up to date with; before a training forward pass reads it (a pre-hook on the
 embedding), and for all rows before the weights are evaluated or saved (`catch_up`), it gets the skipped steps in
 closed form: with no gradient, step u multiplies the moments by beta1 and beta2 and moves the row by

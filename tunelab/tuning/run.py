@@ -27,6 +27,7 @@ from tunelab.models.card import ModelCard
 from tunelab.runlock import RunInUse
 from tunelab.signals import stop_on_signals
 from tunelab.search_space import Param, parse_space
+from tunelab.tasks.base import headline
 from tunelab.tuning import space as sampling
 from tunelab.tuning.objective import base_raw, direction_of, metric_of, trial_raw
 
@@ -296,7 +297,16 @@ def summarise(study, config: Config) -> TuneResult:
                       sum(float(t.user_attrs.get("seconds", 0)) for t in trials))
 
 
-def retrain_best(config: Config, quiet: bool = False) -> dict:
+@dataclass
+class RetrainResult:
+    trial: int  # the best trial's number
+    run_dir: Path  # runs/<study>/best
+    steps: int
+    train_rows: int  # train + validation
+    test: dict  # the headline test metrics (accuracy, ...; entity_f1 for token classification)
+
+
+def retrain_best(config: Config, quiet: bool = False) -> RetrainResult:
     """Train the best trial's config on train + validation, for as many passes over the data as the best
     trial's kept model had seen, and evaluate it on the test split: the honest final figure of a search."""
     from tunelab.data.pipeline import load_prepared
@@ -342,8 +352,7 @@ def retrain_best(config: Config, quiet: bool = False) -> dict:
         apply_temperature(result.model_dir, temperature, AutoTokenizer.from_pretrained(result.model_dir))
         build_profile(result.model_dir, result.run_dir)  # the served confidences are the calibrated ones
     test = evaluate(retrain_config.run_dir, "test", quiet=quiet).metrics
-    return {"trial": best, "run_dir": str(result.run_dir), "steps": result.steps, "train_rows": n_all,
-            **{f"test_{k}": v for k, v in test.items() if isinstance(v, (int, float))}}
+    return RetrainResult(best, result.run_dir, result.steps, n_all, headline(test))
 
 
 def _concat_splits(prepared, out_dir: Path) -> tuple[Path, int, int]:
