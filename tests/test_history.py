@@ -9,13 +9,14 @@ from conftest import REPO
 HISTORY = re.compile(r"\bsessions? [0-9]|(?<![\w/&#])#[0-9]+\b")
 URL = re.compile(r"https?://\S+")
 THIRD_PARTY = ("tunelab/monitor/static/", "tunelab/serve/static/")  # vendored, minified: not our text
+SELF = "tests/test_history.py"  # its own examples of what the pattern catches
 
 
 def test_no_working_session_or_issue_number_in_tracked_text():
     files = subprocess.run(["git", "ls-files"], cwd=REPO, capture_output=True, text=True, check=True).stdout.split()
     found = []
     for name in files:
-        if name.startswith(THIRD_PARTY):
+        if name.startswith(THIRD_PARTY) or name == SELF:
             continue
         try:
             text = (REPO / name).read_text(encoding="utf-8")

@@ -7,6 +7,11 @@ The blocks run in a scratch folder that links the repository's examples, data, M
 background and waited for (its /readyz), and stopped (SIGTERM) after the document's last block. A block preceded by
 `<!-- readme-test: skip REASON -->` is not run (a multi-machine setup, the test suite itself); the reason is
 required and printed.
+
+`make demo` trains as documented (the int8 export and the monitor after it need its model); every other
+`tunelab train` or `tunelab tune` line gets `QUICK` appended (a few steps instead of a hundred, a search of two
+trials instead of four): this test checks that the commands work as written, not what they reach (benchmarks/
+measures that), and keeps the suite fast.
 """
 
 from __future__ import annotations
@@ -29,6 +34,7 @@ DOCUMENTS = ["README.md", *sorted(str(p.relative_to(REPO)) for p in (REPO / "doc
 FENCE = re.compile(r"(?:<!--\s*readme-test:\s*skip\s+(?P<skip>[^>]*?)\s*-->\s*\n)?^(?P<indent>[ \t]*)```(?P<lang>[\w-]*)\n"
                    r"(?P<code>.*?)^(?P=indent)```", re.S | re.M)
 LINKED = ["examples", "data", "Makefile", "pyproject.toml", "scripts", "tunelab", ".venv"]
+QUICK = "train.max_steps=8 train.eval_every=4"
 PRELUDE = r"""
 set -euo pipefail
 curl() { command curl --silent --show-error --fail-with-body --max-time 120 "$@"; }
@@ -66,6 +72,8 @@ def as_script(code: str) -> str:
             port = re.search(r"--port\s+(\d+)", command)
             out += [f"{command.rstrip('&').strip()} >>\"$READMETEST_SERVERS.log\" 2>&1 & echo $! >> \"$READMETEST_SERVERS\"",
                     f"ready $! {port.group(1) if port else 8000}"]
+        elif command.startswith(("tunelab train ", "tunelab tune ")):
+            out.append(f"{command} {QUICK}" + (" tune.n_trials=2" if command.startswith("tunelab tune ") else ""))
         elif command in ("make test", "make install"):
             out.append(f": {command} is this test suite / already done")
         else:

@@ -11,6 +11,7 @@ import subprocess
 import sys
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 import httpx
 import pytest
@@ -372,11 +373,16 @@ def test_serve_cli_mistakes_are_one_clear_line(run_dir, tmp_path):
     port = busy.getsockname()[1]
     cases += [(["serve", str(run_dir), "--port", str(port)], f"port {port} on 127.0.0.1 is in use"),
               (["serve", str(run_dir)], "TUNELAB_API_KEYS is set but holds no API key (' , ')", {"TUNELAB_API_KEYS": " , "})]
-    try:
-        for args, message, *env in cases:
-            done = subprocess.run([sys.executable, "-m", "tunelab", *args], capture_output=True, text=True, timeout=120,
-                                  env={**os.environ, **(env[0] if env else {})})
-            assert done.returncode == 2 and message in done.stderr and "Traceback" not in done.stderr, (args, done.stderr[-800:])
-            assert "serving" not in done.stderr, args
+    def cli(args, env=None):
+        return subprocess.run([sys.executable, "-m", "tunelab", *args], capture_output=True, text=True, timeout=120,
+                              env={**os.environ, **(env or {})})
+
+    try:  # side by side: each is mostly interpreter start-up and imports
+        with ThreadPoolExecutor(4) as pool:
+            runs = [(args, message, pool.submit(cli, args, *env)) for args, message, *env in cases]
+            for args, message, future in runs:
+                done = future.result()
+                assert done.returncode == 2 and message in done.stderr and "Traceback" not in done.stderr, (args, done.stderr[-800:])
+                assert "serving" not in done.stderr, args
     finally:
         busy.close()

@@ -143,13 +143,14 @@ def test_failing_trials_are_recorded_with_their_reason_and_the_search_goes_on(ti
     assert result.best_trial == int(rows[("32", "0.003")]["number"])
 
 
-def test_memory_does_not_grow_over_20_trials(tiny_config):
+def test_memory_does_not_grow_over_12_trials(tiny_config):
     config = _config(tiny_config, max_steps=4, eval_every=4, trackers=[], tune_section={
-        "n_trials": 20, "space": {"train.learning_rate": {"log_uniform": [1e-4, 1e-2]}}})
+        "n_trials": 12, "space": {"train.learning_rate": {"log_uniform": [1e-4, 1e-2]}}})
     tune(config, quiet=True)
     rss = [float(r["rss_mb_at_start"]) for r in _trials(config)]
-    assert len(rss) == 20 and all(r > 0 for r in rss)
-    assert rss[-1] - rss[4] < 25, rss  # after warm-up, each trial gives its memory back
+    assert len(rss) == 12 and all(r > 0 for r in rss)
+    # after warm-up, each trial gives its memory back (a cache that kept each trial's tokenizer: ~30 MB a trial)
+    assert rss[-1] - rss[4] < 25, rss
 
 
 # ---------------------------------------------------------------- processes: kill + resume, two workers

@@ -20,6 +20,8 @@ CHUNK_ROWS = 8192  # rows read, tokenised and scored at a time: memory does not 
 
 @dataclass
 class EvalResult:
+    """What `evaluate` returns: the split's name, its metrics (also in `out_dir`/report.json) and the report folder."""
+
     split: str
     metrics: dict
     out_dir: Path

@@ -1,0 +1,106 @@
+"""One-client latency of the int8 server, and where it goes: the figure a user of the demo sees, and what moves it.
+
+Servers, all started at once and driven in turn (ROUNDS interleaved rounds of REQUESTS single-sentence requests
+at one client, SST-2 validation sentences; medians of the rounds' p50):
+  demo_int8            the demo run (examples/demo.yaml), `tunelab export --format onnx --quantize int8` as a user
+                       gets it, `tunelab serve` with its defaults (monitor on)
+  demo_int8_nomonitor  the same with --no-monitor
+  demo_int8_ffn_fp32   the demo exported with --ffn-down-fp32 (the slower, closer variant the export falls back to)
+  sst2_int8            the full-SST-2 run of classification.py (benchmarks/work/runs/sst2), exported the same way
+And without any server, on the demo's int8 folder: the ONNX Runtime call alone (`model_only`) and the whole
+predictor call (tokenise + ONNX + answer: `predictor`), one sentence at a time.
+
+    .venv/bin/python benchmarks/serve_latency.py          # about 6 minutes
+"""
+
+from __future__ import annotations
+
+import statistics
+import sys
+import time
+
+import numpy as np
+
+from _common import REPO, WORK, need_data, split_texts, start_server, stop_server, write_results
+
+ROUNDS, REQUESTS = 5, 400
+
+
+def _demo_run():
+    from tunelab.config import load_config
+    from tunelab.training import train
+
+    config = load_config(REPO / "examples" / "demo.yaml", [f"runs_dir={WORK / 'runs'}"])
+    if not (config.run_dir / "result.json").exists():
+        train(config, overwrite=True, quiet=True)
+    return config.run_dir
+
+
+def _in_process(folder, texts) -> dict:
+    """Median ms per sentence: the ONNX call alone, and the predictor's whole call."""
+    from tunelab.models.predictor import Predictor
+
+    predictor = Predictor(folder)
+    enc = [predictor.task.encode_inputs(predictor.tokenizer, [t], None, predictor.max_length, predictor.card.clean)
+           for t in texts[:300]]
+    from tunelab.tasks.encoding import collate
+
+    batches = [collate(e, np.array([0]), predictor.pad_id, predictor.with_types) for e in enc]
+    for b in batches[:20]:
+        predictor.onnx.outputs(b)
+    model = []
+    for b in batches:
+        t = time.perf_counter()
+        predictor.onnx.outputs(b)
+        model.append((time.perf_counter() - t) * 1000)
+    whole = []
+    for text in texts[:300]:
+        t = time.perf_counter()
+        predictor.decide(predictor.infer([text]).probs)
+        whole.append((time.perf_counter() - t) * 1000)
+    return {"model_only_p50_ms": statistics.median(model), "predictor_p50_ms": statistics.median(whole)}
+
+
+def main() -> None:
+    from tunelab.export import export_onnx
+    from tunelab.serve.loadgen import bench
+
+    need_data("sst2", "validation.csv")
+    demo = _demo_run()
+    export_onnx(demo, quantize="int8", quiet=True)
+    export_onnx(demo, demo / "export" / "onnx-int8-ffn", quantize="int8", ffn_down_fp32=True, quiet=True)
+    sst2 = WORK / "runs" / "sst2"
+    if not (sst2 / "export" / "onnx-int8" / "model.onnx").exists():
+        export_onnx(sst2, quantize="int8", quiet=True)
+    texts, _ = split_texts(sst2, "validation")
+    figures = {f"demo_int8_{k}": v for k, v in _in_process(demo / "export" / "onnx-int8", texts).items()}
+    serve = [sys.executable, "-m", "tunelab", "serve"]
+    servers = {"demo_int8": [*serve, f"m={demo / 'export' / 'onnx-int8'}"],
+               "demo_int8_nomonitor": [*serve, f"m={demo / 'export' / 'onnx-int8'}", "--no-monitor"],
+               "demo_int8_ffn_fp32": [*serve, f"m={demo / 'export' / 'onnx-int8-ffn'}", "--monitor-db",
+                                      f"sqlite:///{WORK / 'latency-ffn.db'}"],
+               "sst2_int8": [*serve, f"m={sst2 / 'export' / 'onnx-int8'}"]}
+    started, rounds = {}, {name: [] for name in servers}
+    try:
+        for name, cmd in servers.items():
+            started[name] = start_server(cmd, "/readyz")
+        for i in range(ROUNDS):
+            for name, (_, url) in started.items():
+                r = bench(url, texts, 1, REQUESTS, 120)
+                rounds[name].append(r)
+                print(f"round {i + 1} {name}: p50 {r['p50_ms']:.2f} p95 {r['p95_ms']:.2f} ms, {r['throughput']:.0f}/s",
+                      flush=True)
+    finally:
+        for proc, _ in started.values():
+            stop_server(proc)
+    for name, runs in rounds.items():
+        figures[f"{name}_c1_p50_ms"] = round(statistics.median(r["p50_ms"] for r in runs), 3)
+        figures[f"{name}_c1_p95_ms"] = round(statistics.median(r["p95_ms"] for r in runs), 3)
+        figures[f"{name}_c1_p50_ms_rounds"] = [round(r["p50_ms"], 3) for r in runs]
+    figures["c1_p50_ms_onnx_int8"] = figures["demo_int8_c1_p50_ms"]  # the figure a user of the demo sees
+    figures["c1_p50_ms_onnx_int8_target_met"] = figures["c1_p50_ms_onnx_int8"] <= 5
+    write_results("serve_latency", figures)
+
+
+if __name__ == "__main__":
+    main()
