@@ -132,32 +132,34 @@ def test_predict_errors_are_clear(trained, tmp_path):
 
 
 def test_evaluation_memory_does_not_grow_with_the_split(trained, tmp_path):
-    """Evaluating 30k rows holds no more than evaluating 10k (both over one chunk): one chunk at a time, a few
-    bytes per row kept.
+    """Evaluating 12k rows holds no more than evaluating 2k (chunks of 1000 rows here, 8192 by default): one
+    chunk at a time, a few bytes per row kept.
 
     Measured as the peak of Python-level allocations (numpy included) with tracemalloc: process RSS on this
     machine drifts by ~20 MB between such runs from allocator fragmentation, streaming or not."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    peaks = {}
-    for n in (10_000, 30_000):
+    paths = {}
+    for n in (2_000, 12_000):
         rows = sentiment_rows(n, seed=n)
-        path = tmp_path / f"eval{n}.parquet"
-        pq.write_table(pa.table({"text": [r[0] for r in rows], "label": [r[1] for r in rows]}), path,
-                       row_group_size=8192)  # as the data stage writes its splits
-        code = ("import tracemalloc, pathlib; import tunelab.evaluation.run as r; "
-                # the libraries it loads on first use, loaded untraced: tracing their imports took 12 s a process
-                "import transformers, sklearn.metrics; from transformers import AutoTokenizer, AutoModel; "
-                "r.resolve_split = lambda run, split: ('big', pathlib.Path(split)); tracemalloc.start(); "
-                f"m = r.evaluate({str(trained)!r}, {str(path)!r}, write_report=False, quiet=True).metrics; "
-                "assert m['examples'] == %d; print(tracemalloc.get_traced_memory()[1])" % n)
-        res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env={**os.environ})
-        assert res.returncode == 0, res.stderr[-2000:]
-        peaks[n] = int(res.stdout.split()[-1]) / 2**20
+        paths[n] = tmp_path / f"eval{n}.parquet"
+        pq.write_table(pa.table({"text": [r[0] for r in rows], "label": [r[1] for r in rows]}), paths[n],
+                       row_group_size=1000)  # row groups of a chunk, as the data stage writes its splits
+    code = ("import sys, tracemalloc, pathlib; import tunelab.evaluation.run as r; "
+            "r.resolve_split = lambda run, split: ('big', pathlib.Path(split)); r.CHUNK_ROWS = 1000; "
+            f"run = lambda path: r.evaluate({str(trained)!r}, path, write_report=False, quiet=True).metrics; "
+            # one evaluation untraced first: the libraries it imports on first use (tracing them took 10 s a process)
+            "run(sys.argv[1]); tracemalloc.start()\n"
+            "for path, n in zip(sys.argv[1:], (2000, 12000)):\n"
+            "    tracemalloc.reset_peak(); assert run(path)['examples'] == n; print(tracemalloc.get_traced_memory()[1])")
+    res = subprocess.run([sys.executable, "-c", code, str(paths[2_000]), str(paths[12_000])], capture_output=True,
+                         text=True, env={**os.environ})
+    assert res.returncode == 0, res.stderr[-2000:]
+    peaks = dict(zip((2_000, 12_000), (int(v) / 2**20 for v in res.stdout.split()[-2:])))
     # MB. Reading the whole split at once (texts and token ids as Python objects) adds ~40 MB per 40k rows (measured),
-    # ~20 MB here.
-    assert peaks[30_000] - peaks[10_000] < 4, peaks
+    # ~10 MB here.
+    assert peaks[12_000] - peaks[2_000] < 3, peaks
 
 
 def test_bf16_prediction_pads_to_steps_of_16_tokens_and_fp32_to_the_longest_text(trained, monkeypatch):

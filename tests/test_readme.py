@@ -22,6 +22,7 @@ import signal
 import subprocess
 import sys
 import textwrap
+import time
 from dataclasses import dataclass
 
 import pytest
@@ -124,6 +125,8 @@ def _run_blocks(document: str, workdir, env: dict, skipped: list) -> None:
             command = [sys.executable, "-c", block.code]
         else:
             command = ["bash", "-c", as_script(block.code)]
+        started = time.monotonic()
         done = subprocess.run(command, cwd=workdir, env=env, capture_output=True, text=True, timeout=900)
+        print(f"{document}:{block.line}: {time.monotonic() - started:.1f} s")
         assert done.returncode == 0, (f"{document}:{block.line}: the {block.lang} block failed (exit {done.returncode})"
                                       f":\n{block.code}\n--- output ---\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}")

@@ -349,6 +349,11 @@ def test_schedules_warm_up_then_follow_their_shape(tiny_config, name):
     assert lrs[0] == 0 and lrs[5] == pytest.approx(0.5) and lrs[10] == pytest.approx(1.0)
     expected_mid = {"linear": 40 / 90, "cosine": 0.5 * (1 + math.cos(math.pi * 50 / 90)), "constant": 1.0}[name]
     assert lrs[60] == pytest.approx(expected_mid, rel=1e-6)
+    from transformers import get_scheduler  # the schedules are transformers', written out to skip its import
+
+    theirs = get_scheduler("constant_with_warmup" if name == "constant" else name,
+                           torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0), 10, 100)
+    assert [theirs.lr_lambdas[0](step) for step in range(101)] == pytest.approx(lrs + [sched.lr_lambdas[0](100)], abs=1e-12)
 
 
 def test_balanced_class_weights():

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import math
+
 import torch
-from transformers import get_scheduler
 
 from tunelab.config import TrainConfig
 from tunelab.methods.parts import embedding_parameters, head_modules, transformer_layers, transformers_model
@@ -49,9 +50,25 @@ def build_optimizer(model: torch.nn.Module, cfg: TrainConfig, learning_rate: flo
 
 
 def build_scheduler(optimizer: torch.optim.Optimizer, cfg: TrainConfig, total_steps: int):
-    warmup = round(cfg.warmup_ratio * total_steps)
-    name = "constant_with_warmup" if cfg.scheduler == "constant" else cfg.scheduler
-    return get_scheduler(name, optimizer, num_warmup_steps=warmup, num_training_steps=total_steps)
+    """Linear warmup, then linear or half-cosine decay to zero (or constant): transformers' schedules, to the float
+    (tests/test_train.py compares them). Written here because transformers.optimization imports its Trainer's
+    utilities and with them peft, 2.4 s of every training's start."""
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor(cfg.scheduler, round(cfg.warmup_ratio * total_steps),
+                                                                  total_steps))
+
+
+def lr_factor(schedule: str, warmup: int, total: int):
+    """step -> the share of the peak learning rate at that step."""
+    def factor(step: int) -> float:
+        if step < warmup:
+            return step / max(1, warmup)
+        if schedule == "constant":
+            return 1.0
+        progress = (step - warmup) / max(1, total - warmup)
+        if schedule == "cosine":
+            return max(0.0, 0.5 * (1.0 + math.cos(math.pi * progress)))
+        return max(0.0, (total - step) / max(1, total - warmup))
+    return factor
 
 
 def fused_adamw(optimizer: torch.optim.Optimizer) -> torch.optim.AdamW | None:
