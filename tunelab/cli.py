@@ -101,6 +101,30 @@ def predict(run: Path = RUN,
 
 
 @app.command()
+def generate(run: Path = RUN,
+             prompt: Optional[str] = typer.Argument(None, help="What to ask; none: read it from stdin."),
+             system: Optional[str] = typer.Option(None, "--system", help="A system prompt for this conversation (default: the run's task.system_prompt)."),
+             max_new_tokens: int = typer.Option(256, "--max-new-tokens", min=1, help="Most tokens to generate."),
+             temperature: float = typer.Option(0.0, "--temperature", min=0.0, help="0: greedy (the same answer every time); above 0: sampling."),
+             top_p: float = typer.Option(1.0, "--top-p", min=0.0, max=1.0, help="Sampling: the nucleus of this much probability."),
+             seed: Optional[int] = typer.Option(None, "--seed", help="Sampling: the random seed.")) -> None:
+    """Answer a prompt with a fine-tuned causal LM, streamed as it is generated."""
+    import sys
+
+    from tunelab.models.generate import GenerationSettings, Generator
+
+    text = prompt if prompt is not None else sys.stdin.read()
+    if not text.strip():
+        raise TunelabError("nothing to answer: give a prompt (or pipe one on stdin)")
+    messages = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": text}]
+    settings = GenerationSettings(max_new_tokens, temperature, top_p, seed=seed)
+    for piece in Generator(run).stream(messages, settings):
+        sys.stdout.write(piece)
+        sys.stdout.flush()
+    sys.stdout.write("\n")
+
+
+@app.command()
 def export(run: Path = RUN,
            merge: bool = typer.Option(False, "--merge", help="Fold LoRA/IA3 into the base weights: a plain transformers folder."),
            format: Optional[str] = typer.Option(None, "--format", help="onnx: an ONNX Runtime folder (LoRA/IA3 merged first)."),

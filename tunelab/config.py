@@ -45,6 +45,16 @@ class DataConfig(Section):
     entities_column: str = Field(
         "entities", description="Token classification, entity_jsonl: the key of the entities, [{start, end, label}] "
         "with character offsets into the text (end exclusive), as annotation tools export them.")
+    messages_column: str = Field(
+        "messages", description="Causal LM, JSONL/JSON/Parquet: the key of a conversation, a list of {role, content} "
+        "(roles system, user, assistant; the OpenAI/ShareGPT shape) ending with the assistant's answer.")
+    prompt_column: str = Field("prompt", description="Causal LM, files without conversations: the column of the user's prompt.")
+    response_column: str = Field("response", description="Causal LM, files without conversations: the column of the answer to learn.")
+    system_column: str | None = Field(
+        None, description="Causal LM, prompt/response files: an optional column of a per-row system prompt.")
+    too_long: Literal["error", "truncate"] = Field(
+        "error", description="Causal LM: a conversation longer than model.max_length tokens is an error naming its line, "
+        "or is cut at max_length (what is cut is not learned); either way the data report counts them.")
     tag_scheme: Literal["auto", "IOB1", "IOB2", "IOBES", "BILOU"] = Field(
         "auto", description="Token classification: how the tags mark entities ('auto': detected from the training "
         "file). Every file is checked in it and converted to IOB2, which the model predicts.")
@@ -95,7 +105,14 @@ class TaskConfig(Section):
     name: Literal[tuple(TASKS)] = Field(
         "classification", description="Task type. 'classification': single-label, multi-label (data.multi_label) or "
         "sentence pairs (data.text_pair_column); 'token_classification': a tag per word, answered as entities "
-        "(named-entity recognition).")
+        "(named-entity recognition); 'causal_lm': a generative (GPT-style) model fine-tuned on conversations or "
+        "prompt/response pairs, learning the assistant's words only.")
+    system_prompt: str | None = Field(
+        None, description="Causal LM: the system prompt put first in every conversation that has none (training, "
+        "evaluation and generation alike); none: the chat template's own default, if it has one.")
+    chat_template: str | None = Field(
+        None, description="Causal LM: a Jinja chat template (the text, or the path of a .jinja file) used instead of the "
+        "tokenizer's own; required when the tokenizer has none.")
     multi_label_threshold: float | None = Field(
         None, gt=0.0, lt=1.0, description="Multi-label decision threshold; none: chosen on validation to maximise micro-F1.")
     calibrate: bool = Field(

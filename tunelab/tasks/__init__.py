@@ -12,6 +12,7 @@ import importlib
 TASKS = {  # task.name -> the class implementing it
     "classification": "tunelab.tasks.classification:ClassificationTask",
     "token_classification": "tunelab.tasks.ner.task:TokenClassificationTask",
+    "causal_lm": "tunelab.tasks.causal_lm.task:CausalLMTask",
 }
 
 

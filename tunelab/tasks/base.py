@@ -50,6 +50,8 @@ class Task(Protocol):
     # ---- model and training
     def build_model(self, source: str, dropout, revision, trust_remote_code: bool, attention): ...
     def batch_targets(self, enc: Encoded, rows: np.ndarray, width: int) -> torch.Tensor: ...
+    # the training forward pass: (logits, targets) as loss_sum takes them (most tasks: model_logits below)
+    def forward(self, model, batch: dict, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]: ...
     def loss_sum(self, logits: torch.Tensor, targets: torch.Tensor, weights, label_smoothing: float) -> torch.Tensor: ...
     def loss_terms(self, enc: Encoded, rows: np.ndarray) -> int: ...  # the loss is a sum of this many terms
     def class_weights(self, enc: Encoded, setting) -> torch.Tensor | None: ...
@@ -64,13 +66,21 @@ class Task(Protocol):
     def decide(self, outputs, threshold: float = 0.5, top_k: int | None = None, contexts=None) -> list[dict]: ...
     def observe(self, output, threshold: float = 0.5) -> tuple: ...  # (label key, confidence) for the monitor
 
+    # A task whose outputs are too large to collect (a causal LM's vocabulary at every token) scores a split
+    # itself: `validate(model, enc, batch_size, pad_id, autocast) -> metrics` is then used in place of collector().
+
+
+def model_logits(task, model, batch: dict, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The training forward pass of a task whose loss reads the logits at every position: the model's logits."""
+    return model(**batch).logits, targets
+
 
 # The figures of an evaluation's summary (CLI table, report.html, progress lines), in this order; each task
 # reports the ones that apply to it.
-SUMMARY_KEYS = ("examples", "accuracy", "macro_f1", "micro_f1", "weighted_f1", "subset_accuracy", "roc_auc",
+SUMMARY_KEYS = ("examples", "loss", "perplexity", "accuracy", "macro_f1", "micro_f1", "weighted_f1", "subset_accuracy", "roc_auc",
                 "entity_f1", "entity_precision", "entity_recall", "token_accuracy", "ece", "ece_uncalibrated",
                 "temperature", "threshold")
-HEADLINE_KEYS = ("accuracy", "macro_f1", "subset_accuracy", "micro_f1", "roc_auc", "entity_f1", "entity_precision",
+HEADLINE_KEYS = ("loss", "perplexity", "accuracy", "macro_f1", "subset_accuracy", "micro_f1", "roc_auc", "entity_f1", "entity_precision",
                  "entity_recall", "token_accuracy", "ece", "ece_uncalibrated")
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import shutil
 from dataclasses import asdict, dataclass, field
@@ -41,7 +42,15 @@ def save_checkpoint(accelerator, root: Path, state: LoopState, keep: int, averag
     if accelerator.is_main_process:
         shutil.rmtree(tmp, ignore_errors=True)
     accelerator.wait_for_everyone()
-    accelerator.save_state(str(tmp), safe_serialization=True)
+    # tied weights (a causal LM's head and input embeddings) are stored once; accelerate warns of it on every save,
+    # and loading ties them again (tests/test_causal_lm.py resumes exactly)
+    tied_note = logging.getLogger("accelerate.utils.other")
+    level = tied_note.level
+    tied_note.setLevel(logging.ERROR)
+    try:
+        accelerator.save_state(str(tmp), safe_serialization=True)
+    finally:
+        tied_note.setLevel(level)
     if accelerator.is_main_process:
         if average is not None:
             average.save(tmp)

@@ -46,7 +46,7 @@ def finish(run: Run, train_seconds: float, loop_seconds: float, seen: int) -> Tr
             with run.average.applied() if run.average is not None else nullcontext():
                 save_model_folder(run.unwrapped, run.tokenizer, model_dir, run.card)
     fitted = _calibrate(run) if run.main else {}
-    if run.main:
+    if run.main and getattr(run.task, "profiles", True):
         from tunelab.monitor.profile import build_profile
 
         try:  # what live traffic is compared with when served (monitor/)
@@ -66,7 +66,7 @@ def finish(run: Run, train_seconds: float, loop_seconds: float, seen: int) -> Tr
                                                               if k not in ("run_dir", "model_dir")}))
     method = run.config.method.name
     run.say(f"train: done in {train_seconds:.0f}s; model in {model_dir} ({run.card.saved_bytes / 1e6:.1f} MB of weights"
-            + (f": {method} modules + head, over the base {run.config.model.name}" if METHODS[method].SAVES != "model" else "")
+            + (f": {method} modules{' + head' if run.task.num_labels else ''}, over the base {run.config.model.name}" if METHODS[method].SAVES != "model" else "")
             + ")" + (f" (best validation score {state.best_metric:.4f} at step {state.best_step})" if state.best_step else ""))
     return result
 

@@ -33,8 +33,8 @@ def forward_backward(run: Run, rows: np.ndarray) -> float:
                                                                cfg.pad_to_multiple_of).items()}
         targets = task.batch_targets(enc, part, batch["input_ids"].shape[1]).to(acc.device)
         with acc.no_sync(run.model) if k < len(micro) - 1 else nullcontext():
-            logits = run.model(**batch).logits
-            loss_sum = task.loss_sum(logits, targets, run.weights, cfg.label_smoothing)
+            logits, wanted = task.forward(run.model, batch, targets)
+            loss_sum = task.loss_sum(logits, wanted, run.weights, cfg.label_smoothing)
             acc.backward(loss_sum * world / max(terms, 1))
         step_loss += loss_sum.detach()
     loss = float(acc.reduce(step_loss, "sum")) / max(terms, 1)

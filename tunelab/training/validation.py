@@ -11,12 +11,18 @@ from tunelab.training.checkpoint import save_model_folder
 from tunelab.training.setup import Run
 
 
+LOWER_IS_BETTER = ("loss", "perplexity", "ece")
+
+
 def validate(run: Run) -> dict:
     """The task's validation metrics of the model as it is now (bf16 when training is)."""
     task, enc = run.task, run.val_enc
+    autocast = run.accelerator.mixed_precision == "bf16"
+    if hasattr(task, "validate"):  # scores the split itself (tasks/base.py)
+        return task.validate(run.unwrapped, enc, run.config.evaluate.batch_size, run.pad_id, autocast)
     outputs: list = [None] * len(enc)
     for rows, out in iter_outputs(run.unwrapped, enc, task, run.config.evaluate.batch_size, run.pad_id,
-                                  run.with_types, autocast=run.accelerator.mixed_precision == "bf16"):
+                                  run.with_types, autocast=autocast):
         for row, value in zip(rows, out):
             outputs[row] = value
     collector = task.collector()
@@ -38,7 +44,7 @@ def metric_name(run: Run) -> str:
 
 
 def better(value: float, best: float | None, metric: str) -> bool:
-    lower_is_better = metric in ("loss", "ece")
+    lower_is_better = metric in LOWER_IS_BETTER
     return best is None or (value < best if lower_is_better else value > best)
 
 

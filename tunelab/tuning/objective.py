@@ -16,7 +16,7 @@ def metric_of(config: Config) -> str:
 def direction_of(config: Config) -> str:
     if config.tune.direction != "auto":
         return config.tune.direction
-    return "minimize" if metric_of(config) in ("loss", "ece") else "maximize"
+    return "minimize" if metric_of(config) in ("loss", "perplexity", "ece") else "maximize"
 
 
 def base_raw(config: Config) -> dict:

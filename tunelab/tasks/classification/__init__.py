@@ -11,6 +11,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from tunelab.tasks.base import model_logits
 from tunelab.tasks.encoding import Encoded, encode_texts
 
 
@@ -23,6 +24,7 @@ class ClassificationTask:
     name = "classification"
     auto_class = "AutoModelForSequenceClassification"  # what loads a saved full-model folder
     calibrates = True  # single-label scores get a fitted temperature (tasks/calibration.py)
+    forward = model_logits
 
     # ------------------------------------------------------------ construction
     @classmethod

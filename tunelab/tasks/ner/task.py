@@ -16,6 +16,7 @@ import torch
 import torch.nn.functional as F
 
 from tunelab.tasks.classification import set_dropout
+from tunelab.tasks.base import model_logits
 from tunelab.tasks.encoding import Encoded
 from tunelab.tasks.ner.align import IGNORE, encode_words
 from tunelab.tasks.ner.spans import char_entities, entities
@@ -38,6 +39,7 @@ class TokenClassificationTask:
     live_metric = "entity_f1"
     observes_vectors = True  # each answer counts entities of several types
     parity_metric = "entity_f1"  # an int8 export is judged by the entity F1 it loses on validation
+    forward = model_logits
 
     # ------------------------------------------------------------ construction
     @classmethod

@@ -1,0 +1,276 @@
+"""Causal LM fine-tuning (task.name: causal_lm): conversations checked, the assistant-only mask, training through
+the same loop, validation loss, generation; the default LLM converted from its GGUF file."""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+from tunelab.errors import DataError, TunelabError
+
+CHATML = ("{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
+          "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
+COLOURS = ["red", "green", "blue", "yellow", "black", "white"]
+
+
+@pytest.fixture(scope="session")
+def tiny_llama_dir(tmp_path_factory):
+    """A 2-layer, 32-wide Llama built from a config in-process, with the bundled WordPiece tokenizer, ChatML's two
+    special tokens and a ChatML template."""
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+    from tunelab.hub import default_model_dir
+
+    folder = tmp_path_factory.mktemp("tiny-llama")
+    tokenizer = AutoTokenizer.from_pretrained(default_model_dir())
+    tokenizer.add_special_tokens({"additional_special_tokens": ["<|im_start|>", "<|im_end|>"]})
+    tokenizer.chat_template = CHATML
+    tokenizer.eos_token = "<|im_end|>"
+    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                         num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=128,
+                         eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id, tie_word_embeddings=True)
+    torch.manual_seed(0)
+    LlamaForCausalLM(config).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
+def conversations(n: int, seed: int = 0) -> list[dict]:
+    """'what colour is the X thing' -> 'the X thing is COLOUR.' with a fixed colour per thing: learnable."""
+    rng = np.random.default_rng(seed)
+    things = ["sky", "grass", "sun", "snow", "coal", "sea", "leaf", "lemon"]
+    colour = dict(zip(things, ["blue", "green", "yellow", "white", "black", "blue", "green", "yellow"]))
+    out = []
+    for _ in range(n):
+        thing = things[rng.integers(len(things))]
+        out.append({"messages": [{"role": "user", "content": f"what colour is the {thing} number {rng.integers(1000)}"},
+                                 {"role": "assistant", "content": f"the {thing} is {colour[thing]}."}]})
+    return out
+
+
+def write_jsonl(path, rows):
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+@pytest.fixture
+def llm_config(tmp_path, tiny_llama_dir):
+    from tunelab.config import load_config
+
+    def make(data=None, method=None, task=None, name="llm", **train):
+        files = {"train": write_jsonl(tmp_path / "train.jsonl", conversations(240)),
+                 "validation": write_jsonl(tmp_path / "dev.jsonl", conversations(40, seed=1))}
+        raw = {"name": name, "runs_dir": str(tmp_path / "runs"), "task": {"name": "causal_lm", **(task or {})},
+               "data": {**{k: str(v) for k, v in files.items()}, "test_fraction": 0.1, **(data or {})},
+               "model": {"name": str(tiny_llama_dir), "max_length": 64},
+               "train": {"learning_rate": 3e-3, "batch_size": 16, "max_steps": 60, "eval_every": 30, "trackers": [],
+                         "precision": "fp32", **train}}
+        if method:
+            raw["method"] = method
+        return load_config(raw)
+    return make
+
+
+def test_only_the_assistants_tokens_are_learned_each_with_its_end_of_turn(tiny_llama_dir):
+    from transformers import AutoTokenizer
+
+    from tunelab.tasks.causal_lm.chat import IGNORE, encode_conversation
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_llama_dir)
+    messages = [{"role": "system", "content": "be brief"}, {"role": "user", "content": "hello there"},
+                {"role": "assistant", "content": "hi friend"}, {"role": "user", "content": "bye now"},
+                {"role": "assistant", "content": "see you"}]
+    ids, targets, full = encode_conversation(tokenizer, messages, None, None)
+    assert full == len(ids) == len(targets)
+    learned = targets[targets != IGNORE]
+    assert tokenizer.decode(learned) == "hi friend <|im_end|> see you <|im_end|>"
+    # each target is the next token: position t predicts ids[t + 1]
+    where = np.flatnonzero(targets != IGNORE)
+    assert (targets[where] == ids[where + 1]).all()
+    # cut at max_length: the cut tokens are not learned and the last kept position has nothing to predict
+    cut_ids, cut_targets, _ = encode_conversation(tokenizer, messages, None, len(ids) - 3)
+    assert len(cut_ids) == len(ids) - 3 and cut_targets[-1] == IGNORE
+    assert (cut_targets[:-1] == targets[: len(ids) - 4]).all()
+
+
+def test_a_template_that_rewrites_earlier_turns_is_refused(tiny_llama_dir):
+    from transformers import AutoTokenizer
+
+    from tunelab.tasks.causal_lm.chat import encode_conversation
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_llama_dir)
+    # the last turn rendered differently from the same turn followed by another, as "thinking" templates do
+    rewrites = ("{% for m in messages %}{{ m['role'] }}: {{ m['content'] }}{% if loop.last %} [last]{% endif %}\n"
+                "{% endfor %}{% if add_generation_prompt %}assistant:{% endif %}")
+    messages = [{"role": "user", "content": "a"}, {"role": "assistant", "content": "b"},
+                {"role": "user", "content": "c"}, {"role": "assistant", "content": "d"}]
+    with pytest.raises(TunelabError, match="does not render a conversation turn by turn"):
+        encode_conversation(tokenizer, messages, rewrites, None)
+
+
+def test_bad_conversations_are_listed_with_their_lines(llm_config, tmp_path):
+    from tunelab.data import prepare
+
+    good = conversations(1)[0]
+    rows = [good,
+            {"messages": [{"role": "user", "content": "hi"}, {"role": "robot", "content": "beep"}]},
+            {"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "  "}]},
+            {"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "yo"},
+                          {"role": "user", "content": "and?"}]},
+            {"messages": "not a conversation"}]
+    bad = tmp_path / "bad.jsonl"
+    write_jsonl(bad, rows)
+    with open(bad, "a") as f:
+        f.write("{broken\n")
+    with pytest.raises(DataError) as err:
+        prepare(llm_config(data={"train": str(bad)}))
+    text = str(err.value)
+    for line, words in [(2, "role 'robot'"), (3, "answer is empty"), (4, "must end with the assistant's answer"),
+                        (5, "not a list of messages"), (6, "malformed JSON")]:
+        assert f"bad.jsonl:line {line}:" in text and words in text, (line, text)
+    assert "bad.jsonl:line 1:" not in text
+
+
+def test_prompt_response_csv_and_the_length_limit(llm_config, tmp_path):
+    import csv
+
+    from tunelab.data import prepare
+
+    path = tmp_path / "pairs.csv"
+    with open(path, "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["question", "answer"])
+        for i in range(60):
+            writer.writerow([f"what is {i} plus one", f"{i} plus one is {i + 1}."])
+        writer.writerow(["tell me a long story", " ".join(["once upon a time"] * 40)])
+    data = {"train": str(path), "validation": None, "prompt_column": "question", "response_column": "answer"}
+    with pytest.raises(DataError, match=r"pairs.csv:line 62: \d+ tokens through the chat template, over model.max_length \(64\)"):
+        prepare(llm_config(data=data))
+    prepared = prepare(llm_config(data={**data, "too_long": "truncate"}))
+    report = prepared.report
+    assert sum(s["over_max_length"] for s in report["splits"].values()) == 1
+    assert sum(s["conversations"] for s in report["splits"].values()) == 61
+    first = json.loads(next(iter(__import__("pyarrow.parquet", fromlist=["x"]).read_table(
+        prepared.files["train"]).to_pydict()["messages"])))
+    assert [m["role"] for m in first] == ["user", "assistant"]
+
+
+def test_head_at_learned_positions_equals_the_full_logits(tiny_llama_dir):
+    from transformers import AutoModelForCausalLM
+
+    from tunelab.tasks.causal_lm.chat import IGNORE
+    from tunelab.tasks.causal_lm.task import CausalLMTask
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_llama_dir).eval()
+    ids = torch.randint(5, 100, (3, 9))
+    targets = torch.full((3, 9), IGNORE)
+    targets[0, 2:5], targets[2, 7] = ids[0, 3:6], ids[2, 8]
+    batch = {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
+    logits, wanted = CausalLMTask().forward(model, batch, targets)
+    full = model(**batch).logits
+    assert torch.allclose(logits, full[targets != IGNORE], atol=1e-5)
+    assert wanted.tolist() == ids[0, 3:6].tolist() + [int(ids[2, 8])]
+
+
+@pytest.mark.parametrize("method", ["full", "lora"])
+def test_training_lowers_the_answer_loss_and_saves_a_plain_causal_lm(llm_config, method):
+    from transformers import AutoModelForCausalLM
+
+    from tunelab.models.generate import GenerationSettings, Generator
+    from tunelab.training import train
+
+    config = llm_config(method={"name": method}, learning_rate=1e-2, max_steps=120, eval_every=60)
+    result = train(config, quiet=True)
+    history = [json.loads(line) for line in (config.run_dir / "metrics.jsonl").read_text().splitlines()]
+    losses = [h["loss"] for h in history if h.get("split") == "validation"]
+    assert len(losses) == 2 and losses[-1] < losses[0]
+    assert result.validation["perplexity"] == pytest.approx(np.exp(result.validation["loss"]), rel=1e-6)
+    generator = Generator(config.run_dir)
+    if method == "full":  # a plain transformers folder
+        AutoModelForCausalLM.from_pretrained(result.model_dir)
+        # learned: an answer in the trained shape, ended by the end-of-turn token (not cut at max_new_tokens)
+        answer = generator.answer("what colour is the snow number 5", GenerationSettings(max_new_tokens=12))
+        assert re.fullmatch(r"the \w+ is \w+ ?\.", answer), answer
+    pieces = list(generator.stream("what colour is the sky number 1", GenerationSettings(max_new_tokens=6)))
+    assert len(pieces) > 1 and "".join(pieces) == generator.answer("what colour is the sky number 1",
+                                                                   GenerationSettings(max_new_tokens=6))
+
+
+def test_generate_command_streams_and_refuses_a_classifier(llm_config, served_run):
+    from tunelab.training import train
+
+    config = llm_config(max_steps=4, eval_every=2)
+    train(config, quiet=True)
+    env_python = [sys.executable, "-m", "tunelab"]
+    done = subprocess.run([*env_python, "generate", str(config.run_dir), "what colour is the sun number 3",
+                           "--max-new-tokens", "4"], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip()
+    wrong = subprocess.run([*env_python, "generate", str(served_run), "hello"], capture_output=True, text=True)
+    assert wrong.returncode == 2 and "needs a causal_lm run" in wrong.stderr and "Traceback" not in wrong.stderr
+
+
+@pytest.mark.parametrize("method", ["ia3", "prompt", "adapter", "freeze"])
+def test_every_method_trains_a_causal_lm_that_reloads_and_answers(llm_config, method):
+    from tunelab.models.generate import GenerationSettings, Generator
+    from tunelab.models.load import load_model
+    from tunelab.models.card import ModelCard
+    from tunelab.training import train
+
+    config = llm_config(method={"name": method}, max_steps=6, eval_every=3)
+    result = train(config, quiet=True)
+    losses = [json.loads(line)["loss"] for line in (config.run_dir / "metrics.jsonl").read_text().splitlines()
+              if '"validation"' in line]
+    assert len(losses) == 2 and losses[1] < losses[0], losses
+    # reloaded, the model scores validation as it did when it was saved
+    from tunelab.tasks.causal_lm.task import CausalLMTask
+    from tunelab.tasks.encoding import cached_encode
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(result.model_dir)
+    enc = cached_encode(config.run_dir / "data" / "validation.parquet", config.run_dir / "data" / "tokens", tokenizer,
+                        CausalLMTask(), 64, "reload")
+    reloaded = CausalLMTask().validate(load_model(result.model_dir, ModelCard.read(result.model_dir)), enc, 64,
+                                       tokenizer.pad_token_id)
+    assert reloaded["loss"] == pytest.approx(result.validation["loss"], rel=1e-4)
+    assert isinstance(Generator(config.run_dir).answer("what colour is the sea number 2", GenerationSettings(max_new_tokens=3)), str)
+
+
+@pytest.mark.parametrize("method, message", [("head", "method 'head' trains a new task head"),
+                                             ("prefix", "method 'prefix' does not generate with a causal LM")])
+def test_methods_that_do_not_fit_a_causal_lm_are_refused(llm_config, method, message):
+    from tunelab.errors import ConfigError
+    from tunelab.training import train
+
+    with pytest.raises(ConfigError, match=message):
+        train(llm_config(method={"name": method}, max_steps=2), quiet=True)
+
+
+@pytest.mark.parametrize("method", ["full", "lora"])
+def test_ctrl_c_and_resume_equals_a_straight_run_with_tied_embeddings(llm_config, monkeypatch, method):
+    """The tiny Llama ties its head to its input embeddings, which checkpoints store once."""
+    from test_methods import _interrupt_at
+
+    from tunelab.errors import Interrupted
+    from tunelab.models.card import ModelCard
+    from tunelab.models.load import load_model
+    from tunelab.training import train
+
+    settings = {"method": {"name": method}, "max_steps": 8, "eval_every": 4, "learning_rate": 1e-2}
+    straight = train(llm_config(**settings), quiet=True)
+    stopped = llm_config(name="llm-stopped", **settings)
+    with monkeypatch.context() as m:
+        _interrupt_at(m, 6)
+        with pytest.raises(Interrupted):
+            train(stopped, quiet=True)
+    resumed = train(stopped, resume=True, quiet=True)
+    assert resumed.steps == straight.steps == 8 and resumed.run_dir != straight.run_dir
+    ids = torch.tensor([[5, 17, 33, 120, 7]])
+    a, b = (load_model(r.model_dir, ModelCard.read(r.model_dir))(input_ids=ids).logits for r in (straight, resumed))
+    assert torch.allclose(a, b, atol=1e-5)

@@ -1,0 +1,1 @@
+"""Causal language modelling: instruction fine-tuning of GPT-style models on conversations (task.name: causal_lm)."""

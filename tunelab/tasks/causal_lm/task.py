@@ -1,0 +1,184 @@
+"""Causal language modelling (instruction fine-tuning of a GPT-style model): the model learns the assistant's
+turns of conversations, through the model's own chat template.
+
+A row is one conversation (tokens through the template); its targets are, per token, the next token where that
+one is the assistant's (chat.py). The language-model head runs only at those positions (`forward`): its logits
+over the whole vocabulary at every position would be most of the memory of a step (49k floats per token for
+SmolLM2), and the prompt's positions have nothing to learn. Validation reports the loss on the answers' tokens,
+its perplexity and the share of answer tokens the model ranks first.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from tunelab.errors import TunelabError
+from tunelab.tasks.causal_lm.chat import IGNORE, encode_conversation, load_template, with_system
+from tunelab.tasks.encoding import Encoded, collate, eval_batches
+
+
+@dataclass(frozen=True)
+class CausalLMTask:
+    system_prompt: str | None = None
+    chat_template: str | None = None  # the Jinja text (task.chat_template read), or None: the tokenizer's own
+    labels: tuple = ()
+
+    name = "causal_lm"
+    auto_class = "AutoModelForCausalLM"
+    multi_label = False
+    pair = False
+    reports_calibration = False
+    profiles = False  # no monitoring profile of label rates and embeddings: the answers are text
+    input_columns = ("messages",)
+    split_columns = ("messages",)
+    default_metric = "loss"
+
+    # ------------------------------------------------------------ construction
+    @classmethod
+    def from_prepared(cls, config, prepared) -> CausalLMTask:
+        return cls(config.task.system_prompt, load_template(config.task.chat_template))
+
+    @classmethod
+    def from_card(cls, card) -> CausalLMTask:
+        return cls(card.task_options.get("system_prompt"), card.task_options.get("chat_template"))
+
+    def card_fields(self) -> dict:
+        return {"task": self.name, "labels": [],
+                "task_options": {"system_prompt": self.system_prompt, "chat_template": self.chat_template}}
+
+    @staticmethod
+    def metric_for(config) -> str:
+        return "loss"
+
+    @property
+    def num_labels(self) -> int:
+        return 0
+
+    # ------------------------------------------------------------ data
+    @staticmethod
+    def build_data(config, tokenizer, say, quiet):
+        from tunelab.tasks.causal_lm.data import build_data
+
+        return build_data(config, tokenizer, say, quiet)
+
+    @staticmethod
+    def prepare_file(path, config, labels, out):
+        from tunelab.tasks.causal_lm.data import prepare_file
+
+        return prepare_file(path, config, labels, out)
+
+    # ------------------------------------------------------------ encoding
+    def cache_key(self) -> list:
+        return [self.name, self.system_prompt, self.chat_template]
+
+    def conversation(self, messages: list[dict]) -> list[dict]:
+        return with_system(messages, self.system_prompt)
+
+    def encode(self, tokenizer, columns: dict, max_length: int) -> Encoded:
+        """Conversations (JSON text per row) -> token ids and next-token targets (IGNORE outside the answers),
+        cut at max_length (the data stage has refused or counted longer ones, data.too_long)."""
+        import json
+
+        ids, targets = [], []
+        for text in columns["messages"]:
+            row_ids, row_targets, _ = encode_conversation(tokenizer, self.conversation(json.loads(text)),
+                                                          self.chat_template, max_length)
+            ids.append(row_ids)
+            targets.append(row_targets)
+        offsets = np.zeros(len(ids) + 1, dtype=np.int64)
+        np.cumsum([len(x) for x in ids], out=offsets[1:])
+        flat = np.concatenate(ids).astype(np.int32) if ids else np.zeros(0, dtype=np.int32)
+        flat_targets = np.concatenate(targets) if targets else np.zeros(0, dtype=np.int64)
+        return Encoded(flat, None, offsets, flat_targets)
+
+    # ------------------------------------------------------------ model and training
+    def build_model(self, source: str, dropout: float | None = None, revision: str | None = None,
+                    trust_remote_code: bool = False, attention: str | None = None):
+        from transformers import AutoConfig, AutoModelForCausalLM
+
+        from tunelab.tasks.classification import set_dropout
+
+        config = AutoConfig.from_pretrained(source, revision=revision, trust_remote_code=trust_remote_code)
+        set_dropout(config, dropout)
+        kwargs = {"attn_implementation": attention} if attention else {}
+        return AutoModelForCausalLM.from_pretrained(source, config=config, revision=revision, dtype=torch.float32,
+                                                    trust_remote_code=trust_remote_code, **kwargs)
+
+    def batch_targets(self, enc: Encoded, rows: np.ndarray, width: int) -> torch.Tensor:
+        out = np.full((len(rows), width), IGNORE, dtype=np.int64)
+        for r, row in enumerate(rows):
+            s, e = enc.offsets[row], enc.offsets[row + 1]
+            out[r, : e - s] = enc.targets[s:e]
+        return torch.from_numpy(out)
+
+    def forward(self, model, batch: dict, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The logits at the positions that have a target only, and those targets (both flat)."""
+        learned = targets != IGNORE
+        width = targets.shape[1]
+        head = _output_head(model)
+
+        def at_targets(_module, args):  # the head's input is [batch, positions, hidden]: keep the learned positions
+            hidden = args[0][:, -width:]  # a prompt-tuning method prepends virtual positions
+            return (hidden[learned.to(hidden.device)],)
+        handle = head.register_forward_pre_hook(at_targets)
+        try:
+            logits = model(**batch).logits
+        finally:
+            handle.remove()
+        return logits.reshape(-1, logits.shape[-1]), targets[learned]
+
+    def loss_sum(self, logits: torch.Tensor, targets: torch.Tensor, weights, label_smoothing: float) -> torch.Tensor:
+        return F.cross_entropy(logits.float(), targets, reduction="sum", label_smoothing=label_smoothing)
+
+    def loss_terms(self, enc: Encoded, rows: np.ndarray) -> int:
+        return int(sum((enc.targets[enc.offsets[r]:enc.offsets[r + 1]] != IGNORE).sum() for r in rows))
+
+    def class_weights(self, enc: Encoded, setting) -> None:
+        if setting != "none":
+            from tunelab.errors import ConfigError
+
+            raise ConfigError("train.class_weights: a causal LM has no classes to weight; leave it 'none'")
+        return None
+
+    # ------------------------------------------------------------ validation
+    @torch.inference_mode()
+    def validate(self, model, enc: Encoded, batch_size: int, pad_id: int, autocast: bool = False) -> dict:
+        """Loss per answer token, perplexity and top-1 token accuracy over a split."""
+        was_training = model.training
+        model.eval()
+        device = next(model.parameters()).device
+        total, right, count = 0.0, 0, 0
+        try:
+            for rows in eval_batches(enc.lengths, batch_size):
+                batch = {k: v.to(device) for k, v in collate(enc, rows, pad_id, False).items()}
+                targets = self.batch_targets(enc, rows, batch["input_ids"].shape[1]).to(device)
+                with torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast):
+                    logits, wanted = self.forward(model, batch, targets)
+                total += float(self.loss_sum(logits, wanted, None, 0.0))
+                right += int((logits.argmax(-1) == wanted).sum())
+                count += int(wanted.numel())
+        finally:
+            model.train(was_training)
+        if not count:
+            raise TunelabError("no answer token to score: every conversation was cut before its answer "
+                               "(raise model.max_length)")
+        loss = total / count
+        return {"examples": len(enc), "tokens": count, "loss": loss, "perplexity": math.exp(min(loss, 50.0)),
+                "token_accuracy": right / count}
+
+
+def _output_head(model) -> torch.nn.Module:
+    """The language-model head (vocabulary projection), through peft and accelerate wrappers."""
+    inner = model
+    while True:
+        if hasattr(inner, "get_output_embeddings") and inner.get_output_embeddings() is not None:
+            return inner.get_output_embeddings()
+        nxt = getattr(inner, "module", None) or getattr(inner, "base_model", None) or getattr(inner, "model", None)
+        if nxt is None or nxt is inner:
+            raise TunelabError(f"{type(model).__name__} has no language-model head (get_output_embeddings)")
+        inner = nxt
