@@ -274,3 +274,46 @@ def test_ctrl_c_and_resume_equals_a_straight_run_with_tied_embeddings(llm_config
     ids = torch.tensor([[5, 17, 33, 120, 7]])
     a, b = (load_model(r.model_dir, ModelCard.read(r.model_dir))(input_ids=ids).logits for r in (straight, resumed))
     assert torch.allclose(a, b, atol=1e-5)
+
+
+@pytest.fixture(scope="module")
+def llm_run(tmp_path_factory, tiny_llama_dir):
+    """A tiny Llama fine-tuned with LoRA on the colour conversations (its run folder), for evaluation and serving."""
+    from tunelab.config import load_config
+    from tunelab.training import train
+
+    folder = tmp_path_factory.mktemp("llm-run")
+    files = {"train": write_jsonl(folder / "train.jsonl", conversations(240)),
+             "validation": write_jsonl(folder / "dev.jsonl", conversations(40, seed=1)),
+             "test": write_jsonl(folder / "test.jsonl", conversations(30, seed=2) + [
+                 {"messages": [{"role": "user", "content": "<b>bold</b> & co"}, {"role": "assistant", "content": "<i>x</i>"}]}])}
+    raw = {"name": "llm", "runs_dir": str(folder / "runs"), "task": {"name": "causal_lm"},
+           "data": {k: str(v) for k, v in files.items()}, "model": {"name": str(tiny_llama_dir), "max_length": 64},
+           "method": {"name": "lora"}, "evaluate": {"generate_examples": 40, "max_new_tokens": 10},
+           "train": {"learning_rate": 1e-2, "batch_size": 16, "max_steps": 60, "eval_every": 30, "trackers": [],
+                     "precision": "fp32"}}
+    return train(load_config(raw), quiet=True).run_dir
+
+
+def test_answer_scores_follow_squads_normalisation():
+    from tunelab.tasks.causal_lm.evaluate import generation_scores, token_f1
+
+    assert token_f1("The sky is blue.", "sky is BLUE") == 1.0
+    assert token_f1("sky is green", "sky is blue") == pytest.approx(2 / 3)
+    assert token_f1("", "x") == 0.0 and token_f1("", "") == 1.0
+    scores = generation_scores(["the sky is blue", "nothing alike"], ["Sky is blue!", "the grass is green"])
+    assert scores["exact_match"] == 0.5 and scores["rouge_l"] == pytest.approx((6 / 7 + 0.0) / 2)  # LCS 3 of 4 and 3 words
+
+
+def test_evaluate_scores_answers_before_and_after_and_reports_them_escaped(llm_run):
+    from tunelab.evaluation import evaluate
+
+    result = evaluate(llm_run, "test", quiet=True)
+    m = result.metrics
+    assert m["examples"] == 31 and m["generated_examples"] == 31 and m["perplexity"] == pytest.approx(np.exp(m["loss"]))
+    # fine-tuning taught the answer shape; the random base model's answers share nothing with the references
+    assert m["rouge_l"] > m["rouge_l_before"] + 0.3, m
+    report = json.loads((result.out_dir / "report.json").read_text())
+    assert len(report["examples"]) == 31 and {"prompt", "reference", "before", "after"} <= set(report["examples"][0])
+    page = (result.out_dir / "report.html").read_text()
+    assert "&lt;b&gt;bold&lt;/b&gt; &amp; co" in page and "<b>bold</b>" not in page

@@ -199,6 +199,10 @@ class EvaluateConfig(Section):
 
     batch_size: int = Field(128, ge=1, description="Examples per forward pass.")
     calibration_bins: int = Field(15, ge=2, description="Bins of the reliability diagram and expected calibration error.")
+    generate_examples: int = Field(
+        32, ge=0, description="Causal LM: answers generated (greedy) for this many conversations of the split, scored "
+        "against the references (exact match, token F1, ROUGE-L) and shown beside the base model's.")
+    max_new_tokens: int = Field(128, ge=1, description="Causal LM: the longest answer generated in an evaluation, in tokens.")
 
 
 class TuneConfig(Section):

@@ -12,7 +12,7 @@ from tunelab.config import load_config
 from tunelab.errors import TunelabError
 from tunelab.models.card import ModelCard
 from tunelab.models.predictor import Predictor, find_model_dir
-from tunelab.tasks import task_of
+from tunelab.tasks import task_class, task_of
 from tunelab.tasks.base import SUMMARY_KEYS
 
 CHUNK_ROWS = 8192  # rows read, tokenised and scored at a time: memory does not grow with the split
@@ -86,9 +86,12 @@ def evaluate(run: str | Path, split: str = "test", batch_size: int | None = None
     run_dir = run_folder(run)
     config = load_config(run_dir / "config.yaml")
     name, path = resolve_split(run_dir, split)  # before the model loads: a wrong split or file fails at once
+    out = run_dir / "eval" if name == "test" else run_dir / "eval" / name
+    task = task_class(config.task.name)
+    if hasattr(task, "evaluate_split"):  # a task that evaluates itself (a causal LM generates answers)
+        return EvalResult(name, task.evaluate_split(run_dir, config, name, path, batch_size, quiet, out if write_report else None), out)
     predictor = Predictor(run_dir, batch_size=batch_size or config.evaluate.batch_size)
     metrics = score_file(predictor, path, config.evaluate.calibration_bins, quiet, name)
-    out = run_dir / "eval" if name == "test" else run_dir / "eval" / name
     if write_report:
         from tunelab.evaluation.report import write_report as write
 

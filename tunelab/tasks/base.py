@@ -77,7 +77,7 @@ def model_logits(task, model, batch: dict, targets: torch.Tensor) -> tuple[torch
 
 # The figures of an evaluation's summary (CLI table, report.html, progress lines), in this order; each task
 # reports the ones that apply to it.
-SUMMARY_KEYS = ("examples", "loss", "perplexity", "accuracy", "macro_f1", "micro_f1", "weighted_f1", "subset_accuracy", "roc_auc",
+SUMMARY_KEYS = ("examples", "loss", "perplexity", "exact_match", "token_f1", "rouge_l", "rouge_l_before", "accuracy", "macro_f1", "micro_f1", "weighted_f1", "subset_accuracy", "roc_auc",
                 "entity_f1", "entity_precision", "entity_recall", "token_accuracy", "ece", "ece_uncalibrated",
                 "temperature", "threshold")
 HEADLINE_KEYS = ("loss", "perplexity", "accuracy", "macro_f1", "subset_accuracy", "micro_f1", "roc_auc", "entity_f1", "entity_precision",

@@ -72,6 +72,17 @@ class CausalLMTask:
 
         return prepare_file(path, config, labels, out)
 
+    @staticmethod
+    def evaluate_split(run_dir, config, name, path, batch_size, quiet, report_dir) -> dict:
+        """`tunelab evaluate`: loss and perplexity, then generated answers scored and shown side by side."""
+        from tunelab.models.card import ModelCard
+        from tunelab.tasks.causal_lm import evaluate as lm
+
+        metrics, examples = lm.evaluate_split(run_dir, config, name, path, batch_size, quiet)
+        if report_dir is not None:
+            lm.write_report(report_dir, name, metrics, examples, ModelCard.read(run_dir / "model"))
+        return metrics
+
     # ------------------------------------------------------------ encoding
     def cache_key(self) -> list:
         return [self.name, self.system_prompt, self.chat_template]
