@@ -317,3 +317,108 @@ def test_evaluate_scores_answers_before_and_after_and_reports_them_escaped(llm_r
     assert len(report["examples"]) == 31 and {"prompt", "reference", "before", "after"} <= set(report["examples"][0])
     page = (result.out_dir / "report.html").read_text()
     assert "&lt;b&gt;bold&lt;/b&gt; &amp; co" in page and "<b>bold</b>" not in page
+
+
+@pytest.fixture(scope="module")
+def llm_server(llm_run, tmp_path_factory):
+    """The tiny LoRA run behind the OpenAI-compatible routes (uvicorn in a thread), with an API key."""
+    from servers import Server
+
+    from tunelab.config import ServeConfig
+    from tunelab.serve.app import create_app
+    from tunelab.serve.models import load_models
+
+    keys = tmp_path_factory.mktemp("keys") / "keys.txt"
+    keys.write_text("sk-test\n")
+    settings = ServeConfig(api_keys_file=keys)
+    app = create_app(settings=settings, loaded=load_models({"colours": llm_run}))
+    with Server(app) as server:
+        from servers import wait_until
+        import httpx
+
+        wait_until(lambda: httpx.get(server.url + "/readyz").status_code == 200, 60, "the server to be ready")
+        yield server
+
+
+def test_engine_batches_requests_joining_at_any_step_with_the_answers_generate_gives_alone(llm_run):
+    """Continuous batching: requests of different lengths, some joining a running batch, each answered (greedy)
+    exactly as transformers' generate() answers it alone."""
+    import threading
+
+    from tunelab.models.generate import Generator
+    from tunelab.serve.generation import Engine, Request
+
+    generator = Generator(llm_run)
+    model = generator.model.merge_and_unload()
+    tokenizer = generator.tokenizer
+    prompts = [tokenizer(generator.prompt([{"role": "user", "content": q}]), add_special_tokens=False)["input_ids"]
+               for q in ["what colour is the sky number 1", "what colour", "the sea", "what colour is the coal number 123 please",
+                         "snow", "what colour is the leaf number 9"]]
+    alone = []
+    for ids in prompts:
+        out = model.generate(torch.tensor([ids]), max_new_tokens=7, do_sample=False, temperature=None, top_p=None,
+                             top_k=None, eos_token_id=-1, pad_token_id=0)
+        alone.append(out[0, len(ids):].tolist())
+    engine = Engine(model, max_batch=4)  # fewer rows than requests: the last wait for a place
+    engine.start()
+    got = {i: [] for i in range(len(prompts))}
+    finished = threading.Semaphore(0)
+
+    def emit_to(i):
+        def emit(token, reason):
+            if token is not None:
+                got[i].append(token)
+            if reason:
+                finished.release()
+        return emit
+    for i, ids in enumerate(prompts):
+        engine.submit(Request(ids, 7 - (i % 3), emit_to(i)))  # different lengths: rows leave at different steps
+        if i == 2:
+            assert finished.acquire(timeout=60)  # a first answer ends; the rest join a batch already running
+    for _ in range(len(prompts) - 1):
+        assert finished.acquire(timeout=60)
+    engine.stop()
+    for i in range(len(prompts)):
+        assert got[i] == alone[i][: 7 - (i % 3)], i
+
+
+def test_openai_client_chats_streams_and_completes(llm_server):
+    openai = pytest.importorskip("openai", reason="the openai client is in the dev extra")
+    client = openai.OpenAI(base_url=llm_server.url + "/v1", api_key="sk-test")
+    question = [{"role": "user", "content": "what colour is the grass number 4"}]
+    reply = client.chat.completions.create(model="colours", messages=question, temperature=0, max_tokens=8)
+    text = reply.choices[0].message.content
+    assert text and reply.choices[0].finish_reason in ("stop", "length")
+    assert reply.usage.completion_tokens <= 8 and reply.usage.total_tokens == reply.usage.prompt_tokens + reply.usage.completion_tokens
+    # streamed: the same greedy answer in pieces, then a usage chunk before [DONE]
+    chunks = list(client.chat.completions.create(model="colours", messages=question, temperature=0, max_tokens=8,
+                                                 stream=True, stream_options={"include_usage": True}))
+    assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == text
+    assert chunks[-1].choices == [] and chunks[-1].usage.completion_tokens == reply.usage.completion_tokens
+    # stop sequences end the answer before them; n answers; a seed makes sampling repeat
+    first_word = text.split()[0]
+    stopped = client.chat.completions.create(model="colours", messages=question, temperature=0, max_tokens=8, stop=[f" {text.split()[1]}"])
+    assert stopped.choices[0].message.content == first_word and stopped.choices[0].finish_reason == "stop"
+    sampled = [client.chat.completions.create(model="colours", messages=question, temperature=1.5, max_tokens=6, seed=7, n=2)
+               for _ in range(2)]
+    assert len(sampled[0].choices) == 2
+    assert [c.message.content for c in sampled[0].choices] == [c.message.content for c in sampled[1].choices]
+    completion = client.completions.create(model="colours", prompt="the sky is", max_tokens=4, temperature=0)
+    assert completion.choices[0].finish_reason == "length" and completion.usage.completion_tokens == 4
+
+
+def test_openai_routes_refuse_what_they_cannot_do(llm_server):
+    import httpx
+
+    headers = {"Authorization": "Bearer sk-test"}
+    chat = {"messages": [{"role": "user", "content": "hi"}], "max_tokens": 4}
+    assert httpx.post(llm_server.url + "/v1/chat/completions", json=chat).status_code == 401
+    too_long = httpx.post(llm_server.url + "/v1/chat/completions", json={**chat, "max_tokens": 4000}, headers=headers)
+    assert too_long.status_code == 422 and "context" in too_long.json()["error"]["message"]
+    bad_role = httpx.post(llm_server.url + "/v1/chat/completions", json={"messages": [{"role": "robot", "content": "x"}]}, headers=headers)
+    assert bad_role.status_code == 422
+    wrong_route = httpx.post(llm_server.url + "/v1/predict", json={"texts": ["x"]}, headers=headers)
+    assert wrong_route.status_code == 422 and "/v1/chat/completions" in wrong_route.json()["error"]["message"]
+    assert httpx.post(llm_server.url + "/v1/chat/completions", json={**chat, "model": "nope"}, headers=headers).status_code == 404
+    models = httpx.get(llm_server.url + "/v1/models", headers=headers).json()["models"]
+    assert models[0]["name"] == "colours" and models[0]["task"] == "causal_lm" and "path" not in models[0]

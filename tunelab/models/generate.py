@@ -48,7 +48,7 @@ class Generator:
 
         quiet_transformers()
         self.model_dir = find_model_dir(run)
-        card = ModelCard.read(self.model_dir)
+        self.card = card = ModelCard.read(self.model_dir)
         self.task = task_of(card)
         if self.task.name != "causal_lm":
             raise TunelabError(f"{self.model_dir} is a {self.task.name} model; `tunelab generate` needs a causal_lm "

@@ -36,7 +36,7 @@ from tunelab.serve.models import ServedModel, load_models
 
 log = logging.getLogger("tunelab.serve")
 _SURROGATE = re.compile("[\ud800-\udfff]")
-INTERNAL_INFO = {"path"}  # ServedModel.info keys for the server's own use (the monitor's default database), not clients'
+INTERNAL_INFO = {"path", "eos", "max_queue"}  # ServedModel.info keys for the server's own use (the monitor's default database), not clients'
 
 
 def _text(value: str) -> str:
@@ -223,9 +223,13 @@ def create_app(models: dict[str, str | Path] | None = None, settings: ServeConfi
     async def lifespan(app: FastAPI):
         try:
             served = loaded if loaded is not None else await asyncio.to_thread(
-                load_models, models or {}, settings.precision, base, adapters, settings.threads)
-            monitor = await asyncio.to_thread(create_monitor, settings.monitor, served, metrics)
+                load_models, models or {}, settings.precision, base, adapters, settings.threads, settings.max_queue)
+            classifiers = {n: m for n, m in served.items() if m.engine is None}  # what the monitor watches
+            monitor = await asyncio.to_thread(create_monitor, settings.monitor, classifiers, metrics) if classifiers else None
             for name, model in served.items():
+                if model.engine is not None:  # a causal LM: its decoding thread
+                    model.engine.start()
+                    continue
                 await asyncio.to_thread(model.probabilities, ["warm up"], ["warm up"] if model.pair else None)
                 batcher = Batcher(model, settings.max_batch_size, settings.max_wait_ms, settings.max_queue, metrics,
                                   embeddings=monitor is not None)
@@ -234,6 +238,7 @@ def create_app(models: dict[str, str | Path] | None = None, settings: ServeConfi
         except BaseException:
             for batcher in state["batchers"].values():
                 await batcher.stop()
+            await asyncio.to_thread(_stop_engines, loaded or {})
             raise
         if monitor is not None:
             monitor.start()
@@ -242,11 +247,13 @@ def create_app(models: dict[str, str | Path] | None = None, settings: ServeConfi
         state["ready"] = False
         for batcher in state["batchers"].values():
             await batcher.stop()
+        await asyncio.to_thread(_stop_engines, served)  # the running answers finish first
         if monitor is not None:  # after the batchers: every answered prediction is in the log
             await asyncio.to_thread(monitor.stop)
 
     app = FastAPI(title="tunelab", version=_version(), lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None,
-                  description="Text classification and named-entity recognition with models fine-tuned by tunelab.")  # docs: add_docs, below
+                  description="Text classification, named-entity recognition and text generation (OpenAI-compatible) with "
+                  "models fine-tuned by tunelab.")  # docs: add_docs, below
     app.state.tunelab = state  # models, batchers, monitor: for code embedding the app (and tests)
 
     @app.exception_handler(ApiError)
@@ -293,6 +300,8 @@ def create_app(models: dict[str, str | Path] | None = None, settings: ServeConfi
         started = time.perf_counter()
         name = choose(body.model)
         model: ServedModel = state["models"][name]
+        if model.engine is not None:
+            raise ApiError(422, "generative_model", f"model '{name}' generates text: use /v1/chat/completions or /v1/completions")
         _check(body, model, settings)
         try:
             rows = await state["batchers"][name].submit(body.texts, body.text_pairs)
@@ -381,6 +390,9 @@ def create_app(models: dict[str, str | Path] | None = None, settings: ServeConfi
 
     for path, probe in (("/healthz", healthz), ("/readyz", readyz)):  # HEAD: what many health checkers send
         app.add_api_route(path, probe, methods=["HEAD"], include_in_schema=False)
+    from tunelab.serve.openai_api import add_routes  # here: it takes this module's errors
+
+    add_routes(app, state, authorised, choose, ApiError, metrics)
     add_docs(app, keys.docs())
     if settings.cors_origins:
         from fastapi.middleware.cors import CORSMiddleware
@@ -390,6 +402,12 @@ def create_app(models: dict[str, str | Path] | None = None, settings: ServeConfi
     app.add_middleware(_Observe, metrics=metrics, state=state)
     app.add_middleware(_BodyLimit, max_bytes=settings.max_body_bytes)
     return app
+
+
+def _stop_engines(served: dict) -> None:
+    for model in served.values():
+        if model.engine is not None and model.engine.thread.is_alive():
+            model.engine.stop()
 
 
 def _check(body: PredictRequest, model: ServedModel, settings: ServeConfig) -> None:

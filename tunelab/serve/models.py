@@ -23,6 +23,8 @@ class ServedModel:
     profile: dict | None = None  # the training profile drift is measured against (monitor/profile.py)
     threshold: float = 0.5
     task: object = None  # the model's task (tasks/base.py): what the monitor keeps of each answer
+    engine: object = None  # a causal LM's continuous-batching decoder (serve/generation.py); None for the others
+    prompt: Callable | None = None  # a causal LM: messages -> the prompt text through its chat template
 
     def probabilities(self, texts: list[str], pairs: list[str] | None = None) -> np.ndarray:
         return self.infer(texts, pairs, False).probs
@@ -37,8 +39,44 @@ def _info(predictor, backend: str, path: Path) -> dict:
             "metrics": {k: validation[k] for k in ("accuracy", "macro_f1", "micro_f1", "roc_auc", "entity_f1") if k in validation}}
 
 
+def _generative(path) -> bool:
+    from tunelab.models.card import ModelCard
+    from tunelab.models.predictor import find_model_dir
+
+    return ModelCard.read(find_model_dir(path)).task == "causal_lm"
+
+
+def load_generative(name: str, path, max_queue: int = 64) -> ServedModel:
+    """A causal LM for the OpenAI-compatible routes: LoRA/IA3 merged into the weights (one plain model runs the
+    batched decoding), its tokenizer and chat template, and its decoding engine (started with the server)."""
+    from transformers import AutoTokenizer
+
+    from tunelab.methods import METHODS
+    from tunelab.models.generate import Generator
+    from tunelab.serve.generation import Engine
+
+    generator = Generator(path)
+    card_method = generator.card.method_name
+    model = generator.model
+    if METHODS[card_method].SAVES == "peft":
+        if not getattr(METHODS[card_method], "MERGEABLE", False):
+            raise TunelabError(f"{path}: a causal LM trained with '{card_method}' cannot be served yet (its virtual "
+                               "tokens live in peft's own generate); `tunelab generate` answers with it")
+        model = model.merge_and_unload()
+    tokenizer = AutoTokenizer.from_pretrained(generator.model_dir)
+    eos = {t for t in (tokenizer.eos_token_id, getattr(model.generation_config, "eos_token_id", None)) if t is not None}
+    eos = {e for t in eos for e in (t if isinstance(t, list) else [t])}
+    info = {"task": "causal_lm", "base_model": generator.card.base_model, "method": card_method, "backend": "torch-fp32",
+            "path": str(generator.model_dir), "max_length": generator.card.max_length,
+            "max_position_embeddings": int(getattr(model.config, "max_position_embeddings", 2048)),
+            "eos": tuple(sorted(eos)), "max_queue": max_queue}
+    return ServedModel(name, None, None, tokenizer, generator.card.max_length, False, info, None, task=generator.task,
+                       engine=Engine(model), prompt=generator.prompt)
+
+
 def load_models(models: dict[str, str | Path], precision: str = "fp32", base: str | None = None,
-                adapters: dict[str, str | Path] | None = None, threads: int | None = None) -> dict[str, ServedModel]:
+                adapters: dict[str, str | Path] | None = None, threads: int | None = None,
+                max_queue: int = 64) -> dict[str, ServedModel]:
     """{name: run or export folder} (+ adapters over one base) -> {name: ServedModel}."""
     import torch
 
@@ -50,6 +88,9 @@ def load_models(models: dict[str, str | Path], precision: str = "fp32", base: st
         torch.set_num_threads(threads)
     served: dict[str, ServedModel] = {}
     for name, path in models.items():
+        if _generative(path):
+            served[name] = load_generative(name, path, max_queue)
+            continue
         predictor = Predictor(path, precision=precision)
         backend = ("onnx-" + (predictor.card.onnx.get("quantize") or "fp32")) if predictor.onnx else f"torch-{precision}"
         served[name] = ServedModel(name, predictor.infer, predictor.decide, predictor.tokenizer,

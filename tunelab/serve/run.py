@@ -33,8 +33,10 @@ def run_server(models: dict[str, str], settings: ServeConfig | None = None, base
     if not models and not adapters:
         raise TunelabError("nothing to serve: give a run or export folder, e.g. tunelab serve runs/sentiment-demo")
     sock = bind(settings.host, settings.port)  # first: a busy port is one clear error, and no "serving" line
-    loaded = load_models(models, settings.precision, base, adapters, settings.threads)  # mistakes: one line, no server
-    if settings.monitor.enabled:  # a bad database URL: one line now, not a failed server start
+    loaded = load_models(models, settings.precision, base, adapters, settings.threads,  # mistakes: one line, no server
+                         settings.max_queue)
+    monitored = settings.monitor.enabled and any(m.engine is None for m in loaded.values())  # causal LMs: not yet
+    if monitored:  # a bad database URL: one line now, not a failed server start
         from tunelab.monitor.live import default_database
         from tunelab.monitor.store import open_database
 
@@ -47,7 +49,7 @@ def run_server(models: dict[str, str], settings: ServeConfig | None = None, base
     url = f"http://{host_in_url}:{sock.getsockname()[1]}"  # the port bound (port 0: the one the system chose)
     keys_note, warning = key_notes(settings.host, len(keys))
     say(f"serving {', '.join([*models, *adapters])} on {url} ({keys_note}; API docs at {url}/docs"
-        + (f", dashboard at {url}/dashboard; log in {settings.monitor.database})" if settings.monitor.enabled else ")"))
+        + (f", dashboard at {url}/dashboard; log in {settings.monitor.database})" if monitored else ")"))
     if warning:
         say(warning)
     # uvicorn configures only its own loggers: this sends tunelab's (a model's 500, the monitor's) to stderr too

@@ -1,0 +1,216 @@
+"""Continuous batching for a causal LM: one thread decodes every running request together, one token per step;
+a new request joins at the next step (after its prompt is read), a finished one leaves at once.
+
+Why our own loop: transformers' continuous batching (`init_continuous_batching`) runs paged attention in Python,
+which on a CPU was measured slower than one `generate()` over the same 8 prompts padded together (5.3 s against
+2.3 s, SmolLM2-135M, 2 cores). Here the running requests share one KV cache of transformers' own `DynamicCache`,
+each row left-padded to the longest: joining pads the shorter side on the left, leaving drops rows, and
+columns that became padding for every row are trimmed. Each row keeps its own positions (passed as position_ids),
+so padding never shifts what a row sees; a greedy answer is the one `generate()` gives alone (tested).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import queue
+import threading
+from dataclasses import dataclass, field
+
+import torch
+
+
+@dataclass
+class Request:
+    """One answer being generated. Tokens are handed to `emit(token_id | None)` (None: finished) from the
+    decoding thread."""
+
+    prompt: list[int]
+    max_new_tokens: int
+    emit: object  # callable(int | None, reason: str | None)
+    temperature: float = 0.0
+    top_p: float = 1.0
+    seed: int | None = None
+    eos: tuple[int, ...] = ()
+    generated: list[int] = field(default_factory=list)
+    cancelled: bool = False
+    generator: torch.Generator | None = None
+
+    def sample(self, logits: torch.Tensor) -> int:
+        if self.temperature <= 0:
+            return int(logits.argmax())
+        probs = torch.softmax(logits.float() / self.temperature, -1)
+        if self.top_p < 1.0:
+            sorted_probs, order = probs.sort(descending=True)
+            keep = sorted_probs.cumsum(-1) - sorted_probs < self.top_p  # the smallest set reaching top_p
+            probs = torch.zeros_like(probs).scatter(0, order[keep], sorted_probs[keep])
+        if self.generator is None:
+            self.generator = torch.Generator()
+            self.generator.manual_seed(self.seed if self.seed is not None else int(torch.randint(0, 2**62, ()).item()))
+        return int(torch.multinomial(probs, 1, generator=self.generator))
+
+
+class Engine:
+    """The decoding thread of one causal LM. `submit` is thread-safe; `stop` finishes the running requests first."""
+
+    def __init__(self, model, max_batch: int = 16):
+        self.model = model.eval()
+        self.max_batch = max_batch
+        self.pending: queue.Queue[Request] = queue.Queue()
+        self.thread = threading.Thread(target=self._run, name="tunelab-generate", daemon=True)
+        self.stopping = False
+        self.rows: list[Request] = []
+        self.cache = None
+        self.mask: torch.Tensor | None = None  # [rows, columns]: 1 where a real token is cached
+        self.positions: torch.Tensor | None = None  # [rows]: the next position of each row
+
+    def start(self) -> None:
+        self.thread.start()
+
+    def stop(self, timeout: float = 30.0) -> None:
+        self.stopping = True
+        self.pending.put(None)  # wake the thread
+        self.thread.join(timeout)
+
+    def submit(self, request: Request) -> None:
+        self.pending.put(request)
+
+    @property
+    def running(self) -> int:
+        return len(self.rows)
+
+    # ---------------------------------------------------------------- the decoding thread
+    def _run(self) -> None:
+        with torch.inference_mode():
+            while True:
+                new = self._take(block=not self.rows)
+                if self.stopping and not self.rows and not new:
+                    return
+                if new:
+                    self._join(new)
+                if self.rows:
+                    self._step()
+
+    def _take(self, block: bool) -> list[Request]:
+        room = self.max_batch - len(self.rows)
+        taken = []
+        try:
+            item = self.pending.get(block=block and not self.stopping, timeout=0.5 if block else None)
+            while True:
+                if item is not None:
+                    taken.append(item)
+                if len(taken) >= room:
+                    break
+                item = self.pending.get_nowait()
+        except queue.Empty:
+            pass
+        return [r for r in taken if not r.cancelled]
+
+    def _forward(self, ids: torch.Tensor, mask: torch.Tensor, positions: torch.Tensor, cache):
+        out = self.model(input_ids=ids, attention_mask=mask, position_ids=positions, cache=cache, use_cache=True)
+        return out.logits[:, -1], cache
+
+    def _join(self, new: list[Request]) -> None:
+        """Read the new prompts (together, left-padded), emit their first tokens, and add them to the batch."""
+        from transformers.cache_utils import DynamicCache
+
+        width = max(len(r.prompt) for r in new)
+        ids = torch.zeros((len(new), width), dtype=torch.long)
+        mask = torch.zeros((len(new), width), dtype=torch.long)
+        for i, r in enumerate(new):
+            ids[i, width - len(r.prompt):] = torch.tensor(r.prompt)
+            mask[i, width - len(r.prompt):] = 1
+        positions = (mask.cumsum(1) - 1).clamp(min=0)
+        try:
+            logits, cache = self._forward(ids, mask, positions, DynamicCache(config=self.model.config))
+        except Exception as exc:  # noqa: BLE001 -- the requests fail, the engine goes on
+            for r in new:
+                r.emit(None, f"error: {type(exc).__name__}: {exc}")
+            return
+        lengths = mask.sum(1)
+        if self.rows:
+            self.cache, self.mask = _concat(self.cache, self.mask, cache, mask)
+            self.positions = torch.cat([self.positions, lengths])
+        else:
+            self.cache, self.mask, self.positions = cache, mask, lengths
+        self.rows += new
+        self._advance(logits, range(len(self.rows) - len(new), len(self.rows)))
+
+    def _step(self) -> None:
+        """One token for every running row."""
+        last = torch.tensor([[r.generated[-1]] for r in self.rows])
+        self.mask = torch.cat([self.mask, torch.ones((len(self.rows), 1), dtype=torch.long)], 1)
+        try:
+            logits, self.cache = self._forward(last, self.mask, self.positions[:, None], self.cache)
+        except Exception as exc:  # noqa: BLE001
+            for r in self.rows:
+                r.emit(None, f"error: {type(exc).__name__}: {exc}")
+            self.rows, self.cache = [], None
+            return
+        self.positions = self.positions + 1
+        self._advance(logits, range(len(self.rows)))
+
+    def _advance(self, logits: torch.Tensor, indices) -> None:
+        """Sample the next token of the given rows, hand it out, and drop the rows that are done."""
+        done = []
+        offset = len(self.rows) - len(logits)  # a join's logits are its new rows', at the end of the batch
+        for i in indices:
+            r = self.rows[i]
+            if r.cancelled:
+                done.append(i)
+                continue
+            token = r.sample(logits[i - offset])
+            r.generated.append(token)
+            reason = "stop" if token in r.eos else ("length" if len(r.generated) >= r.max_new_tokens else None)
+            if token not in r.eos:
+                r.emit(token, None)
+            if reason:
+                r.emit(None, reason)
+                done.append(i)
+        if done:
+            keep = [i for i in range(len(self.rows)) if i not in set(done)]
+            self.rows = [self.rows[i] for i in keep]
+            if not keep:
+                self.cache, self.mask, self.positions = None, None, None
+                return
+            index = torch.tensor(keep)
+            for layer in self.cache.layers:
+                layer.keys, layer.values = layer.keys[index], layer.values[index]
+            self.mask, self.positions = self.mask[index], self.positions[index]
+            unused = int((self.mask.sum(0) == 0).long().cumprod(0).sum())  # leading columns no row needs any more
+            if unused:
+                self.mask = self.mask[:, unused:]
+                for layer in self.cache.layers:
+                    layer.keys, layer.values = layer.keys[:, :, unused:], layer.values[:, :, unused:]
+
+
+def _concat(cache_a, mask_a: torch.Tensor, cache_b, mask_b: torch.Tensor):
+    """Two batches' caches and masks as one: the shorter left-padded to the longer."""
+    width = max(mask_a.shape[1], mask_b.shape[1])
+
+    def pad(t: torch.Tensor, dim: int) -> torch.Tensor:
+        missing = width - t.shape[dim]
+        if not missing:
+            return t
+        shape = list(t.shape)
+        shape[dim] = missing
+        return torch.cat([t.new_zeros(shape), t], dim)
+    for a, b in zip(cache_a.layers, cache_b.layers):
+        a.keys = torch.cat([pad(a.keys, 2), pad(b.keys, 2)])
+        a.values = torch.cat([pad(a.values, 2), pad(b.values, 2)])
+    return cache_a, torch.cat([pad(mask_a, 1), pad(mask_b, 1)])
+
+
+async def stream_tokens(engine: Engine, request_args: dict):
+    """An async iterator of (token_id | None, finish_reason | None) for one request; cancelled when left early."""
+    loop = asyncio.get_running_loop()
+    out: asyncio.Queue = asyncio.Queue()
+    request = Request(emit=lambda token, reason: loop.call_soon_threadsafe(out.put_nowait, (token, reason)), **request_args)
+    engine.submit(request)
+    try:
+        while True:
+            token, reason = await out.get()
+            yield token, reason
+            if token is None:
+                return
+    finally:
+        request.cancelled = True
