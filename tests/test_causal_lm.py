@@ -451,3 +451,42 @@ def test_the_default_llm_is_converted_once_and_answers_as_the_gguf_file_does():
         answers = [m.generate(**prompt, max_new_tokens=12, do_sample=False, temperature=None, top_p=None, top_k=None)
                    for m in (converted, original)]
         assert torch.equal(*answers), [tokenizer.decode(a[0]) for a in answers]
+
+
+def test_packed_rows_score_each_conversation_as_it_scores_alone(tiny_llama_dir):
+    """Packing puts several conversations in one row; none may see another: the packed loss equals the sum of each
+    conversation's loss alone (a row that let them attend across would differ)."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from tunelab.tasks.causal_lm.task import CausalLMTask
+    from tunelab.tasks.encoding import collate
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_llama_dir)
+    model = AutoModelForCausalLM.from_pretrained(tiny_llama_dir).eval()
+    task = CausalLMTask()
+    columns = {"messages": [json.dumps(c["messages"]) for c in conversations(7, seed=3)]}
+    enc = task.encode(tokenizer, columns, 64)
+    packed = task.pack(enc, 64)
+    assert len(packed) < len(enc) and packed.lengths.max() <= 64 and packed.lengths.sum() == enc.lengths.sum()
+    assert task.loss_terms(packed, np.arange(len(packed))) == task.loss_terms(enc, np.arange(len(enc)))
+
+    def loss(e, rows):
+        batch = collate(e, rows, tokenizer.pad_token_id, False)
+        logits, wanted = task.forward(model, batch, task.batch_targets(e, rows, batch["input_ids"].shape[1]))
+        return float(task.loss_sum(logits, wanted, None, 0.0))
+    with torch.no_grad():
+        alone = sum(loss(enc, np.array([r])) for r in range(len(enc)))
+        together = loss(packed, np.arange(len(packed)))  # rows of unequal length: padding packed as its own piece
+    assert together == pytest.approx(alone, rel=1e-5)
+
+
+def test_training_with_packing_learns_and_packing_is_refused_for_a_classifier(llm_config, tiny_config):
+    from tunelab.training import train
+
+    config = llm_config(packing=True, max_steps=30, eval_every=15, learning_rate=1e-2)
+    train(config, quiet=True)
+    losses = [json.loads(line)["loss"] for line in (config.run_dir / "metrics.jsonl").read_text().splitlines()
+              if '"validation"' in line]
+    assert losses[1] < losses[0]
+    with pytest.raises(TunelabError, match="only a causal LM's conversations are packed"):
+        train(tiny_config(packing=True, max_steps=2), quiet=True)

@@ -177,6 +177,10 @@ class TrainConfig(Section):
         False, description="Recompute each layer's activations in the backward pass instead of keeping them: less "
         "memory, about a third more compute. On CPU activations dominate training memory, so this, not the method, "
         "is what cuts it (see BENCHMARKS.md).")
+    packing: bool = Field(
+        False, description="Causal LM: pack several short conversations into each training row of up to "
+        "model.max_length tokens, none attending to another (positions restart at each; transformers masks across "
+        "them): fewer padded tokens on short data. batch_size then counts packed rows.")
     group_by_length: bool = Field(True, description="Batch texts of similar length together (less padding), order still shuffled.")
     pad_to_multiple_of: int = Field(
         1, ge=1, description="Pad each training batch's length up to a multiple of this. 8 cut the training memory by a "

@@ -138,6 +138,13 @@ def collate(enc: Encoded, rows: np.ndarray, pad_id: int, with_types: bool, multi
         mask[r, : e - s] = 1
         if types is not None and enc.type_ids is not None:
             types[r, : e - s] = enc.type_ids[s:e]
+    if "positions" in enc.extras:  # packed rows (causal LM): positions restart at each example, padding included,
+        # and no attention mask: transformers then lets each example attend to itself only
+        positions = np.tile(np.arange(width, dtype=np.int64), (len(rows), 1))
+        for r, (s, e) in enumerate(zip(starts, ends)):
+            positions[r, : e - s] = enc.extras["positions"][s:e]
+            positions[r, e - s:] = np.arange(width - (e - s))
+        return {"input_ids": torch.from_numpy(input_ids), "position_ids": torch.from_numpy(positions)}
     batch = {"input_ids": torch.from_numpy(input_ids), "attention_mask": torch.from_numpy(mask)}
     if types is not None:
         batch["token_type_ids"] = torch.from_numpy(types)

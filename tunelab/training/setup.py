@@ -149,6 +149,13 @@ def setup(config: Config, quiet: bool, clear_run) -> Run:
                               for s in ("train", "validation"))
     if len(train_enc) == 0:
         raise TunelabError(f"{prepared.files['train']}: the training split is empty")
+    if cfg.packing:
+        if not hasattr(task, "pack"):
+            raise TunelabError(f"train.packing: only a causal LM's conversations are packed, not {task.name} rows")
+        examples = len(train_enc)
+        train_enc = task.pack(train_enc, config.model.max_length)
+        say(f"train: packed {examples} conversations into {len(train_enc)} rows of up to {config.model.max_length} "
+            f"tokens ({train_enc.lengths.sum() / (len(train_enc) * config.model.max_length):.0%} full)")
 
     set_seed(cfg.seed)
     attention = config.model.attention

@@ -138,10 +138,35 @@ class CausalLMTask:
             return (hidden[learned.to(hidden.device)],)
         handle = head.register_forward_pre_hook(at_targets)
         try:
-            logits = model(**batch).logits
+            logits = model(**batch, use_cache=False).logits  # a cache would also turn off packed-row masking
         finally:
             handle.remove()
         return logits.reshape(-1, logits.shape[-1]), targets[learned]
+
+    @staticmethod
+    def pack(enc: Encoded, max_length: int) -> Encoded:
+        """Rows of whole conversations, each of up to max_length tokens (first-fit, longest first); per token its
+        position within its own conversation (extras["positions"]). Each conversation's last target is IGNORE,
+        so none learns to continue into the next."""
+        lengths = enc.lengths
+        bins: list[list[int]] = []
+        room: list[int] = []
+        for row in np.argsort(-lengths, kind="stable"):
+            n = int(lengths[row])
+            place = next((b for b, free in enumerate(room) if free >= n), None)
+            if place is None:
+                bins.append([int(row)])
+                room.append(max_length - n)
+            else:
+                bins[place].append(int(row))
+                room[place] -= n
+        pieces = [[(enc.offsets[r], enc.offsets[r + 1]) for r in members] for members in bins]
+        ids = np.concatenate([enc.ids[s:e] for piece in pieces for s, e in piece])
+        targets = np.concatenate([enc.targets[s:e] for piece in pieces for s, e in piece])
+        positions = np.concatenate([np.arange(e - s, dtype=np.int32) for piece in pieces for s, e in piece])
+        offsets = np.zeros(len(bins) + 1, dtype=np.int64)
+        np.cumsum([sum(e - s for s, e in piece) for piece in pieces], out=offsets[1:])
+        return Encoded(ids, None, offsets, targets, {"positions": positions})
 
     def loss_sum(self, logits: torch.Tensor, targets: torch.Tensor, weights, label_smoothing: float) -> torch.Tensor:
         return F.cross_entropy(logits.float(), targets, reduction="sum", label_smoothing=label_smoothing)
