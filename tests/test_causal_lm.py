@@ -490,3 +490,42 @@ def test_training_with_packing_learns_and_packing_is_refused_for_a_classifier(ll
     assert losses[1] < losses[0]
     with pytest.raises(TunelabError, match="only a causal LM's conversations are packed"):
         train(tiny_config(packing=True, max_steps=2), quiet=True)
+
+
+def test_several_lora_runs_over_one_base_answer_each_as_alone_in_mixed_batches(llm_run, tiny_llama_dir, tmp_path):
+    """--base with --adapter NAME=RUN for causal LMs: one base in memory, requests for either adapter (or both at
+    once) decoded in one batch, each answered as its own merged model answers."""
+    import asyncio
+
+    from tunelab.config import load_config
+    from tunelab.models.generate import GenerationSettings, Generator
+    from tunelab.serve.generation import stream_tokens
+    from tunelab.serve.models import load_models
+    from tunelab.training import train
+
+    other = load_config({"name": "other", "runs_dir": str(tmp_path / "runs"), "task": {"name": "causal_lm"},
+                         "data": {"train": str(write_jsonl(tmp_path / "t.jsonl", conversations(120, seed=5))),
+                                  "validation": str(write_jsonl(tmp_path / "v.jsonl", conversations(20, seed=6)))},
+                         "model": {"name": str(tiny_llama_dir), "max_length": 64}, "method": {"name": "lora"},
+                         "train": {"learning_rate": 2e-2, "batch_size": 16, "max_steps": 20, "trackers": [], "precision": "fp32"}})
+    runs = {"first": llm_run, "second": train(other, quiet=True).run_dir}
+    served = load_models({}, base=str(tiny_llama_dir), adapters=runs)
+    assert served["first"].engine is served["second"].engine  # one base, one batch
+    question = [{"role": "user", "content": "what colour is the coal number 77"}]
+    alone = {name: Generator(run).answer(question, GenerationSettings(max_new_tokens=8)) for name, run in runs.items()}
+    assert alone["first"] != alone["second"]  # otherwise the test could not tell them apart
+
+    async def ask(model):
+        ids = model.tokenizer(model.prompt(question), add_special_tokens=False)["input_ids"]
+        args = {"prompt": ids, "max_new_tokens": 8, "eos": model.info["eos"], "adapter": model.info["adapter"]}
+        return model.tokenizer.decode([t async for t, _ in stream_tokens(model.engine, args) if t is not None],
+                                      skip_special_tokens=True).strip()
+
+    async def both():
+        return await asyncio.gather(ask(served["first"]), ask(served["second"]), ask(served["first"]))
+    served["first"].engine.start()
+    try:
+        got = asyncio.run(both())
+    finally:
+        served["first"].engine.stop()
+    assert got == [alone["first"], alone["second"], alone["first"]]

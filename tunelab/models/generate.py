@@ -59,9 +59,7 @@ class Generator:
         self.model = load_model(self.model_dir, card)
 
     def prompt(self, messages: list[dict]) -> str:
-        from tunelab.tasks.causal_lm.chat import prompt_text
-
-        return prompt_text(self.tokenizer, self.task.conversation(messages), self.task.chat_template)
+        return self.task.prompt(self.tokenizer, messages)
 
     def stream(self, messages: list[dict] | str, settings: GenerationSettings = GenerationSettings()) -> Iterator[str]:
         """The answer's text, piece by piece as it is generated."""

@@ -36,7 +36,7 @@ from tunelab.serve.models import ServedModel, load_models
 
 log = logging.getLogger("tunelab.serve")
 _SURROGATE = re.compile("[\ud800-\udfff]")
-INTERNAL_INFO = {"path", "eos", "max_queue"}  # ServedModel.info keys for the server's own use (the monitor's default database), not clients'
+INTERNAL_INFO = {"path", "eos", "max_queue", "adapter"}  # ServedModel.info keys for the server's own use (the monitor's default database), not clients'
 
 
 def _text(value: str) -> str:

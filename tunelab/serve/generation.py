@@ -18,6 +18,8 @@ from dataclasses import dataclass, field
 
 import torch
 
+BASE = "__base__"  # peft's name for "no adapter" in a mixed batch
+
 
 @dataclass
 class Request:
@@ -31,6 +33,7 @@ class Request:
     top_p: float = 1.0
     seed: int | None = None
     eos: tuple[int, ...] = ()
+    adapter: str | None = None  # several LoRA adapters over one base: this request's (None: the base itself)
     generated: list[int] = field(default_factory=list)
     cancelled: bool = False
     generator: torch.Generator | None = None
@@ -52,8 +55,9 @@ class Request:
 class Engine:
     """The decoding thread of one causal LM. `submit` is thread-safe; `stop` finishes the running requests first."""
 
-    def __init__(self, model, max_batch: int = 16):
+    def __init__(self, model, max_batch: int = 16, adapters: bool = False):
         self.model = model.eval()
+        self.adapters = adapters  # a peft model with several LoRA adapters: each row runs with its own (mixed batch)
         self.max_batch = max_batch
         self.pending: queue.Queue[Request] = queue.Queue()
         self.thread = threading.Thread(target=self._run, name="tunelab-generate", daemon=True)
@@ -64,7 +68,8 @@ class Engine:
         self.positions: torch.Tensor | None = None  # [rows]: the next position of each row
 
     def start(self) -> None:
-        self.thread.start()
+        if not self.thread.is_alive():  # several served names may share one engine (LoRA adapters over one base)
+            self.thread.start()
 
     def stop(self, timeout: float = 30.0) -> None:
         self.stopping = True
@@ -105,8 +110,9 @@ class Engine:
             pass
         return [r for r in taken if not r.cancelled]
 
-    def _forward(self, ids: torch.Tensor, mask: torch.Tensor, positions: torch.Tensor, cache):
-        out = self.model(input_ids=ids, attention_mask=mask, position_ids=positions, cache=cache, use_cache=True)
+    def _forward(self, ids: torch.Tensor, mask: torch.Tensor, positions: torch.Tensor, cache, rows: list[Request]):
+        per_row = {"adapter_names": [r.adapter or BASE for r in rows]} if self.adapters else {}
+        out = self.model(input_ids=ids, attention_mask=mask, position_ids=positions, cache=cache, use_cache=True, **per_row)
         return out.logits[:, -1], cache
 
     def _join(self, new: list[Request]) -> None:
@@ -121,7 +127,7 @@ class Engine:
             mask[i, width - len(r.prompt):] = 1
         positions = (mask.cumsum(1) - 1).clamp(min=0)
         try:
-            logits, cache = self._forward(ids, mask, positions, DynamicCache(config=self.model.config))
+            logits, cache = self._forward(ids, mask, positions, DynamicCache(config=self.model.config), new)
         except Exception as exc:  # noqa: BLE001 -- the requests fail, the engine goes on
             for r in new:
                 r.emit(None, f"error: {type(exc).__name__}: {exc}")
@@ -140,7 +146,7 @@ class Engine:
         last = torch.tensor([[r.generated[-1]] for r in self.rows])
         self.mask = torch.cat([self.mask, torch.ones((len(self.rows), 1), dtype=torch.long)], 1)
         try:
-            logits, self.cache = self._forward(last, self.mask, self.positions[:, None], self.cache)
+            logits, self.cache = self._forward(last, self.mask, self.positions[:, None], self.cache, self.rows)
         except Exception as exc:  # noqa: BLE001
             for r in self.rows:
                 r.emit(None, f"error: {type(exc).__name__}: {exc}")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Callable
 
@@ -74,6 +75,48 @@ def load_generative(name: str, path, max_queue: int = 64) -> ServedModel:
                        engine=Engine(model), prompt=generator.prompt)
 
 
+def load_generative_adapters(base: str, adapters: dict[str, str | Path], max_queue: int = 64) -> dict[str, ServedModel]:
+    """Several LoRA runs of one causal LM in one model: the base loaded once, each adapter beside it, and one
+    decoding engine whose batches mix requests for any of them (peft's per-row adapter_names)."""
+    from peft import PeftModel
+    from transformers import AutoTokenizer
+
+    from tunelab.hub import resolve_model
+    from tunelab.models.card import ModelCard
+    from tunelab.models.load import build_base
+    from tunelab.models.predictor import find_model_dir
+    from tunelab.serve.generation import Engine
+    from tunelab.tasks import task_of
+
+    dirs = {name: find_model_dir(run) for name, run in adapters.items()}
+    cards = {name: ModelCard.read(d) for name, d in dirs.items()}
+    for name, card in cards.items():
+        if card.method_name != "lora":
+            raise TunelabError(f"--adapter {name}: a causal LM shares its base with other runs only as LoRA "
+                               f"(this run is '{card.method_name}'); serve it on its own")
+        if resolve_model(card.base_model, card.base_revision) != resolve_model(base):
+            raise TunelabError(f"--adapter {name}: trained over {card.base_model}, not over --base {base}")
+    first = next(iter(dirs))
+    model = PeftModel.from_pretrained(build_base(cards[first]), dirs[first], adapter_name=first)
+    for name, folder in dirs.items():
+        if name != first:
+            model.load_adapter(folder, adapter_name=name)
+    model.eval()
+    engine = Engine(model, adapters=True)
+    tokenizer = AutoTokenizer.from_pretrained(dirs[first])
+    served = {}
+    for name, folder in dirs.items():
+        task = task_of(cards[name])  # each run's own template and system prompt
+        eos = {t for t in (tokenizer.eos_token_id,) if t is not None}
+        info = {"task": "causal_lm", "base_model": cards[name].base_model, "method": "lora", "backend": "torch-fp32",
+                "path": str(folder), "max_length": cards[name].max_length, "shared_base": base, "adapter": name,
+                "max_position_embeddings": int(getattr(model.config, "max_position_embeddings", 2048)),
+                "eos": tuple(sorted(eos)), "max_queue": max_queue}
+        served[name] = ServedModel(name, None, None, tokenizer, cards[name].max_length, False, info, None,
+                                   task=task, engine=engine, prompt=partial(task.prompt, tokenizer))
+    return served
+
+
 def load_models(models: dict[str, str | Path], precision: str = "fp32", base: str | None = None,
                 adapters: dict[str, str | Path] | None = None, threads: int | None = None,
                 max_queue: int = 64) -> dict[str, ServedModel]:
@@ -96,7 +139,12 @@ def load_models(models: dict[str, str | Path], precision: str = "fp32", base: st
         served[name] = ServedModel(name, predictor.infer, predictor.decide, predictor.tokenizer,
                                    predictor.max_length, predictor.card.pair, _info(predictor, backend, predictor.model_dir),
                                    load_profile(predictor.model_dir), predictor.threshold, predictor.task)
-    if adapters:
+    if adapters and base is not None and all(_generative(run) for run in adapters.values()):
+        for name, model in load_generative_adapters(base, adapters, max_queue).items():
+            if name in served:
+                raise TunelabError(f"two models are called '{name}'")
+            served[name] = model
+    elif adapters:
         if base is None:
             raise TunelabError("adapters need their base model: --base MODEL")
         shared = AdapterSet(base, adapters, precision=precision)

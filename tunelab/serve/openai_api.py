@@ -111,7 +111,8 @@ def add_routes(app, state: dict, authorised, choose, api_error, metrics) -> None
         if model.engine.pending.qsize() + model.engine.running >= model.info["max_queue"]:
             raise api_error(503, "overloaded", "the server is at capacity; retry shortly", {"Retry-After": "1"})
         return [{"prompt": prompt_ids, "max_new_tokens": body.new_tokens(), "temperature": body.temperature,
-                 "top_p": body.top_p, "seed": None if body.seed is None else body.seed + i, "eos": model.info["eos"]}
+                 "top_p": body.top_p, "seed": None if body.seed is None else body.seed + i, "eos": model.info["eos"],
+                 "adapter": model.info.get("adapter")}
                 for i in range(body.n)]
 
     async def answer(model, args: dict, stops: list[str], on_piece=None) -> tuple[str, str, int]:

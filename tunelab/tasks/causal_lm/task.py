@@ -90,6 +90,12 @@ class CausalLMTask:
     def conversation(self, messages: list[dict]) -> list[dict]:
         return with_system(messages, self.system_prompt)
 
+    def prompt(self, tokenizer, messages: list[dict]) -> str:
+        """What the model continues to answer `messages`: through the template, with the generation prompt."""
+        from tunelab.tasks.causal_lm.chat import prompt_text
+
+        return prompt_text(tokenizer, self.conversation(messages), self.chat_template)
+
     def encode(self, tokenizer, columns: dict, max_length: int) -> Encoded:
         """Conversations (JSON text per row) -> token ids and next-token targets (IGNORE outside the answers),
         cut at max_length (the data stage has refused or counted longer ones, data.too_long)."""
