@@ -6,6 +6,8 @@ import warnings
 
 # peft 0.21 still calls transformers' deprecated is_gradient_checkpointing: not the user's concern
 warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
+# its generate() for prompt tuning warns on every call that it builds positions itself (packing refuses prompt)
+warnings.filterwarnings("ignore", message="Position ids are not supported for parameter efficient tuning")
 
 _TASK_TYPES = {"ForSequenceClassification": "SEQ_CLS", "ForTokenClassification": "TOKEN_CLS",
                "ForCausalLM": "CAUSAL_LM", "ForQuestionAnswering": "QUESTION_ANS"}
