@@ -61,6 +61,18 @@ def removed_counts(removed: list[Problem]) -> dict[str, int]:
     return dict(sorted(Counter(p.reason for p in removed).items()))
 
 
+def removed_markdown(report: dict, unit: str = "rows") -> list[str]:
+    """The report's removed rows (or sentences, conversations) by reason, and the first of them, as Markdown lines."""
+    if not report["removed"]:
+        return []
+    lines = [f"## Removed {unit} by reason", "", f"| reason | {unit} |", "| --- | ---: |"]
+    lines += [f"| {reason} | {n} |" for reason, n in report["removed"].items()]
+    lines += ["", f"First removed {unit} (all of them are in report.json):", ""]
+    lines += [f"- {p['file']}:{p.get('line') or p.get('row') or p.get('item')}: {p['reason']}: {p['message']}"
+              for p in report["removed_rows"][:20]]
+    return lines + [""]
+
+
 def render_markdown(report: dict) -> str:
     """A readable summary of report.json."""
     lines = [f"# Data report: {report['name']}", "", f"Prepared {report['created']} by tunelab {report['tunelab_version']}.", ""]
@@ -68,13 +80,7 @@ def render_markdown(report: dict) -> str:
     for split, info in report["splits"].items():
         lines.append(f"| {split} | {info['source']} | {info['rows_read']} | {info['rows_written']} |")
     lines += ["", f"Rows read: {report['rows_read']}; written: {report['rows_written']}; removed: {report['rows_removed']}.", ""]
-    if report["removed"]:
-        lines += ["## Removed rows by reason", "", "| reason | rows |", "| --- | ---: |"]
-        lines += [f"| {reason} | {n} |" for reason, n in report["removed"].items()]
-        lines += ["", "First removed rows (all of them are in report.json):", ""]
-        lines += [f"- {p['file']}:{p.get('line') or p.get('row') or p.get('item')}: {p['reason']}: {p['message']}"
-                  for p in report["removed_rows"][:20]]
-        lines.append("")
+    lines += removed_markdown(report)
     if report["conflicting_duplicates"]:
         lines += ["## Conflicting duplicates (same text, different labels)", ""]
         lines += [f"- {c['text'][:80]!r}: labels {', '.join(c['labels'])}" for c in report["conflicting_duplicates"][:20]]

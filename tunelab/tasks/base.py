@@ -70,6 +70,19 @@ class Task(Protocol):
     # itself: `validate(model, enc, batch_size, pad_id, autocast) -> metrics` is then used in place of collector().
 
 
+def data_stage(module: str) -> tuple[staticmethod, staticmethod]:
+    """A task's build_data and prepare_file, from the module of its data stage (imported on first use, so a task's
+    data dependencies load only when it is used): `build_data, prepare_file = data_stage("...data")`."""
+    import importlib
+
+    def build_data(config, tokenizer, say, quiet):
+        return importlib.import_module(module).build_data(config, tokenizer, say, quiet)
+
+    def prepare_file(path, config, labels, out):
+        return importlib.import_module(module).prepare_file(path, config, labels, out)
+    return staticmethod(build_data), staticmethod(prepare_file)
+
+
 def model_logits(task, model, batch: dict, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """The training forward pass of a task whose loss reads the logits at every position: the model's logits."""
     return model(**batch).logits, targets

@@ -126,6 +126,15 @@ def eval_batches(lengths: np.ndarray, batch_size: int, call_tokens: int = 32) ->
     return batches
 
 
+def token_targets(enc: Encoded, rows: np.ndarray, width: int, ignore: int = -100) -> torch.Tensor:
+    """Targets laid out per token (token classification, causal LM), padded with `ignore` to the batch's width."""
+    out = np.full((len(rows), width), ignore, dtype=np.int64)
+    for r, row in enumerate(rows):
+        start, end = enc.offsets[row], enc.offsets[row + 1]
+        out[r, : end - start] = enc.targets[start:end]
+    return torch.from_numpy(out)
+
+
 def collate(enc: Encoded, rows: np.ndarray, pad_id: int, with_types: bool, multiple: int = 1) -> dict[str, torch.Tensor]:
     """Pad the chosen rows to the longest of them (dynamic padding), rounded up to a multiple of `multiple`."""
     starts, ends = enc.offsets[rows], enc.offsets[rows + 1]

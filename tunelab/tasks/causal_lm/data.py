@@ -20,8 +20,8 @@ import numpy as np
 from tunelab.config import Config
 from tunelab.data.load import SettingNames, Wanted, detect_format, load_file
 from tunelab.data.load import Problem
-from tunelab.data.pipeline import MAX_SHOWN, PRECEDENCE, SPLITS, Built, format_problems, write_split
-from tunelab.data.report import length_stats, removed_counts
+from tunelab.data.pipeline import PRECEDENCE, SPLITS, Built, format_problems, write_split
+from tunelab.data.report import length_stats, removed_counts, removed_markdown
 from tunelab.data.split import stratified_split
 from tunelab.errors import DataError
 from tunelab.tasks.causal_lm.chat import ROLES, encode_conversation, load_template, with_system
@@ -300,13 +300,7 @@ def _markdown(report: dict) -> str:
         lines.append(f"| {split} | {info['source']} | {info['conversations']} | {info['answers']} | "
                      f"{tokens.get('mean', 0):.0f} / {tokens.get('max', 0)} | {info['over_max_length']} |")
     lines += ["", f"Conversations written: {report['rows_written']}; removed: {report['rows_removed']}.", ""]
-    if report["removed"]:
-        lines += ["## Removed rows by reason", "", "| reason | rows |", "| --- | ---: |"]
-        lines += [f"| {reason} | {n} |" for reason, n in report["removed"].items()]
-        lines += ["", "First removed rows (all of them are in report.json):", ""]
-        lines += [f"- {p['file']}:{p.get('line') or p.get('row') or p.get('item')}: {p['reason']}: {p['message']}"
-                  for p in report["removed_rows"][:MAX_SHOWN]]
-        lines.append("")
+    lines += removed_markdown(report, "conversations")
     if report["warnings"]:
         lines += ["## Warnings", ""] + [f"- {w}" for w in report["warnings"]]
     return "\n".join(lines) + "\n"

@@ -18,8 +18,9 @@ import torch
 import torch.nn.functional as F
 
 from tunelab.errors import TunelabError
+from tunelab.tasks.base import data_stage
 from tunelab.tasks.causal_lm.chat import IGNORE, encode_conversation, load_template, with_system
-from tunelab.tasks.encoding import Encoded, collate, eval_batches
+from tunelab.tasks.encoding import Encoded, collate, eval_batches, token_targets
 
 
 @dataclass(frozen=True)
@@ -60,17 +61,7 @@ class CausalLMTask:
         return 0
 
     # ------------------------------------------------------------ data
-    @staticmethod
-    def build_data(config, tokenizer, say, quiet):
-        from tunelab.tasks.causal_lm.data import build_data
-
-        return build_data(config, tokenizer, say, quiet)
-
-    @staticmethod
-    def prepare_file(path, config, labels, out):
-        from tunelab.tasks.causal_lm.data import prepare_file
-
-        return prepare_file(path, config, labels, out)
+    build_data, prepare_file = data_stage("tunelab.tasks.causal_lm.data")
 
     @staticmethod
     def evaluate_split(run_dir, config, name, path, batch_size, quiet, report_dir) -> dict:
@@ -127,11 +118,7 @@ class CausalLMTask:
                                                     trust_remote_code=trust_remote_code, **kwargs)
 
     def batch_targets(self, enc: Encoded, rows: np.ndarray, width: int) -> torch.Tensor:
-        out = np.full((len(rows), width), IGNORE, dtype=np.int64)
-        for r, row in enumerate(rows):
-            s, e = enc.offsets[row], enc.offsets[row + 1]
-            out[r, : e - s] = enc.targets[s:e]
-        return torch.from_numpy(out)
+        return token_targets(enc, rows, width, IGNORE)
 
     def forward(self, model, batch: dict, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """The logits at the positions that have a target only, and those targets (both flat)."""

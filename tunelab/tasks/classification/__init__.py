@@ -11,7 +11,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from tunelab.tasks.base import model_logits
+from tunelab.tasks.base import data_stage, model_logits
 from tunelab.tasks.encoding import Encoded, encode_texts
 
 
@@ -58,17 +58,7 @@ class ClassificationTask:
         return not self.multi_label
 
     # ------------------------------------------------------------ data
-    @staticmethod
-    def build_data(config, tokenizer, say, quiet):
-        from tunelab.tasks.classification.data import build_data
-
-        return build_data(config, tokenizer, say, quiet)
-
-    @staticmethod
-    def prepare_file(path, config, labels, out):
-        from tunelab.tasks.classification.data import prepare_file
-
-        return prepare_file(path, config, labels, out)
+    build_data, prepare_file = data_stage("tunelab.tasks.classification.data")
 
     input_columns = ("text", "text_pair")  # what a prepared split holds besides the label
     split_columns = ("text", "text_pair", "label")  # what evaluation reads of a prepared split

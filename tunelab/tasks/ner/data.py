@@ -18,7 +18,7 @@ import numpy as np
 from tunelab.config import Config
 from tunelab.data.load import Problem
 from tunelab.data.pipeline import MAX_SHOWN, PRECEDENCE, SPLITS, Built, format_problems, write_split
-from tunelab.data.report import length_stats, removed_counts
+from tunelab.data.report import length_stats, removed_counts, removed_markdown
 from tunelab.data.split import stratified_split
 from tunelab.errors import DataError
 from tunelab.tasks.ner.formats import Sentences, read_conll, read_entity_jsonl, read_token_jsonl, detect_format
@@ -231,12 +231,7 @@ def _markdown(report: dict) -> str:
         lines.append(f"| {split} | {info['source']} | {info['sentences']} | {info['words']} | {info['split_into_windows']} | "
                      + " | ".join(str(info["entities"][k]) for k in report["entity_types"]) + " |")
     lines += ["", f"Sentences written: {report['rows_written']}; removed: {report['rows_removed']}.", ""]
-    if report["removed"]:
-        lines += ["## Removed sentences by reason", "", "| reason | sentences |", "| --- | ---: |"]
-        lines += [f"| {reason} | {n} |" for reason, n in report["removed"].items()]
-        lines += ["", "First removed sentences (all of them are in report.json):", ""]
-        lines += [f"- {p['file']}:{p.get('line') or p.get('row')}: {p['reason']}: {p['message']}" for p in report["removed_rows"][:20]]
-        lines.append("")
+    lines += removed_markdown(report, "sentences")
     if report["warnings"]:
         lines += ["## Warnings", ""] + [f"- {w}" for w in report["warnings"]]
     return "\n".join(lines) + "\n"

@@ -16,8 +16,8 @@ import torch
 import torch.nn.functional as F
 
 from tunelab.tasks.classification import set_dropout
-from tunelab.tasks.base import model_logits
-from tunelab.tasks.encoding import Encoded
+from tunelab.tasks.base import data_stage, model_logits
+from tunelab.tasks.encoding import Encoded, token_targets
 from tunelab.tasks.ner.align import IGNORE, encode_words
 from tunelab.tasks.ner.spans import char_entities, entities
 
@@ -69,17 +69,7 @@ class TokenClassificationTask:
     observed_labels = types
 
     # ------------------------------------------------------------ data
-    @staticmethod
-    def build_data(config, tokenizer, say, quiet):
-        from tunelab.tasks.ner.data import build_data
-
-        return build_data(config, tokenizer, say, quiet)
-
-    @staticmethod
-    def prepare_file(path, config, labels, out):
-        from tunelab.tasks.ner.data import prepare_file
-
-        return prepare_file(path, config, labels, out)
+    build_data, prepare_file = data_stage("tunelab.tasks.ner.data")
 
     # ------------------------------------------------------------ encoding
     def cache_key(self) -> list:
@@ -128,11 +118,7 @@ class TokenClassificationTask:
 
     # ------------------------------------------------------------ training
     def batch_targets(self, enc: Encoded, rows: np.ndarray, width: int) -> torch.Tensor:
-        out = np.full((len(rows), width), IGNORE, dtype=np.int64)
-        for r, row in enumerate(rows):
-            start, end = enc.offsets[row], enc.offsets[row + 1]
-            out[r, : end - start] = enc.targets[start:end]
-        return torch.from_numpy(out)
+        return token_targets(enc, rows, width, IGNORE)
 
     def loss_terms(self, enc: Encoded, rows: np.ndarray) -> int:
         """The loss is a mean over labelled words (first sub-words), not over sentences."""
