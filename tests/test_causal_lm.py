@@ -529,3 +529,43 @@ def test_several_lora_runs_over_one_base_answer_each_as_alone_in_mixed_batches(l
     finally:
         served["first"].engine.stop()
     assert got == [alone["first"], alone["second"], alone["first"]]
+
+
+def test_a_lora_run_merges_into_a_plain_causal_lm_and_the_classifier_commands_say_what_to_use(llm_run):
+    from transformers import AutoModelForCausalLM
+
+    from tunelab.export import merge_run
+    from tunelab.export.onnx import export_onnx
+    from tunelab.models.predictor import Predictor
+
+    result = merge_run(llm_run)
+    assert result.parity["examples"] == 8 and result.parity["max_abs_logit_diff"] <= 1e-4
+    merged = AutoModelForCausalLM.from_pretrained(result.out)  # plain transformers, no peft
+    assert type(merged).__name__ == "LlamaForCausalLM"
+    with pytest.raises(TunelabError, match="is a causal LM: it answers with `tunelab generate`"):
+        Predictor(llm_run)
+    with pytest.raises(TunelabError, match="ONNX export covers classifiers and taggers"):
+        export_onnx(llm_run)
+    done = subprocess.run([sys.executable, "-m", "tunelab", "predict", str(llm_run), "-i", "-"], input="hello\n",
+                          capture_output=True, text=True)
+    assert done.returncode == 2 and "tunelab generate" in done.stderr and "Traceback" not in done.stderr
+
+
+def test_a_search_over_a_causal_lm_minimises_the_validation_loss(llm_config):
+    import csv
+
+    import yaml
+
+    from tunelab.config import dump_config, load_config
+    from tunelab.tuning import tune
+
+    raw = yaml.safe_load(dump_config(llm_config(max_steps=10, eval_every=5)))
+    raw["tune"] = {"sampler": "grid", "pruner": "none", "n_trials": None,
+                   "space": {"train.learning_rate": [1e-5, 1e-2]}}
+    config = load_config(raw)
+    tune(config, quiet=True)
+    with open(config.run_dir / "tune" / "trials.csv", newline="") as f:
+        trials = {float(r["train.learning_rate"]): float(r["value"]) for r in csv.DictReader(f)}
+    assert len(trials) == 2 and trials[1e-2] < trials[1e-5]  # a loss: the lower one is the better trial
+    best = yaml.safe_load((config.run_dir / "tune" / "best.yaml").read_text())
+    assert best["train"]["learning_rate"] == 1e-2

@@ -21,24 +21,34 @@ from tunelab.methods import METHODS
 from tunelab.runlock import run_lock
 
 PARITY_TOLERANCE = 1e-4
+# a causal LM's logits span the vocabulary at every token (49k floats a token for SmolLM2): a few conversations
+LM_PARITY_TEXTS, LM_BATCH = 8, 2
 
 
-def _logits(model, texts: list[str], pairs, tokenizer, max_length: int, batch_size: int = 64) -> np.ndarray:
+def _logits(model, texts: list[str], pairs, tokenizer, max_length: int, batch_size: int = 64,
+            rendered: bool = False) -> np.ndarray:
     out = []
     with torch.inference_mode():
         for start in range(0, len(texts), batch_size):
             args = (texts[start:start + batch_size],) + ((pairs[start:start + batch_size],) if pairs else ())
-            batch = tokenizer(*args, truncation=True, max_length=max_length, padding=True, return_tensors="pt")
+            batch = tokenizer(*args, truncation=True, max_length=max_length, padding=True, return_tensors="pt",
+                              add_special_tokens=not rendered)
+            if rendered:  # a chat template's text holds its special tokens already; decoders take no segment ids
+                batch.pop("token_type_ids", None)
             out.append(model(**batch).logits.float().numpy().reshape(-1))  # per text, or per token
     return np.concatenate(out) if out else np.zeros(0, dtype=np.float32)
 
 
-def _validation_texts(run_dir: Path, limit: int | None, split: str = "validation") -> tuple[list[str], list[str] | None]:
+def _validation_texts(run_dir: Path, limit: int | None, split: str = "validation", task=None,
+                      tokenizer=None) -> tuple[list[str], list[str] | None]:
     from tunelab.evaluation.run import iter_chunks, resolve_split
 
     _, path = resolve_split(run_dir, split)
     texts, pairs = [], []
-    for chunk in iter_chunks(path, ["text", "text_pair"]):
+    for chunk in iter_chunks(path, list(getattr(task, "split_columns", ("text", "text_pair")))):
+        if hasattr(task, "texts"):  # a causal LM: its conversations through the chat template
+            texts += task.texts(tokenizer, chunk)
+            continue
         texts += chunk["text"]
         pairs += chunk.get("text_pair") or []
         if limit and len(texts) >= limit:
@@ -81,6 +91,7 @@ def _merge(model_dir: Path, out: str | Path | None, limit: int | None) -> Export
     from transformers import AutoTokenizer
 
     from tunelab.models.load import load_model
+    from tunelab.tasks import task_of
 
     run_dir = model_dir.parent
     card = ModelCard.read(model_dir)
@@ -95,10 +106,15 @@ def _merge(model_dir: Path, out: str | Path | None, limit: int | None) -> Export
     out = Path(out) if out else run_dir / "export" / "merged"
     live = load_model(model_dir, card)
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
-    texts, pairs = _validation_texts(run_dir, limit)
-    before = _logits(live, texts, pairs, tokenizer, card.max_length)
+    task = task_of(card)
+    generative = getattr(task, "generates", False)
+    if generative:
+        limit = min(limit or LM_PARITY_TEXTS, LM_PARITY_TEXTS)
+    texts, pairs = _validation_texts(run_dir, limit, task=task, tokenizer=tokenizer)
+    batch = LM_BATCH if generative else 64
+    before = _logits(live, texts, pairs, tokenizer, card.max_length, batch, generative)
     merged = live.merge_and_unload().eval()
-    after = _logits(merged, texts, pairs, tokenizer, card.max_length)
+    after = _logits(merged, texts, pairs, tokenizer, card.max_length, batch, generative)
     parity = {"examples": len(texts), "max_abs_logit_diff": float(np.abs(before - after).max()) if len(texts) else 0.0,
               "tolerance": PARITY_TOLERANCE, "method": method}
     if parity["max_abs_logit_diff"] > PARITY_TOLERANCE:

@@ -118,6 +118,9 @@ class Predictor:
         self.model_dir = find_model_dir(model_dir)
         self.card = ModelCard.read(self.model_dir)
         self.task = task_of(self.card)
+        if getattr(self.task, "generates", False):
+            raise TunelabError(f"{self.model_dir} is a causal LM: it answers with `tunelab generate`, or served by "
+                               "`tunelab serve` on /v1/chat/completions (Python: tunelab.models.generate.Generator)")
         self.tokenizer = AutoTokenizer.from_pretrained(self.model_dir)
         self.onnx = OnnxModel(self.model_dir / ONNX_FILE) if model is None and (self.model_dir / ONNX_FILE).is_file() else None
         self.model = None if self.onnx else (model if model is not None else load_model(self.model_dir, self.card))

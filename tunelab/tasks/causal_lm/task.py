@@ -35,6 +35,7 @@ class CausalLMTask:
     pair = False
     reports_calibration = False
     profiles = False  # no monitoring profile of label rates and embeddings: the answers are text
+    generates = True  # answered by generation (models/generate.py, serve/openai_api.py), not by a Predictor
     input_columns = ("messages",)
     split_columns = ("messages",)
     default_metric = "loss"
@@ -80,6 +81,14 @@ class CausalLMTask:
 
     def conversation(self, messages: list[dict]) -> list[dict]:
         return with_system(messages, self.system_prompt)
+
+    def texts(self, tokenizer, columns: dict) -> list[str]:
+        """A prepared split's conversations as the model reads them (to compare two models' outputs on)."""
+        import json
+
+        from tunelab.tasks.causal_lm.chat import render
+
+        return [render(tokenizer, self.conversation(json.loads(m)), self.chat_template)[0] for m in columns["messages"]]
 
     def prompt(self, tokenizer, messages: list[dict]) -> str:
         """What the model continues to answer `messages`: through the template, with the generation prompt."""
