@@ -569,3 +569,36 @@ def test_a_search_over_a_causal_lm_minimises_the_validation_loss(llm_config):
     assert len(trials) == 2 and trials[1e-2] < trials[1e-5]  # a loss: the lower one is the better trial
     best = yaml.safe_load((config.run_dir / "tune" / "best.yaml").read_text())
     assert best["train"]["learning_rate"] == 1e-2
+
+
+def test_server_robustness_seeds_tiny_temperatures_empty_prompts_and_a_failing_step(llm_server, monkeypatch):
+    """What the review of the decoder found: a request must never stop the decoding thread for everyone."""
+    import httpx
+
+    headers = {"Authorization": "Bearer sk-test"}
+    chat = {"messages": [{"role": "user", "content": "what colour is the sun number 1"}], "max_tokens": 4}
+    url = llm_server.url + "/v1/chat/completions"
+    assert httpx.post(url, json={**chat, "seed": 2**64}, headers=headers).status_code == 422
+    tiny = httpx.post(url, json={**chat, "temperature": 1e-30, "seed": 1}, headers=headers)
+    greedy = httpx.post(url, json={**chat, "temperature": 0}, headers=headers)
+    assert tiny.status_code == 200 and tiny.json()["choices"][0]["message"] == greedy.json()["choices"][0]["message"]
+    empty = httpx.post(llm_server.url + "/v1/completions", json={"prompt": "", "max_tokens": 2}, headers=headers)
+    assert empty.status_code in (200, 422)  # a tokenizer that adds a start token has something to continue
+    # a step that fails fails its requests (500), and the next request is answered
+    engine = llm_server.app.state.tunelab["models"]["colours"].engine
+    real = engine._step
+    monkeypatch.setattr(engine, "_step", lambda: (_ for _ in ()).throw(RuntimeError("boom")))
+    failed = httpx.post(url, json=chat, headers=headers)
+    assert failed.status_code == 500 and "boom" in failed.json()["error"]["message"]
+    monkeypatch.setattr(engine, "_step", real)
+    again = httpx.post(url, json={**chat, "temperature": 0}, headers=headers)
+    assert again.json()["choices"][0]["message"] == greedy.json()["choices"][0]["message"]
+
+
+def test_a_conversation_must_open_with_the_user(llm_config, tmp_path):
+    from tunelab.data import prepare
+
+    rows = conversations(3) + [{"messages": [{"role": "assistant", "content": "hello"}, {"role": "user", "content": "hi"},
+                                             {"role": "assistant", "content": "yes"}]}]
+    with pytest.raises(DataError, match=r"bad.jsonl:line 4: column 'messages': the conversation must open with a user"):
+        prepare(llm_config(data={"train": str(write_jsonl(tmp_path / "bad.jsonl", rows))}))

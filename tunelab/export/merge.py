@@ -47,9 +47,9 @@ def _validation_texts(run_dir: Path, limit: int | None, split: str = "validation
     texts, pairs = [], []
     for chunk in iter_chunks(path, list(getattr(task, "split_columns", ("text", "text_pair")))):
         if hasattr(task, "texts"):  # a causal LM: its conversations through the chat template
-            texts += task.texts(tokenizer, chunk)
-            continue
-        texts += chunk["text"]
+            texts += task.texts(tokenizer, {k: v[:limit] if limit else v for k, v in chunk.items()})
+        else:
+            texts += chunk["text"]
         pairs += chunk.get("text_pair") or []
         if limit and len(texts) >= limit:
             break
@@ -111,6 +111,8 @@ def _merge(model_dir: Path, out: str | Path | None, limit: int | None) -> Export
     if generative:
         limit = min(limit or LM_PARITY_TEXTS, LM_PARITY_TEXTS)
     texts, pairs = _validation_texts(run_dir, limit, task=task, tokenizer=tokenizer)
+    if tokenizer.pad_token is None:  # Llama 3, Mistral: no pad token; the padding is masked anyway
+        tokenizer.pad_token = tokenizer.eos_token
     batch = LM_BATCH if generative else 64
     before = _logits(live, texts, pairs, tokenizer, card.max_length, batch, generative)
     merged = live.merge_and_unload().eval()

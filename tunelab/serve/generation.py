@@ -21,6 +21,10 @@ import torch
 BASE = "__base__"  # peft's name for "no adapter" in a mixed batch
 
 
+class EngineStopped(RuntimeError):
+    pass
+
+
 @dataclass
 class Request:
     """One answer being generated. Tokens are handed to `emit(token_id | None)` (None: finished) from the
@@ -41,7 +45,8 @@ class Request:
     def sample(self, logits: torch.Tensor) -> int:
         if self.temperature <= 0:
             return int(logits.argmax())
-        probs = torch.softmax(logits.float() / self.temperature, -1)
+        logits = logits.float()
+        probs = torch.softmax((logits - logits.max()) / self.temperature, -1)  # no inf / NaN at tiny temperatures
         if self.top_p < 1.0:
             sorted_probs, order = probs.sort(descending=True)
             keep = sorted_probs.cumsum(-1) - sorted_probs < self.top_p  # the smallest set reaching top_p
@@ -77,6 +82,8 @@ class Engine:
         self.thread.join(timeout)
 
     def submit(self, request: Request) -> None:
+        if self.stopping or not self.thread.is_alive():
+            raise EngineStopped("the decoder is not running (the server is stopping)")
         self.pending.put(request)
 
     @property
@@ -89,14 +96,38 @@ class Engine:
             while True:
                 new = self._take(block=not self.rows)
                 if self.stopping and not self.rows and not new:
+                    self._fail(list(self._drain()), "error: the server stopped")
                     return
-                if new:
-                    self._join(new)
-                if self.rows:
-                    self._step()
+                try:
+                    if new:
+                        self._join(new)
+                    if self.rows:
+                        self._step()
+                except Exception as exc:  # noqa: BLE001 -- those requests fail; the decoder goes on for the next
+                    self._fail(self.rows + [r for r in new if r not in self.rows], f"error: {type(exc).__name__}: {exc}")
+                    self.rows, self.cache, self.mask, self.positions = [], None, None, None
+
+    def _drain(self):
+        while True:
+            try:
+                item = self.pending.get_nowait()
+            except queue.Empty:
+                return
+            if item is not None:
+                yield item
+
+    @staticmethod
+    def _fail(requests: list[Request], reason: str) -> None:
+        for r in requests:
+            try:
+                r.emit(None, reason)
+            except Exception:  # noqa: BLE001 -- a closed event loop: nobody is waiting any more
+                pass
 
     def _take(self, block: bool) -> list[Request]:
         room = self.max_batch - len(self.rows)
+        if room <= 0:
+            return []
         taken = []
         try:
             item = self.pending.get(block=block and not self.stopping, timeout=0.5 if block else None)
@@ -112,7 +143,8 @@ class Engine:
 
     def _forward(self, ids: torch.Tensor, mask: torch.Tensor, positions: torch.Tensor, cache, rows: list[Request]):
         per_row = {"adapter_names": [r.adapter or BASE for r in rows]} if self.adapters else {}
-        out = self.model(input_ids=ids, attention_mask=mask, position_ids=positions, cache=cache, use_cache=True, **per_row)
+        out = self.model(input_ids=ids, attention_mask=mask, position_ids=positions, cache=cache, use_cache=True,
+                         logits_to_keep=1, **per_row)  # the next token's logits only (a prompt's would be [width, vocab])
         return out.logits[:, -1], cache
 
     def _join(self, new: list[Request]) -> None:
@@ -127,10 +159,11 @@ class Engine:
             mask[i, width - len(r.prompt):] = 1
         positions = (mask.cumsum(1) - 1).clamp(min=0)
         try:
-            logits, cache = self._forward(ids, mask, positions, DynamicCache(config=self.model.config), new)
-        except Exception as exc:  # noqa: BLE001 -- the requests fail, the engine goes on
-            for r in new:
-                r.emit(None, f"error: {type(exc).__name__}: {exc}")
+            # plain full layers, whatever the model: a sliding-window layer keeps counters that joining and trimming
+            # rows would not update (transformers' mask still applies the window)
+            logits, cache = self._forward(ids, mask, positions, DynamicCache(), new)
+        except Exception as exc:  # noqa: BLE001 -- only the new requests fail; the running ones go on
+            self._fail(new, f"error: {type(exc).__name__}: {exc}")
             return
         lengths = mask.sum(1)
         if self.rows:
@@ -145,13 +178,7 @@ class Engine:
         """One token for every running row."""
         last = torch.tensor([[r.generated[-1]] for r in self.rows])
         self.mask = torch.cat([self.mask, torch.ones((len(self.rows), 1), dtype=torch.long)], 1)
-        try:
-            logits, self.cache = self._forward(last, self.mask, self.positions[:, None], self.cache, self.rows)
-        except Exception as exc:  # noqa: BLE001
-            for r in self.rows:
-                r.emit(None, f"error: {type(exc).__name__}: {exc}")
-            self.rows, self.cache = [], None
-            return
+        logits, self.cache = self._forward(last, self.mask, self.positions[:, None], self.cache, self.rows)
         self.positions = self.positions + 1
         self._advance(logits, range(len(self.rows)))
 

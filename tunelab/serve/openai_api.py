@@ -44,7 +44,7 @@ class _Sampling(BaseModel):
     top_p: float = Field(1.0, gt=0.0, le=1.0, description="Sample from the smallest set of tokens with this much probability.")
     n: int = Field(1, ge=1, le=8, description="Answers to generate.")
     stop: str | list[str] | None = Field(None, description="Up to 4 sequences where the answer ends (not included).")
-    seed: int | None = Field(None, description="Seed of the sampling: the same request gives the same answer.")
+    seed: int | None = Field(None, ge=0, lt=2**63, description="Seed of the sampling: the same request gives the same answer.")
     stream: bool = Field(False, description="Send the answer as server-sent events as it is generated.")
     stream_options: StreamOptions | None = None
 
@@ -65,27 +65,39 @@ class CompletionRequest(_Sampling):
 
 
 class _Text:
-    """Incremental detokenisation of one answer, cut at the first stop sequence."""
+    """Incremental detokenisation of one answer, cut at the first stop sequence.
+
+    Each new token is decoded with the few before it (from `prefix`), not the whole answer again: the text it adds
+    is what the window decodes to beyond what it decoded to without it, once that is whole characters (the
+    scheme vLLM and transformers' TextStreamer use; the cost per token stays constant)."""
 
     def __init__(self, tokenizer, stops: list[str]):
         self.tokenizer, self.stops = tokenizer, stops
         self.ids: list[int] = []
+        self.text = ""
+        self.prefix = self.read = 0  # ids[prefix:read] is the context already turned into text
         self.sent = 0
         self.stopped = False
+
+    def _decode(self, ids: list[int]) -> str:
+        return self.tokenizer.decode(ids, skip_special_tokens=True, clean_up_tokenization_spaces=False)
 
     def add(self, token: int | None) -> str:
         """The text that can be sent now (all of what is left when `token` is None: the end)."""
         if token is not None:
             self.ids.append(token)
-        text = self.tokenizer.decode(self.ids, skip_special_tokens=True)
+            before = self._decode(self.ids[self.prefix:self.read])
+            after = self._decode(self.ids[self.prefix:])
+            if len(after) > len(before) and not after.endswith("\ufffd"):  # whole characters only
+                self.text += after[len(before):]
+                self.prefix, self.read = self.read, len(self.ids)
+        text = self.text
         for stop in self.stops:
             at = text.find(stop)
             if at != -1:
                 text, self.stopped = text[:at], True
         end = len(text)
         if token is not None and not self.stopped:
-            if text.endswith("\ufffd"):  # half of a multi-byte character: wait for the rest
-                return ""
             hold = max((len(s) - 1 for s in self.stops), default=0)  # might be the start of a stop sequence
             end = max(self.sent, len(text) - hold)
         piece, self.sent = text[self.sent:end], max(self.sent, end)
@@ -103,6 +115,8 @@ def add_routes(app, state: dict, authorised, choose, api_error, metrics) -> None
         return chosen, model
 
     def prepare(body: _Sampling, model, prompt_ids: list[int]) -> list[dict]:
+        if not prompt_ids:
+            raise api_error(422, "invalid_request", "prompt: empty; give the text to continue")
         limit = model.info["max_position_embeddings"]
         if len(prompt_ids) + body.new_tokens() > limit:
             raise api_error(422, "context_length_exceeded",
@@ -119,6 +133,8 @@ def add_routes(app, state: dict, authorised, choose, api_error, metrics) -> None
         """(text, finish_reason, completion tokens) of one request; `on_piece(text)` as text becomes final."""
         text = _Text(model.tokenizer, stops)
         out, reason, started = [], "stop", time.perf_counter()
+        if model.engine.stopping:
+            raise api_error(503, "not_ready", "the server is stopping", {"Retry-After": "1"})
         async with aclosing(stream_tokens(model.engine, args)) as tokens:  # leaving early cancels the request
             async for token, finish in tokens:
                 if token is not None and len(text.ids) == 0:
@@ -145,7 +161,12 @@ def add_routes(app, state: dict, authorised, choose, api_error, metrics) -> None
         created, rid = int(time.time()), ("chatcmpl-" if chat else "cmpl-") + uuid.uuid4().hex[:24]
         kind = "chat.completion" if chat else "text_completion"
         if not body.stream:
-            results = await asyncio.gather(*(answer(model, r, stops) for r in requests))
+            tasks = [asyncio.create_task(answer(model, r, stops)) for r in requests]
+            try:
+                results = await asyncio.gather(*tasks)
+            finally:  # one failed (or the client left): the others leave the batch too
+                for t in tasks:
+                    t.cancel()
             choices = [({"index": i, "message": {"role": "assistant", "content": text}, "finish_reason": reason} if chat
                         else {"index": i, "text": text, "finish_reason": reason, "logprobs": None})
                        for i, (text, reason, _) in enumerate(results)]

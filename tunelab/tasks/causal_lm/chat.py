@@ -74,9 +74,10 @@ def encode_conversation(tokenizer, messages: list[dict], template: str | None, m
     enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
     ids = np.asarray(enc["input_ids"], dtype=np.int64)
     starts = np.asarray([s for s, _ in enc["offset_mapping"]], dtype=np.int64)
+    ends = np.asarray([e for _, e in enc["offset_mapping"]], dtype=np.int64)
     learned = np.zeros(len(ids), dtype=bool)
-    for start, end in spans:
-        learned |= (starts >= start) & (starts < end)
+    for start, end in spans:  # a token overlapping the answer (" Paris" after "Assistant:") is the answer's
+        learned |= (ends > start) & (starts < end)
     targets = np.full(len(ids), IGNORE, dtype=np.int64)
     targets[:-1] = np.where(learned[1:], ids[1:], IGNORE)  # position t predicts token t + 1
     full = len(ids)

@@ -23,7 +23,7 @@ from tunelab.data.load import Problem
 from tunelab.data.pipeline import PRECEDENCE, SPLITS, Built, format_problems, write_split
 from tunelab.data.report import length_stats, removed_counts, removed_markdown
 from tunelab.data.split import stratified_split
-from tunelab.errors import DataError
+from tunelab.errors import DataError, TunelabError
 from tunelab.tasks.causal_lm.chat import ROLES, encode_conversation, load_template, with_system
 
 NAMES = SettingNames(columns="data.messages_column (conversations) or data.prompt_column / data.response_column")
@@ -137,11 +137,12 @@ def _conversation(value, column: str) -> tuple[list[dict] | None, tuple | None]:
         if role == "assistant" and not content.strip():
             return None, (column, "empty_answer", f"message {k}: the assistant's answer is empty")
         messages.append({"role": role, "content": content})
+    turns = [m["role"] for m in messages if m["role"] != "system"]
+    if not turns or turns[0] != "user":  # chat templates expect it; some raise, some render it unlike its prefix
+        return None, (column, "malformed", "the conversation must open with a user message (after an optional system one)")
     if messages[-1]["role"] != "assistant":
         return None, (column, "no_answer", "the conversation must end with the assistant's answer "
                       f"(it ends with a {messages[-1]['role']} message)")
-    if not any(m["role"] == "user" for m in messages):
-        return None, (column, "malformed", "the conversation has no user message")
     return messages, None
 
 
@@ -190,9 +191,19 @@ def _remove_leaks(found: Conversations, owner: dict, split: str) -> tuple[Conver
 
 
 def _lengths(found: Conversations, tokenizer, config: Config) -> np.ndarray:
+    """Tokens per conversation through the chat template; a conversation the template refuses (a Jinja error,
+    turns it does not render one by one) is an error naming its line."""
+    from jinja2 import TemplateError
+
     template, system = load_template(config.task.chat_template), config.task.system_prompt
-    return np.array([encode_conversation(tokenizer, with_system(m, system), template, None)[2] for m in found.messages],
-                    dtype=np.int64)
+    out = []
+    for messages, where in zip(found.messages, found.where):
+        try:
+            out.append(encode_conversation(tokenizer, with_system(messages, system), template, None)[2])
+        except (TemplateError, TunelabError) as exc:
+            raise DataError(f"{found.file}:{found.unit} {where}: the chat template cannot render this conversation: "
+                            f"{exc}") from None
+    return np.array(out, dtype=np.int64)
 
 
 def _too_long(found: Conversations, lengths: np.ndarray, max_length: int) -> list[Problem]:
@@ -232,7 +243,8 @@ def build_data(config: Config, tokenizer, say, quiet: bool) -> Built:
     if to_make:
         train = loaded["train"]
         fractions = {"train": 1.0 - sum(to_make.values()), **to_make}
-        parts = stratified_split([_key(m) for m in train.messages], [0] * len(train), fractions, cfg.seed)
+        # one prompt's conversations stay in one split (as for given splits: no prompt in two)
+        parts = stratified_split([_prompt_key(m) for m in train.messages], [0] * len(train), fractions, cfg.seed)
         for split, idx in parts.items():
             loaded[split] = train.take(idx)
     splits = {s: loaded[s] for s in SPLITS if s in loaded}

@@ -58,8 +58,10 @@ def generate_answers(model, tokenizer, prompts: list[str], max_new_tokens: int, 
     """Greedy answers to rendered prompts (chat.prompt_text), in batches padded on the left."""
     from tqdm.auto import tqdm
 
-    side = tokenizer.padding_side
+    side, pad_token = tokenizer.padding_side, tokenizer.pad_token
     tokenizer.padding_side = "left"
+    if tokenizer.pad_token is None:  # Llama 3, Mistral: no pad token; the padding is masked anyway
+        tokenizer.pad_token = tokenizer.eos_token
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     answers = []
     try:
@@ -69,7 +71,7 @@ def generate_answers(model, tokenizer, prompts: list[str], max_new_tokens: int, 
                                  max_new_tokens=max_new_tokens, pad_token_id=pad, temperature=None, top_p=None, top_k=None)
             answers += tokenizer.batch_decode(out[:, enc["input_ids"].shape[1]:], skip_special_tokens=True)
     finally:
-        tokenizer.padding_side = side
+        tokenizer.padding_side, tokenizer.pad_token = side, pad_token
     return [a.strip() for a in answers]
 
 
