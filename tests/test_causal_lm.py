@@ -242,14 +242,14 @@ def test_every_method_trains_a_causal_lm_that_reloads_and_answers(llm_config, me
     assert isinstance(Generator(config.run_dir).answer("what colour is the sea number 2", GenerationSettings(max_new_tokens=3)), str)
 
 
-@pytest.mark.parametrize("method, message", [("head", "method 'head' trains a new task head"),
-                                             ("prefix", "method 'prefix' does not generate with a causal LM")])
-def test_methods_that_do_not_fit_a_causal_lm_are_refused(llm_config, method, message):
+@pytest.mark.parametrize("method, message", [("head", "'head' trains a new task head"),
+                                             ("prefix", "'prefix' does not generate with a causal LM")])
+def test_methods_that_do_not_fit_a_causal_lm_are_refused_when_the_config_is_read(llm_config, method, message):
+    """Before anything runs: `tunelab train --overwrite` would otherwise have cleared the run first."""
     from tunelab.errors import ConfigError
-    from tunelab.training import train
 
     with pytest.raises(ConfigError, match=message):
-        train(llm_config(method={"name": method}, max_steps=2), quiet=True)
+        llm_config(method={"name": method}, max_steps=2)
 
 
 @pytest.mark.parametrize("method", ["full", "lora"])
@@ -489,7 +489,9 @@ def test_training_with_packing_learns_and_packing_is_refused_for_a_classifier(ll
               if '"validation"' in line]
     assert losses[1] < losses[0]
     with pytest.raises(TunelabError, match="only a causal LM's conversations are packed"):
-        train(tiny_config(packing=True, max_steps=2), quiet=True)
+        tiny_config(packing=True, max_steps=2)
+    with pytest.raises(TunelabError, match="does not work with method 'prompt'"):
+        llm_config(packing=True, method={"name": "prompt"})
 
 
 def test_several_lora_runs_over_one_base_answer_each_as_alone_in_mixed_batches(llm_run, tiny_llama_dir, tmp_path):

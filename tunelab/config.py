@@ -380,6 +380,23 @@ class Config(Section):
             raise ValueError("must be a folder name: letters, digits, '.', '_' and '-', starting with a letter or digit")
         return value
 
+    @model_validator(mode="after")
+    def _settings_fit_the_task(self) -> Config:
+        """Settings that cannot work together, refused when the config is read: before `--overwrite` clears a run."""
+        causal = self.task.name == "causal_lm"
+        if causal and self.method.name == "head":
+            raise ValueError("method.name: 'head' trains a new task head, and a causal LM has none (its head is "
+                             "pretrained); use lora, ia3, prompt, adapter, freeze or full")
+        if causal and self.method.name == "prefix":
+            raise ValueError("method.name: 'prefix' does not generate with a causal LM here; use prompt (virtual "
+                             "tokens in front of the input), lora, ia3, adapter, freeze or full")
+        if self.train.packing and not causal:
+            raise ValueError(f"train.packing: only a causal LM's conversations are packed, not {self.task.name} rows")
+        if self.train.packing and self.method.name == "prompt":  # peft drops position_ids for prompt tuning
+            raise ValueError("train.packing does not work with method 'prompt' (peft ignores the positions that keep "
+                             "packed conversations apart); turn one off")
+        return self
+
     @property
     def run_dir(self) -> Path:
         return self.runs_dir / self.name

@@ -149,12 +149,7 @@ def setup(config: Config, quiet: bool, clear_run) -> Run:
                               for s in ("train", "validation"))
     if len(train_enc) == 0:
         raise TunelabError(f"{prepared.files['train']}: the training split is empty")
-    if cfg.packing:
-        if not hasattr(task, "pack"):
-            raise TunelabError(f"train.packing: only a causal LM's conversations are packed, not {task.name} rows")
-        if config.method.name == "prompt":  # peft drops position_ids for prompt tuning: packed rows would mix
-            raise TunelabError("train.packing does not work with method 'prompt' (peft ignores the positions that "
-                               "keep packed conversations apart); turn one off")
+    if cfg.packing:  # a causal LM's (config.py refuses it elsewhere)
         examples = len(train_enc)
         train_enc = task.pack(train_enc, config.model.max_length)
         say(f"train: packed {examples} conversations into {len(train_enc)} rows of up to {config.model.max_length} "
