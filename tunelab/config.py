@@ -494,6 +494,8 @@ def _explain(exc: ValidationError, source: str) -> ConfigError:
             lines.append(f"  {key}: unknown key; allowed here: {', '.join(_allowed_keys(Config, loc))}")
         elif err["type"] == "missing":
             lines.append(f"  {key}: required key is missing")
+        elif not loc:  # a check across sections: its message names the keys
+            lines.append(f"  {err['msg'].removeprefix('Value error, ')}")
         else:
             msg = err["msg"].removeprefix("Value error, ")
             lines.append(f"  {key}: {msg} (got {err['input']!r})")
