@@ -604,3 +604,32 @@ def test_a_conversation_must_open_with_the_user(llm_config, tmp_path):
                                              {"role": "assistant", "content": "yes"}]}]
     with pytest.raises(DataError, match=r"bad.jsonl:line 4: column 'messages': the conversation must open with a user"):
         prepare(llm_config(data={"train": str(write_jsonl(tmp_path / "bad.jsonl", rows))}))
+
+
+def test_two_processes_train_the_causal_lm_one_process_trains(llm_config, tmp_path):
+    """DDP (accelerate launch, gloo on CPU): the loss is a mean over the global batch's answer tokens, so two
+    processes with half the rows each reach the weights of one process."""
+    import os
+    import shutil
+    from pathlib import Path
+
+    from safetensors.torch import load_file
+
+    from tunelab.config import dump_config
+    from tunelab.training import train
+
+    launcher = Path(sys.executable).with_name("accelerate")
+    if not launcher.exists() and not shutil.which("accelerate"):
+        pytest.skip("the accelerate launcher is not installed")
+    settings = dict(method={"name": "lora"}, max_steps=8, eval_every=8, learning_rate=1e-2)
+    single = train(llm_config(name="single", **settings), quiet=True)
+    config = llm_config(name="ddp", **settings)
+    (tmp_path / "ddp.yaml").write_text(dump_config(config))
+    done = subprocess.run([str(launcher if launcher.exists() else "accelerate"), "launch", "--multi_gpu", "--num_processes",
+                           "2", "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+                           "--main_process_port", "29633", "-m", "tunelab", "train", str(tmp_path / "ddp.yaml")],
+                          capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"}, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "2 process(es)" in done.stderr
+    a, b = (load_file(str(r / "model" / "adapter_model.safetensors")) for r in (single.run_dir, config.run_dir))
+    assert max(float((a[k] - b[k]).abs().max()) for k in a) < 1e-4
