@@ -9,7 +9,7 @@ install: $(VENV)/.installed
 
 # torch first, pinned to the CPU build that lies on this machine's disk; a bare `torch` could pull CUDA.
 # jemalloc last: the tunelab command runs on it when it is there (tunelab/allocator.py).
-$(VENV)/.installed: pyproject.toml
+$(VENV)/.installed: pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q torch==2.13.0
 	$(BIN)/python -m pip install -q -e ".[dev]"
