@@ -21,8 +21,9 @@ from tunelab.methods import METHODS
 from tunelab.runlock import run_lock
 
 PARITY_TOLERANCE = 1e-4
-# a causal LM's logits span the vocabulary at every token (49k floats a token for SmolLM2): a few conversations
-LM_PARITY_TEXTS, LM_BATCH = 8, 2
+# a causal LM's logits span the vocabulary at every token (49k floats a token for SmolLM2): a few conversations,
+# their first 256 tokens (both models' logits are held: ~0.8 GB at most for SmolLM2)
+LM_PARITY_TEXTS, LM_PARITY_TOKENS, LM_BATCH = 8, 256, 2
 
 
 def _logits(model, texts: list[str], pairs, tokenizer, max_length: int, batch_size: int = 64,
@@ -114,9 +115,10 @@ def _merge(model_dir: Path, out: str | Path | None, limit: int | None) -> Export
     if tokenizer.pad_token is None:  # Llama 3, Mistral: no pad token; the padding is masked anyway
         tokenizer.pad_token = tokenizer.eos_token
     batch = LM_BATCH if generative else 64
-    before = _logits(live, texts, pairs, tokenizer, card.max_length, batch, generative)
+    length = min(card.max_length, LM_PARITY_TOKENS) if generative else card.max_length
+    before = _logits(live, texts, pairs, tokenizer, length, batch, generative)
     merged = live.merge_and_unload().eval()
-    after = _logits(merged, texts, pairs, tokenizer, card.max_length, batch, generative)
+    after = _logits(merged, texts, pairs, tokenizer, length, batch, generative)
     parity = {"examples": len(texts), "max_abs_logit_diff": float(np.abs(before - after).max()) if len(texts) else 0.0,
               "tolerance": PARITY_TOLERANCE, "method": method}
     if parity["max_abs_logit_diff"] > PARITY_TOLERANCE:
