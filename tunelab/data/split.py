@@ -7,6 +7,22 @@ import random
 from collections import Counter, defaultdict
 
 
+def remove_leaks(items, keys: list, owner: dict, split: str, what: str):
+    """`items` (anything with .file, .where, .unit and .take) without those whose key another split keeps
+    (`owner`: key -> split), and a problem naming each removed one: (kept items, problems)."""
+    from tunelab.data.load import Problem
+
+    keep, removed = [], []
+    for i, key in enumerate(keys):
+        holder = owner.get(key)
+        if holder is not None and holder != split:
+            removed.append(Problem(items.file, items.where[i], None, "in_other_split",
+                                   f"the same {what} is in the {holder} split, which keeps it", items.unit))
+        else:
+            keep.append(i)
+    return items.take(keep), removed
+
+
 def _apportion(n: int, fractions: list[float]) -> list[int]:
     """Split n into parts proportional to fractions (summing to 1), each within 1 of its exact share.
 

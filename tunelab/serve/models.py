@@ -47,11 +47,23 @@ def _generative(path) -> bool:
     return ModelCard.read(find_model_dir(path)).task == "causal_lm"
 
 
+def _generative_model(name: str, folder: Path, card, task, tokenizer, model, engine, max_queue: int,
+                      **info) -> ServedModel:
+    """A causal LM as the OpenAI-compatible routes serve it: what /v1/models shows, when an answer ends (the
+    tokenizer's end token and the generation config's), how its prompts are built."""
+    ends = [tokenizer.eos_token_id, getattr(model.generation_config, "eos_token_id", None)]
+    eos = {e for t in ends if t is not None for e in (t if isinstance(t, list) else [t])}
+    info = {"task": "causal_lm", "base_model": card.base_model, "method": card.method_name, "backend": "torch-fp32",
+            "path": str(folder), "max_length": card.max_length, **info,
+            "max_position_embeddings": int(getattr(model.config, "max_position_embeddings", 2048)),
+            "eos": tuple(sorted(eos)), "max_queue": max_queue}
+    return ServedModel(name, None, None, tokenizer, card.max_length, False, info, None, task=task, engine=engine,
+                       prompt=partial(task.prompt, tokenizer))
+
+
 def load_generative(name: str, path, max_queue: int = 64) -> ServedModel:
     """A causal LM for the OpenAI-compatible routes: LoRA/IA3 merged into the weights (one plain model runs the
     batched decoding), its tokenizer and chat template, and its decoding engine (started with the server)."""
-    from transformers import AutoTokenizer
-
     from tunelab.methods import METHODS
     from tunelab.models.generate import Generator
     from tunelab.serve.generation import Engine
@@ -64,15 +76,8 @@ def load_generative(name: str, path, max_queue: int = 64) -> ServedModel:
             raise TunelabError(f"{path}: a causal LM trained with '{card_method}' cannot be served yet (its virtual "
                                "tokens live in peft's own generate); `tunelab generate` answers with it")
         model = model.merge_and_unload()
-    tokenizer = AutoTokenizer.from_pretrained(generator.model_dir)
-    eos = {t for t in (tokenizer.eos_token_id, getattr(model.generation_config, "eos_token_id", None)) if t is not None}
-    eos = {e for t in eos for e in (t if isinstance(t, list) else [t])}
-    info = {"task": "causal_lm", "base_model": generator.card.base_model, "method": card_method, "backend": "torch-fp32",
-            "path": str(generator.model_dir), "max_length": generator.card.max_length,
-            "max_position_embeddings": int(getattr(model.config, "max_position_embeddings", 2048)),
-            "eos": tuple(sorted(eos)), "max_queue": max_queue}
-    return ServedModel(name, None, None, tokenizer, generator.card.max_length, False, info, None, task=generator.task,
-                       engine=Engine(model), prompt=generator.prompt)
+    return _generative_model(name, generator.model_dir, generator.card, generator.task, generator.tokenizer, model,
+                             Engine(model), max_queue)
 
 
 def load_generative_adapters(base: str, adapters: dict[str, str | Path], max_queue: int = 64) -> dict[str, ServedModel]:
@@ -104,17 +109,9 @@ def load_generative_adapters(base: str, adapters: dict[str, str | Path], max_que
     model.eval()
     engine = Engine(model, adapters=True)
     tokenizer = AutoTokenizer.from_pretrained(dirs[first])
-    served = {}
-    for name, folder in dirs.items():
-        task = task_of(cards[name])  # each run's own template and system prompt
-        eos = {t for t in (tokenizer.eos_token_id,) if t is not None}
-        info = {"task": "causal_lm", "base_model": cards[name].base_model, "method": "lora", "backend": "torch-fp32",
-                "path": str(folder), "max_length": cards[name].max_length, "shared_base": base, "adapter": name,
-                "max_position_embeddings": int(getattr(model.config, "max_position_embeddings", 2048)),
-                "eos": tuple(sorted(eos)), "max_queue": max_queue}
-        served[name] = ServedModel(name, None, None, tokenizer, cards[name].max_length, False, info, None,
-                                   task=task, engine=engine, prompt=partial(task.prompt, tokenizer))
-    return served
+    # each run with its own template and system prompt
+    return {name: _generative_model(name, folder, cards[name], task_of(cards[name]), tokenizer, model, engine,
+                                    max_queue, shared_base=base, adapter=name) for name, folder in dirs.items()}
 
 
 def load_models(models: dict[str, str | Path], precision: str = "fp32", base: str | None = None,

@@ -22,7 +22,7 @@ from tunelab.data.load import SettingNames, Wanted, detect_format, load_file
 from tunelab.data.load import Problem
 from tunelab.data.pipeline import PRECEDENCE, SPLITS, Built, format_problems, write_split
 from tunelab.data.report import length_stats, removed_counts, removed_markdown
-from tunelab.data.split import stratified_split
+from tunelab.data.split import remove_leaks, stratified_split
 from tunelab.errors import DataError, TunelabError
 from tunelab.tasks.causal_lm.chat import ROLES, encode_conversation, load_template, with_system
 
@@ -178,18 +178,6 @@ def _deduplicate(found: Conversations) -> tuple[Conversations, list[Problem]]:
     return found.take(keep), removed
 
 
-def _remove_leaks(found: Conversations, owner: dict, split: str) -> tuple[Conversations, list[Problem]]:
-    keep, removed = [], []
-    for i, messages in enumerate(found.messages):
-        holder = owner.get(_prompt_key(messages))
-        if holder is not None and holder != split:
-            removed.append(Problem(found.file, found.where[i], None, "in_other_split",
-                                   f"the same prompt is in the {holder} split, which keeps it", found.unit))
-        else:
-            keep.append(i)
-    return found.take(keep), removed
-
-
 def _lengths(found: Conversations, tokenizer, config: Config) -> np.ndarray:
     """Tokens per conversation through the chat template; a conversation the template refuses (a Jinja error,
     turns it does not render one by one) is an error naming its line."""
@@ -236,7 +224,8 @@ def build_data(config: Config, tokenizer, say, quiet: bool) -> Built:
     owner: dict = {}
     for split in PRECEDENCE:  # the given evaluation sets stay whole; train gives way
         if split in loaded:
-            loaded[split], leaked = _remove_leaks(loaded[split], owner, split)
+            loaded[split], leaked = remove_leaks(loaded[split], [_prompt_key(m) for m in loaded[split].messages],
+                                                 owner, split, "prompt")
             removed += leaked
             owner.update((_prompt_key(m), split) for m in loaded[split].messages)
     to_make = {s: getattr(cfg, f"{s}_fraction") for s in ("validation", "test") if s not in loaded}

@@ -19,7 +19,7 @@ from tunelab.config import Config
 from tunelab.data.load import Problem
 from tunelab.data.pipeline import MAX_SHOWN, PRECEDENCE, SPLITS, Built, format_problems, write_split
 from tunelab.data.report import length_stats, removed_counts, removed_markdown
-from tunelab.data.split import stratified_split
+from tunelab.data.split import remove_leaks, stratified_split
 from tunelab.errors import DataError
 from tunelab.tasks.ner.formats import Sentences, read_conll, read_entity_jsonl, read_token_jsonl, detect_format
 from tunelab.tasks.ner.schemes import entity_types, iob2_labels, validate_sentences
@@ -83,7 +83,8 @@ def build_data(config: Config, tokenizer, say, quiet: bool) -> Built:
     owner: dict = {}  # words of a sentence -> the split that keeps it
     for split in PRECEDENCE:  # the given evaluation sets stay whole; train gives way
         if split in loaded:
-            loaded[split], leaked = _remove_leaks(loaded[split], owner, split)
+            loaded[split], leaked = remove_leaks(loaded[split], [tuple(t) for t in loaded[split].tokens], owner,
+                                                 split, "sentence")
             removed += leaked
             owner.update((tuple(t), split) for t in loaded[split].tokens)
     for split, sentences in loaded.items():
@@ -165,18 +166,6 @@ def _deduplicate(sentences: Sentences, cfg) -> tuple[Sentences, list[Problem], l
             first[key] = i
             keep.append(i)
     return sentences.take(keep), removed, conflicts
-
-
-def _remove_leaks(sentences: Sentences, owner: dict, split: str) -> tuple[Sentences, list[Problem]]:
-    keep, removed = [], []
-    for i, words in enumerate(sentences.tokens):
-        holder = owner.get(tuple(words))
-        if holder is not None and holder != split:
-            removed.append(Problem(sentences.file, sentences.where[i], None, "in_other_split",
-                                   f"the same sentence is in the {holder} split, which keeps it", sentences.unit))
-        else:
-            keep.append(i)
-    return sentences.take(keep), removed
 
 
 def _main_type(tags: list[str]) -> str:
