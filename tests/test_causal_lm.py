@@ -7,6 +7,7 @@ import json
 import re
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -422,6 +423,80 @@ def test_openai_routes_refuse_what_they_cannot_do(llm_server):
     assert httpx.post(llm_server.url + "/v1/chat/completions", json={**chat, "model": "nope"}, headers=headers).status_code == 404
     models = httpx.get(llm_server.url + "/v1/models", headers=headers).json()["models"]
     assert models[0]["name"] == "colours" and models[0]["task"] == "causal_lm" and "path" not in models[0]
+
+
+def test_answers_are_logged_rated_and_watched_by_the_monitor(llm_server):
+    """Each answer in the monitor's database (prompt, completion, token counts, time to first token), rated through
+    /v1/feedback by the response's id, and its figures in /v1/monitor and the alert rules."""
+    import httpx
+    import sqlalchemy as sa
+
+    from tunelab.monitor import store
+
+    headers = {"Authorization": "Bearer sk-test"}
+    url = llm_server.url + "/v1/chat/completions"
+    chat = {"messages": [{"role": "user", "content": "what colour is the snow number 7"}], "max_tokens": 6, "temperature": 0}
+    plain = httpx.post(url, json=chat, headers=headers).json()
+    two = httpx.post(url, json={**chat, "n": 2, "temperature": 1.0, "seed": 3}, headers=headers).json()
+    with httpx.stream("POST", url, json={**chat, "stream": True}, headers=headers) as r:
+        streamed = [json.loads(line[6:]) for line in r.iter_lines() if line.startswith("data: {")]
+    monitor = llm_server.app.state.tunelab["monitor"]
+    monitor.generation_log.flush()
+    ids = {"plain": plain["id"], "streamed": streamed[0]["id"]}
+    with monitor.engine.connect() as conn:
+        logged = {row.id: row for row in conn.execute(sa.select(store.generations)).all()}
+    for name, rid in ids.items():
+        row = logged[rid.removeprefix("chatcmpl-")]
+        assert "snow number 7" in row.prompt and row.endpoint == "chat", name
+        assert row.completion == plain["choices"][0]["message"]["content"] and row.finish_reason == plain["choices"][0]["finish_reason"]
+        assert row.prompt_tokens == plain["usage"]["prompt_tokens"] and row.completion_tokens == plain["usage"]["completion_tokens"]
+        assert 0 < row.ttft_ms <= row.latency_ms
+    second = logged[two["id"].removeprefix("chatcmpl-")[:30] + "01"]
+    assert second.completion == two["choices"][1]["message"]["content"]
+    # ratings: by the response id (its first answer) or <id>:<choice>; anything but good/bad is refused by name
+    feedback = llm_server.url + "/v1/feedback"
+    assert httpx.post(feedback, json={"items": [{"id": plain["id"], "label": "good"}, {"id": f"{two['id']}:1", "label": "bad"},
+                                                {"id": ids["streamed"], "label": "good"}]}, headers=headers).json()["accepted"] == 3
+    wrong = httpx.post(feedback, json={"id": plain["id"], "label": "meh"}, headers=headers)
+    assert wrong.status_code == 422 and "'good' or 'bad'" in wrong.json()["error"]["message"]
+    assert httpx.post(feedback, json={"id": "chatcmpl-" + "0" * 32, "label": "good"}, headers=headers).status_code == 404
+    with monitor.engine.connect() as conn:
+        rated = dict(conn.execute(sa.select(store.feedback.c.prediction_id, store.feedback.c.label)).all())
+    assert rated[two["id"].removeprefix("chatcmpl-")[:30] + "01"] == "bad" and len(rated) == 3
+    # a check: the answers' figures, live approval once enough answers are rated, the time-to-first-token alert
+    monitor.settings = monitor.settings.model_copy(update={"min_feedback": 3})
+    monitor.rules.rules = [r.model_copy(update={"above": 0.0}) if r.metric == "ttft_p95_ms" else r for r in monitor.rules.rules]
+    events = monitor.check()
+    figures = httpx.get(llm_server.url + "/v1/monitor", headers=headers).json()["models"]["colours"]["figures"]
+    assert figures["live_approval"] == pytest.approx(2 / 3) and figures["generations_window"] >= 4
+    assert figures["ttft_p50_ms"] <= figures["ttft_p95_ms"] and figures["tokens_per_s_p50"] > 0
+    assert [e.rule for e in events if e.state == "firing"] == ["time_to_first_token"]
+
+
+def test_the_dashboard_shows_a_causal_lms_answers_in_headless_chromium(llm_server):
+    chromium = next((p for p in ("/usr/bin/chromium", "/usr/bin/chromium-browser") if Path(p).exists()), None)
+    if chromium is None:
+        pytest.skip("no Chromium at /usr/bin/chromium (scripts/test-services.sh installs it)")
+    playwright = pytest.importorskip("playwright.sync_api", reason="playwright is a dev dependency")
+    import httpx
+
+    headers = {"Authorization": "Bearer sk-test"}
+    chat = {"messages": [{"role": "user", "content": "what colour is the coal number 2"}], "max_tokens": 4}
+    httpx.post(llm_server.url + "/v1/chat/completions", json=chat, headers=headers).raise_for_status()
+    llm_server.app.state.tunelab["monitor"].check()
+    with playwright.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=chromium, args=["--no-sandbox", "--disable-gpu", "--no-first-run"])
+        page = browser.new_page(viewport={"width": 1280, "height": 1100})
+        page.add_init_script("sessionStorage.setItem('tunelab-key', 'sk-test')")
+        page.goto(f"{llm_server.url}/dashboard")
+        page.wait_for_function("window.tunelabState !== null && window.tunelabCharts['chart-generation']")
+        state = page.evaluate("window.tunelabState")["models"]["colours"]
+        assert page.inner_text("#predictions-name") == "answers (this model)"
+        assert page.inner_text("#predictions") == str(state["predictions"])
+        for metric in ("ttft_p95_ms", "tokens_per_s_p50", "completion_tokens_mean"):
+            assert page.inner_text(f'#drift-table tr[data-metric="{metric}"] .value') == f"{state['figures'][metric]:.4f}"
+        assert not page.locator("#chart-drift").is_visible() and page.locator("#chart-generation canvas").count() >= 1
+        browser.close()
 
 
 @pytest.mark.integration

@@ -253,10 +253,13 @@ class AlertRule(Section):
     name: str = Field(description="Name shown in events, the dashboard and the Prometheus gauge.")
     metric: Literal["label_psi", "label_chi2_p", "length_psi", "length_ks_p", "confidence_psi", "confidence_ks_p",
                     "unknown_rate_increase", "embedding_auc", "live_accuracy", "live_macro_f1", "accuracy_drop",
-                    "p95_latency_ms", "error_rate"] = Field(
+                    "p95_latency_ms", "error_rate", "ttft_p50_ms", "ttft_p95_ms", "tokens_per_s_p50",
+                    "length_stop_rate", "generation_error_rate", "live_approval"] = Field(
         description="What is watched: drift of the live window against the training profile (psi, p-values, the "
         "domain classifier's AUC on embeddings, unknown-token rate minus training's), live accuracy from feedback "
-        "(accuracy_drop: validation accuracy minus live accuracy), p95 latency or 5xx rate over the window.")
+        "(accuracy_drop: validation accuracy minus live accuracy), p95 latency or 5xx rate over the window; for a causal "
+        "LM, over its last answers: time to first token, decoding tokens/s, the share cut by max_tokens, the share "
+        "that failed, and live approval (the share of rated answers rated good).")
     above: float | None = Field(None, description="Fire when the figure is above this.")
     below: float | None = Field(None, description="Fire when the figure is below this (p-values, accuracy).")
     p_value_below: float | None = Field(
@@ -285,6 +288,8 @@ DEFAULT_ALERTS = [
     {"name": "accuracy", "metric": "accuracy_drop", "above": 0.05},
     {"name": "latency", "metric": "p95_latency_ms", "above": 500.0},
     {"name": "errors", "metric": "error_rate", "above": 0.05},
+    {"name": "time_to_first_token", "metric": "ttft_p95_ms", "above": 2000.0},
+    {"name": "generation_errors", "metric": "generation_error_rate", "above": 0.05},
 ]
 
 
@@ -312,7 +317,8 @@ class MonitorConfig(Section):
         100, ge=1, description="No live accuracy before this many predictions have feedback (at 0.9 accuracy, 100 answers "
         "still vary by +-3 points: fewer would make the accuracy alert fire on chance).")
     alerts: list[AlertRule] = Field(default_factory=lambda: [AlertRule(**a) for a in DEFAULT_ALERTS],
-                                    description="Alert rules; the defaults cover every drift statistic, accuracy, latency and errors.")
+                                    description="Alert rules; the defaults cover every drift statistic, accuracy, latency and errors, and a causal "
+                                    "LM's time to first token and failed answers.")
     webhook_url: str | None = Field(None, pattern=r"^https?://\S+$",
                                     description="POST each firing/resolved event here as JSON (never blocks serving).")
     webhook_timeout_s: float = Field(5.0, gt=0, description="Timeout of one webhook call.")

@@ -1,5 +1,6 @@
-"""The server's monitor: records every prediction, takes feedback, and every check_every_s computes drift,
-live accuracy, latency and errors, then evaluates the alert rules.
+"""The server's monitor: records every prediction and every generated answer, takes feedback, and every
+check_every_s computes drift, live accuracy, latency and errors (for a causal LM: time to first token, tokens/s,
+answers cut by max_tokens, live approval), then evaluates the alert rules.
 
 The request path only appends to in-memory windows and the log's pending list (microseconds); database
 writes, statistics and webhooks run on threads of their own. With durability: sync, a request then awaits (without
@@ -23,7 +24,7 @@ import sqlalchemy as sa
 from tunelab.config import MonitorConfig
 from tunelab.errors import TunelabError
 from tunelab.models.card import ModelCard
-from tunelab.monitor import store
+from tunelab.monitor import generations, store
 from tunelab.monitor.alerts import AlertRules, Event, Webhook
 from tunelab.monitor.drift import load_statistics, window_drift
 from tunelab.monitor.profile import label_counts, reference_shares, run_of, shares
@@ -49,6 +50,7 @@ class _Live:
     unknown: deque
     embeddings: deque  # (text hash, embedding)
     feedback: OrderedDict  # prediction id -> (predicted, true) label strings; the last accuracy_window
+    generated: deque  # a causal LM's last answers (their log rows)
     total: int = 0
     seen_at_check: int = -1
     figures: dict = field(default_factory=dict)
@@ -79,12 +81,14 @@ class Monitor:
         self.engine = store.open_database(database)
         self.log = store.PredictionLog(self.engine, settings.flush_interval_s, settings.retention_days,
                                        durable=settings.durability == "sync")
+        self.generation_log = store.PredictionLog(self.engine, settings.flush_interval_s, settings.retention_days,
+                                                  durable=settings.durability == "sync", table=store.generations)
         self.rules = AlertRules(settings.alerts)
         self.webhook = Webhook(settings.webhook_url, settings.webhook_timeout_s, settings.webhook_retries) \
             if settings.webhook_url else None
         w = settings.window
         self.live = {name: _Live(deque(maxlen=w), deque(maxlen=w), deque(maxlen=w), deque(maxlen=w), deque(maxlen=w),
-                                 OrderedDict()) for name in models}
+                                 OrderedDict(), deque(maxlen=w)) for name in models}
         self.requests: deque = deque(maxlen=max(w, 1000))  # (time, latency ms, status) of /v1/predict
         self.request_total = 0
         self.last_rate = (time.monotonic(), 0)  # (when, request_total) at the previous check
@@ -102,6 +106,7 @@ class Monitor:
 
     def start(self) -> None:
         self.log.start()
+        self.generation_log.start()
         self.thread.start()
 
     def stop(self) -> None:
@@ -109,6 +114,7 @@ class Monitor:
         if self.thread.is_alive():
             self.thread.join(30)
         self.log.stop()
+        self.generation_log.stop()
         if self.webhook:
             self.webhook.stop()
         self.engine.dispose()
@@ -168,6 +174,22 @@ class Monitor:
                 self.recent.popitem(last=False)
         return ids, self.log.add(records)
 
+    def record_generation(self, name: str, endpoint: str, digits: str, prompt: str, prompt_tokens: int,
+                          answers: list[generations.Answer]):
+        """Log one response's generated answers (`digits`: of its id) -> with durability: sync, the Future done once
+        they are committed, else None."""
+        records = generations.rows(name, endpoint, digits, prompt, prompt_tokens, answers, store.now(),
+                                   self.settings.store_text)
+        live = self.live[name]
+        with self.lock:
+            for row in records:
+                live.generated.append(row)
+                self.recent[row["id"]] = (name, row["finish_reason"])
+            live.total += len(records)
+            while len(self.recent) > RECENT_IDS:
+                self.recent.popitem(last=False)
+        return self.generation_log.add(records)
+
     def record_request(self, status: int, latency_s: float) -> None:
         with self.lock:
             self.requests.append((time.time(), latency_s * 1000, status))
@@ -178,14 +200,15 @@ class Monitor:
     def add_feedback(self, items: list[tuple[str, str | list[str]]]) -> dict:
         """[(prediction id, true label or labels)] -> stored; errors name the first bad item. The same id twice:
         the last answer counts (also over earlier requests)."""
-        items = list({pid: label for pid, label in items}.items())
+        items = list({generations.log_id(pid): label for pid, label in items}.items())
         known = {}
         missing = [pid for pid, _ in items if pid not in self.recent]
         try:
             if missing:
+                p, g = store.predictions.c, store.generations.c
                 with self.engine.connect() as conn:
-                    found = conn.execute(sa.select(store.predictions.c.id, store.predictions.c.model, store.predictions.c.label)
-                                         .where(store.predictions.c.id.in_(missing))).all()
+                    found = conn.execute(sa.select(p.id, p.model, p.label).where(p.id.in_(missing))
+                                         .union_all(sa.select(g.id, g.model, g.finish_reason).where(g.id.in_(missing)))).all()
                 known = {pid: (model, label) for pid, model, label in found}
             rows = self._feedback_rows(items, known)
             with self.engine.begin() as conn:  # a second answer for the same prediction replaces the first
@@ -211,8 +234,8 @@ class Monitor:
             where = f"feedback[{i}]" if len(items) > 1 else "feedback"
             hit = self.recent.get(pid) or known.get(pid)
             if hit is None:
-                raise FeedbackError(404, "unknown_prediction", f"{where}: no prediction with id '{pid}' "
-                                    "(ids come with each prediction; old ones are removed after the retention)")
+                raise FeedbackError(404, "unknown_prediction", f"{where}: no prediction or answer with id '{pid}' "
+                                    "(ids come with each prediction and answer; old ones are removed after the retention)")
             model, predicted = hit
             served = self.models.get(model)
             if served is None:
@@ -250,10 +273,11 @@ class Monitor:
                 log.exception("monitor: check of model %s failed", name)
                 continue
             figures = {k: v for k, v in figures.items() if v == v and abs(v) != float("inf")}  # JSON has no NaN
+            window = len(live.generated) if self.models[name].engine is not None else len(live.labels)
             for metric, value in figures.items():
                 if isinstance(value, float) and value == value:
                     rows.append({"created_at": when, "model": name, "metric": metric, "value": value,
-                                 "window": len(live.labels)})
+                                 "window": window})
                     self.metrics.monitor.labels(name, metric).set(value)
             with self.lock:
                 live.figures = figures
@@ -291,6 +315,10 @@ class Monitor:
 
     def _model_figures(self, name: str, live: _Live) -> dict:
         served = self.models[name]
+        if served.engine is not None:  # a causal LM: its answers' figures and the approval from feedback
+            with self.lock:
+                window, feedback = list(live.generated), list(live.feedback.values())
+            return {**generations.window_figures(window), **_accuracy(served.task, feedback, self.settings.min_feedback)}
         with self.lock:
             n = len(live.labels)
             fresh = live.total != live.seen_at_check
@@ -344,7 +372,8 @@ class Monitor:
             served = self.models[name]
             profile = served.profile
             labels = served.info.get("labels", [])
-            models[name] = {"predictions": live.total, "window": len(live.labels), "feedback": len(live.feedback),
+            models[name] = {"kind": "generation" if served.engine is not None else "prediction",
+                            "predictions": live.total, "window": len(live.labels), "feedback": len(live.feedback),
                             "profile": profile is not None, "labels": labels, "figures": live.figures,
                             "label_shares": {"reference": reference_shares(profile), "live": self._shares(name, live)},
                             "history": list(live.history)}
@@ -357,7 +386,9 @@ class Monitor:
                 "thresholds": thresholds,
                 "alerts": {"firing": [e.as_dict() for e in self.rules.firing.values()], "recent": list(self.events)[-50:]},
                 "log": {"database": store._safe(self.database), "durability": self.settings.durability,
-                        "written": self.log.written, "commits": self.log.commits, "pending": len(self.log.pending)},
+                        "written": self.log.written + self.generation_log.written,
+                        "commits": self.log.commits + self.generation_log.commits,
+                        "pending": len(self.log.pending) + len(self.generation_log.pending)},
                 "check_every_s": self.settings.check_every_s}
 
 

@@ -1,8 +1,9 @@
 """The monitoring database (SQLAlchemy: SQLite by default, PostgreSQL by URL).
 
-Tables: predictions (one row per served text), feedback (the true label of a prediction), checks (each
-drift/accuracy figure computed, for charts and reports), alerts (firing and resolved events).
-Predictions are written by `PredictionLog`: the request path appends to a list, a thread writes the list
+Tables: predictions (one row per served text), generations (one row per answer of a causal LM: prompt,
+completion, token counts, time to first token), feedback (the true label of a prediction; "good"/"bad" for an
+answer), checks (each drift/accuracy figure computed, for charts and reports), alerts (firing and resolved events).
+Predictions and generations are written by a `PredictionLog` each: the request path appends to a list, a thread writes the list
 in one transaction every flush_interval (or, durable, as soon as a request waits on it); stop() writes what
 is left. A new SQLite file is created readable by its owner only: it holds the served texts.
 """
@@ -33,6 +34,22 @@ predictions = sa.Table(
     sa.Column("scores", sa.JSON, nullable=False),
     sa.Column("latency_ms", sa.Float, nullable=False),
     sa.Column("tokens", sa.Integer, nullable=False),
+)
+generations = sa.Table(
+    "generations", metadata,
+    sa.Column("id", sa.String(32), primary_key=True),  # the response id without its prefix (last 2 digits: the choice)
+    sa.Column("created_at", sa.DateTime(timezone=True), nullable=False, index=True),
+    sa.Column("model", sa.String(200), nullable=False, index=True),
+    sa.Column("endpoint", sa.String(32), nullable=False),  # chat | completion
+    sa.Column("prompt_sha256", sa.String(64), nullable=False),
+    sa.Column("prompt", sa.Text, nullable=True),  # what the model read (through the chat template for chat)
+    sa.Column("completion", sa.Text, nullable=True),
+    sa.Column("finish_reason", sa.String(16), nullable=False),  # stop | length | error
+    sa.Column("prompt_tokens", sa.Integer, nullable=False),
+    sa.Column("completion_tokens", sa.Integer, nullable=False),
+    sa.Column("ttft_ms", sa.Float, nullable=True),  # none when no token came
+    sa.Column("latency_ms", sa.Float, nullable=False),
+    sa.Column("tokens_per_s", sa.Float, nullable=True),  # decoding rate after the first token
 )
 feedback = sa.Table(
     "feedback", metadata,
@@ -123,8 +140,9 @@ class PredictionLog:
     MAX_PENDING = 200_000  # rows kept while the database is away; beyond it the oldest are dropped (and counted)
 
     def __init__(self, engine: sa.Engine, flush_interval_s: float = 1.0, retention_days: float | None = None,
-                 durable: bool = False):
+                 durable: bool = False, table: sa.Table = predictions):
         self.engine, self.interval, self.retention, self.durable = engine, flush_interval_s, retention_days, durable
+        self.table = table
         self.pending: list[dict] = []
         self.waiting: list[tuple[Future, set[str]]] = []  # durable: each add()'s Future and its rows' ids
         self.lock = threading.Lock()
@@ -133,7 +151,7 @@ class PredictionLog:
         self.written = 0
         self.commits = 0  # transactions that wrote rows (durable: written / commits = requests sharing one commit)
         self.dropped = 0  # rows the database refused (bad data) or that overflowed MAX_PENDING
-        self.thread = threading.Thread(target=self._run, name="prediction-log", daemon=True)
+        self.thread = threading.Thread(target=self._run, name=f"{table.name}-log", daemon=True)
         self.last_purge = time.monotonic()
 
     def start(self) -> None:
@@ -176,7 +194,7 @@ class PredictionLog:
             return 0, set()
         try:
             with self.engine.begin() as conn:
-                conn.execute(predictions.insert(), rows)
+                conn.execute(self.table.insert(), rows)
         except (sa.exc.DataError, sa.exc.IntegrityError, ValueError):  # a row the database refuses: write the others
             return self._one_by_one(rows)
         except sa.exc.SQLAlchemyError as exc:
@@ -195,7 +213,7 @@ class PredictionLog:
         for row in rows:
             try:
                 with self.engine.begin() as conn:
-                    conn.execute(predictions.insert(), [row])
+                    conn.execute(self.table.insert(), [row])
                 done += 1
             except (sa.exc.DataError, sa.exc.IntegrityError, ValueError) as exc:
                 self.dropped += 1
@@ -205,13 +223,13 @@ class PredictionLog:
         return done, refused
 
     def purge(self) -> int:
-        """Delete rows older than the retention (predictions, their feedback, checks, alerts)."""
+        """Delete rows older than the retention (this log's rows; the predictions' log: feedback, checks, alerts too)."""
         if not self.retention:
             return 0
         cutoff = now() - timedelta(days=self.retention)
         with self.engine.begin() as conn:
-            gone = conn.execute(predictions.delete().where(predictions.c.created_at < cutoff)).rowcount
-            for table in (feedback, checks, alerts):
+            gone = conn.execute(self.table.delete().where(self.table.c.created_at < cutoff)).rowcount
+            for table in (feedback, checks, alerts) if self.table is predictions else ():
                 conn.execute(table.delete().where(table.c.created_at < cutoff))
         return gone
 

@@ -97,8 +97,10 @@ class EntitySpan(BaseModel):
 class FeedbackItem(BaseModel):
     model_config = ConfigDict(strict=True)
 
-    id: Text = Field(max_length=64, description="A prediction's id, as /v1/predict returned it.")
-    label: Text | list[Text] | None = Field(None, description="The true label (a list of labels for multi-label models).")
+    id: Text = Field(max_length=64, description="A prediction's id, as /v1/predict returned it; or a generated answer's: "
+                     "the id of the /v1/chat/completions or /v1/completions response (`<id>:<i>` for its choice i).")
+    label: Text | list[Text] | None = Field(None, description="The true label (a list of labels for multi-label models); "
+                                            "for a generated answer, its rating: good or bad.")
     entities: list[EntitySpan] | None = Field(
         None, max_length=10000, description="Token-classification models: the corrected entities (all of the text's).")
 
@@ -106,8 +108,8 @@ class FeedbackItem(BaseModel):
 class FeedbackRequest(BaseModel):
     model_config = ConfigDict(strict=True)
 
-    id: Text | None = Field(None, max_length=64, description="One prediction's id (or give `items`).")
-    label: Text | list[Text] | None = Field(None, description="Its true label.")
+    id: Text | None = Field(None, max_length=64, description="One prediction's or generated answer's id (or give `items`).")
+    label: Text | list[Text] | None = Field(None, description="Its true label; for a generated answer: good or bad.")
     entities: list[EntitySpan] | None = Field(
         None, max_length=10000, description="Token-classification models: its corrected entities (instead of label).")
     items: list[FeedbackItem] | None = Field(None, max_length=10000, description="Several (id, label or entities) at once.")
@@ -224,8 +226,7 @@ def create_app(models: dict[str, str | Path] | None = None, settings: ServeConfi
         try:
             served = loaded if loaded is not None else await asyncio.to_thread(
                 load_models, models or {}, settings.precision, base, adapters, settings.threads, settings.max_queue)
-            classifiers = {n: m for n, m in served.items() if m.engine is None}  # what the monitor watches
-            monitor = await asyncio.to_thread(create_monitor, settings.monitor, classifiers, metrics) if classifiers else None
+            monitor = await asyncio.to_thread(create_monitor, settings.monitor, served, metrics)
             for name, model in served.items():
                 if model.engine is not None:  # a causal LM: its decoding thread
                     model.engine.start()
@@ -329,7 +330,7 @@ def create_app(models: dict[str, str | Path] | None = None, settings: ServeConfi
     @app.post("/v1/feedback", dependencies=[Depends(authorised)], responses={401: {}, 404: {}, 422: {}, 503: {}})
     async def post_feedback(body: FeedbackRequest) -> dict:
         """The true label of earlier predictions (one, or a batch in `items`; corrected entities for token-classification
-        models): live accuracy (entity F1) comes from these."""
+        models): live accuracy (entity F1) comes from these. A generated answer is rated good or bad: live approval."""
         monitor: Monitor | None = state["monitor"]
         if monitor is None:
             raise ApiError(503, "monitor_off", "monitoring is off on this server (serve.monitor.enabled)")

@@ -5,6 +5,9 @@ The fields follow OpenAI's: max_tokens (or max_completion_tokens), temperature (
 greedy), top_p, n, stop, seed, stream, stream_options.include_usage (a last chunk with the token counts before
 `data: [DONE]`). Text is detokenised incrementally: a piece is sent once it can no longer become the start of a
 stop sequence, and never in the middle of a multi-byte character.
+
+With the monitor on, each answer is logged (monitor/generations.py) under the response's id, which
+POST /v1/feedback takes with the rating "good" or "bad".
 """
 
 from __future__ import annotations
@@ -12,7 +15,6 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-import uuid
 from contextlib import aclosing
 from typing import Literal
 
@@ -20,6 +22,7 @@ from fastapi import Depends
 from fastapi.responses import StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field
 
+from tunelab.monitor.generations import Answer, new_response_digits
 from tunelab.serve.generation import stream_tokens
 
 MAX_NEW_TOKENS = 4096
@@ -129,16 +132,17 @@ def add_routes(app, state: dict, authorised, choose, api_error, metrics) -> None
                  "adapter": model.info.get("adapter")}
                 for i in range(body.n)]
 
-    async def answer(model, args: dict, stops: list[str], on_piece=None) -> tuple[str, str, int]:
-        """(text, finish_reason, completion tokens) of one request; `on_piece(text)` as text becomes final."""
+    async def answer(model, args: dict, stops: list[str], started: float, on_piece=None) -> Answer:
+        """One answer (from the request that arrived at `started`); `on_piece(text)` as text becomes final."""
         text = _Text(model.tokenizer, stops)
-        out, reason, started = [], "stop", time.perf_counter()
+        out, reason, ttft = [], "stop", None
         if model.engine.stopping:
             raise api_error(503, "not_ready", "the server is stopping", {"Retry-After": "1"})
         async with aclosing(stream_tokens(model.engine, args)) as tokens:  # leaving early cancels the request
             async for token, finish in tokens:
                 if token is not None and len(text.ids) == 0:
-                    metrics.time_to_first_token.labels(model.name).observe(time.perf_counter() - started)
+                    ttft = time.perf_counter() - started
+                    metrics.time_to_first_token.labels(model.name).observe(ttft)
                 piece = text.add(token)
                 if piece:
                     out.append(piece)
@@ -153,30 +157,55 @@ def add_routes(app, state: dict, authorised, choose, api_error, metrics) -> None
                     reason = "stop"
                     break
         metrics.tokens_generated.labels(model.name).inc(len(text.ids))
-        return "".join(out), reason, len(text.ids)
+        return Answer("".join(out), reason, len(text.ids), ttft, time.perf_counter() - started)
 
-    async def respond(body: _Sampling, model, name: str, prompt_ids: list[int], chat: bool):
+    def log(name: str, chat: bool, digits: str, prompt: str, prompt_ids: list[int], answers: list[Answer]):
+        """The answers into the monitor's log -> with durability: sync, the Future of their commit."""
+        monitor = state["monitor"]
+        if monitor is None:
+            return None
+        return monitor.record_generation(name, "chat" if chat else "completion", digits, prompt, len(prompt_ids), answers)
+
+    async def respond(body: _Sampling, model, name: str, prompt: str, prompt_ids: list[int], chat: bool):
+        started = time.perf_counter()
         requests = prepare(body, model, prompt_ids)
         stops = body.stops()
-        created, rid = int(time.time()), ("chatcmpl-" if chat else "cmpl-") + uuid.uuid4().hex[:24]
+        digits = new_response_digits()
+        created, rid = int(time.time()), ("chatcmpl-" if chat else "cmpl-") + digits
         kind = "chat.completion" if chat else "text_completion"
         if not body.stream:
-            tasks = [asyncio.create_task(answer(model, r, stops)) for r in requests]
+            tasks = [asyncio.create_task(answer(model, r, stops, started)) for r in requests]
             try:
                 results = await asyncio.gather(*tasks)
+            except Exception as exc:
+                if getattr(exc, "code", None) == "generation_failed":  # the model failed: the log counts it
+                    log(name, chat, digits, prompt, prompt_ids, [Answer("", "error", 0, None, time.perf_counter() - started)])
+                raise
             finally:  # one failed (or the client left): the others leave the batch too
                 for t in tasks:
                     t.cancel()
-            choices = [({"index": i, "message": {"role": "assistant", "content": text}, "finish_reason": reason} if chat
-                        else {"index": i, "text": text, "finish_reason": reason, "logprobs": None})
-                       for i, (text, reason, _) in enumerate(results)]
-            used = sum(n for _, _, n in results)
+            await _logged(log(name, chat, digits, prompt, prompt_ids, results))
+            choices = [({"index": i, "message": {"role": "assistant", "content": a.text}, "finish_reason": a.finish_reason}
+                        if chat else {"index": i, "text": a.text, "finish_reason": a.finish_reason, "logprobs": None})
+                       for i, a in enumerate(results)]
+            used = sum(a.completion_tokens for a in results)
             return {"id": rid, "object": kind, "created": created, "model": name, "choices": choices,
                     "usage": {"prompt_tokens": len(prompt_ids), "completion_tokens": used, "total_tokens": len(prompt_ids) + used}}
-        return StreamingResponse(_events(body, model, name, prompt_ids, chat, requests, stops, rid, created),
+        return StreamingResponse(_events(body, model, name, prompt, prompt_ids, chat, requests, stops, digits, created, started),
                                  media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
 
-    async def _events(body, model, name, prompt_ids, chat, requests, stops, rid, created):
+    async def _logged(written) -> None:
+        """With durability: sync, wait until the answers are committed (or say they are not)."""
+        if written is None:
+            return
+        try:
+            await asyncio.wrap_future(written)
+        except Exception as exc:  # noqa: BLE001 -- whatever the database said, these answers are not logged
+            raise api_error(503, "log_unavailable", "the monitor's log did not take this request's answers "
+                            f"({type(exc).__name__}); retry shortly", {"Retry-After": "1"}) from None
+
+    async def _events(body, model, name, prompt, prompt_ids, chat, requests, stops, digits, created, started):
+        rid = ("chatcmpl-" if chat else "cmpl-") + digits
         kind = "chat.completion.chunk" if chat else "text_completion"
         chunks: asyncio.Queue = asyncio.Queue()
 
@@ -192,12 +221,12 @@ def add_routes(app, state: dict, authorised, choose, api_error, metrics) -> None
             async def on_piece(piece: str):
                 await chunks.put(chunk(index, piece))
             try:
-                _, reason, used = await answer(model, args, stops, on_piece)
-                await chunks.put(chunk(index, None, reason))
-                return used
+                done = await answer(model, args, stops, started, on_piece)
+                await chunks.put(chunk(index, None, done.finish_reason))
+                return done
             except Exception as exc:  # noqa: BLE001 -- a stream cannot change its status any more: say it in-band
                 await chunks.put(_sse({"error": {"code": "generation_failed", "message": str(getattr(exc, "message", exc))}}))
-                return 0
+                return Answer("", "error", 0, None, time.perf_counter() - started)
 
         if chat:
             for i in range(len(requests)):
@@ -213,8 +242,13 @@ def add_routes(app, state: dict, authorised, choose, api_error, metrics) -> None
                     yield getter.result()
                 else:
                     getter.cancel()
+            answers = [t.result() for t in tasks]
+            try:
+                await _logged(log(name, chat, digits, prompt, prompt_ids, answers))
+            except Exception as exc:  # noqa: BLE001 -- in-band, as any failure once the stream has begun
+                yield _sse({"error": {"code": "log_unavailable", "message": str(getattr(exc, "message", exc))}})
             if body.stream_options is not None and body.stream_options.include_usage:
-                used = sum(t.result() for t in tasks)
+                used = sum(a.completion_tokens for a in answers)
                 yield _sse({"id": rid, "object": kind, "created": created, "model": name, "choices": [],
                             "usage": {"prompt_tokens": len(prompt_ids), "completion_tokens": used,
                                       "total_tokens": len(prompt_ids) + used}})
@@ -230,7 +264,7 @@ def add_routes(app, state: dict, authorised, choose, api_error, metrics) -> None
         name, model = model_for(body.model)
         messages = [m.model_dump() for m in body.messages]
         prompt = model.prompt(messages)
-        return await respond(body, model, name, model.tokenizer(prompt, add_special_tokens=False)["input_ids"], True)
+        return await respond(body, model, name, prompt, model.tokenizer(prompt, add_special_tokens=False)["input_ids"], True)
 
     @app.post("/v1/completions", dependencies=[Depends(authorised)],
               responses={401: {}, 404: {}, 422: {}, 500: {}, 503: {}})
@@ -240,7 +274,7 @@ def add_routes(app, state: dict, authorised, choose, api_error, metrics) -> None
         prompts = [body.prompt] if isinstance(body.prompt, str) else body.prompt
         if len(prompts) != 1:
             raise api_error(422, "invalid_request", "prompt: one prompt per request (send several requests; they are batched)")
-        return await respond(body, model, name, model.tokenizer(prompts[0])["input_ids"], False)
+        return await respond(body, model, name, prompts[0], model.tokenizer(prompts[0])["input_ids"], False)
 
 
 def _sse(obj: dict) -> str:

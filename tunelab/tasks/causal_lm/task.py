@@ -209,6 +209,19 @@ class CausalLMTask:
         return {"examples": len(enc), "tokens": count, "loss": loss, "perplexity": math.exp(min(loss, 50.0)),
                 "token_accuracy": right / count}
 
+    # ------------------------------------------------------------ monitoring
+    RATINGS = ("good", "bad")
+
+    def feedback_label(self, given) -> tuple[str | None, str | None]:
+        """A rating of an answer from feedback ("good" or "bad", as a chat page's thumbs) -> (rating, None)."""
+        if given not in self.RATINGS:
+            return None, f"the feedback on a generated answer is 'good' or 'bad', not {given!r}"
+        return given, None
+
+    def live_figures(self, feedback: list[tuple[str, str]]) -> dict:
+        """The share of rated answers rated good."""
+        return {"live_approval": sum(rating == "good" for _, rating in feedback) / len(feedback)}
+
 
 def _output_head(model) -> torch.nn.Module:
     """The language-model head (vocabulary projection), through peft and accelerate wrappers."""
