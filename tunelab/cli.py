@@ -127,24 +127,39 @@ def generate(run: Path = RUN,
 @app.command()
 def export(run: Path = RUN,
            merge: bool = typer.Option(False, "--merge", help="Fold LoRA/IA3 into the base weights: a plain transformers folder."),
-           format: Optional[str] = typer.Option(None, "--format", help="onnx: an ONNX Runtime folder (LoRA/IA3 merged first)."),
-           quantize: Optional[str] = typer.Option(None, "--quantize", help="int8: dynamic int8 quantisation of the ONNX model."),
-           min_agreement: float = typer.Option(0.99, "--min-agreement", min=0.0, max=1.0,
-                                               help="int8: the least share of labels that must agree with fp32 (on validation, topped up to 1000 texts with training texts)."),
+           format: Optional[str] = typer.Option(None, "--format", help="onnx: an ONNX Runtime folder (LoRA/IA3 merged first); gguf: a causal LM as one GGUF file for llama.cpp/Ollama (F16)."),
+           quantize: Optional[str] = typer.Option(None, "--quantize", help="int8: dynamic int8 quantisation of the ONNX model; q8_0: a Q8_0 GGUF file."),
+           min_agreement: Optional[float] = typer.Option(None, "--min-agreement", min=0.0, max=1.0,
+                                                         help="int8: the least share of labels that must agree with fp32 (on validation, topped up to 1000 texts with training texts; default 0.99). gguf: the least share of next-token argmax agreeing with the model over validation conversations (default 0.97)."),
+           pre_tokenizer: Optional[str] = typer.Option(None, "--pre-tokenizer", help="gguf: llama.cpp's name of the tokenizer's pre-tokenizer (known for the default LLM; e.g. llama-bpe for Llama 3)."),
            ffn_down_fp32: bool = typer.Option(False, "--ffn-down-fp32", help="int8: keep the feed-forward down-projections (fed by GELU) in fp32 from the start: slower, closer to fp32 (tried by itself when every matmul in int8 falls under --min-agreement)."),
            max_metric_drop: float = typer.Option(0.5, "--max-metric-drop", min=0.0,
                                                  help="int8, token classification: the most points of validation entity F1 the int8 model may lose."),
            output: Optional[Path] = typer.Option(None, "--output", "-o", help="Output folder (default runs/<name>/export/merged, onnx or onnx-int8)."),
            limit: Optional[int] = typer.Option(None, "--limit", min=1, help="Check parity on at most this many texts (validation first).")) -> None:
-    """Export a trained run: --merge (merged adapters) or --format onnx [--quantize int8], each checked on validation."""
-    if format not in (None, "onnx"):
-        raise TunelabError(f"--format: '{format}' is not a format tunelab exports; use --format onnx (or --merge)")
+    """Export a trained run: --merge (merged adapters), --format onnx [--quantize int8] or --format gguf [--quantize q8_0],
+    each checked on validation."""
+    if format not in (None, "onnx", "gguf"):
+        raise TunelabError(f"--format: '{format}' is not a format tunelab exports; use --format onnx or gguf (or --merge)")
+    if pre_tokenizer and format != "gguf":
+        raise TunelabError("--pre-tokenizer names a GGUF file's pre-tokenizer: add --format gguf")
+    if format == "gguf":
+        from tunelab.export.gguf import export_gguf
+
+        result = export_gguf(run, output, quantize, 0.97 if min_agreement is None else min_agreement, limit, pre_tokenizer)
+        p = result.parity
+        typer.echo(f"gguf file: {result.out / p['file']} ({p['bytes'] / 1e6:.1f} MB, {p['type']}); next-token argmax "
+                   f"agreement {p['argmax_agreement']:.4f} over {p['positions']} positions of {p['conversations']} "
+                   f"validation conversations; greedy answers identical on {p['greedy_identical']} of {p['greedy_prompts']} prompts")
+        return
+    if min_agreement is None:
+        min_agreement = 0.99
     if quantize not in (None, "int8"):
         raise TunelabError(f"--quantize: '{quantize}' is not supported; use --quantize int8")
     if quantize and format != "onnx":
         raise TunelabError("--quantize int8 quantises the ONNX model: add --format onnx")
     if merge == (format is not None):
-        raise TunelabError("say what to export: --merge, or --format onnx [--quantize int8]")
+        raise TunelabError("say what to export: --merge, --format onnx [--quantize int8] or --format gguf")
     if merge:
         from tunelab.export import merge_run
 

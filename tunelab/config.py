@@ -113,6 +113,11 @@ class TaskConfig(Section):
     chat_template: str | None = Field(
         None, description="Causal LM: a Jinja chat template (the text, or the path of a .jinja file) used instead of the "
         "tokenizer's own; required when the tokenizer has none.")
+    label_answers: bool = Field(
+        False, description="Causal LM: the answers are class labels (a classification file read with data.prompt_column: "
+        "text, data.response_column: label): validation and test splits are stratified by label, and evaluation "
+        "generates answers constrained to the training labels and reports accuracy and macro-F1, before and after "
+        "fine-tuning, as a classifier's evaluation does.")
     multi_label_threshold: float | None = Field(
         None, gt=0.0, lt=1.0, description="Multi-label decision threshold; none: chosen on validation to maximise micro-F1.")
     calibrate: bool = Field(

@@ -94,8 +94,8 @@ def _export_onnx(model_dir: Path, out, quantize, min_agreement, limit, quiet, ff
     run_dir = model_dir.parent
     card = ModelCard.read(model_dir)
     if card.task == "causal_lm":
-        raise TunelabError(f"{model_dir} is a causal LM: ONNX export covers classifiers and taggers; fold its "
-                           "adapter into a plain transformers folder with --merge")
+        raise TunelabError(f"{model_dir} is a causal LM: ONNX export covers classifiers and taggers; export it "
+                           "for llama.cpp with --format gguf, or fold its adapter into a transformers folder with --merge")
     out = Path(out) if out else run_dir / "export" / ("onnx-int8" if quantize == "int8" else "onnx")
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     model = _plain_model(model_dir, card)

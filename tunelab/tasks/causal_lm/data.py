@@ -233,7 +233,8 @@ def build_data(config: Config, tokenizer, say, quiet: bool) -> Built:
         train = loaded["train"]
         fractions = {"train": 1.0 - sum(to_make.values()), **to_make}
         # one prompt's conversations stay in one split (as for given splits: no prompt in two)
-        parts = stratified_split([_prompt_key(m) for m in train.messages], [0] * len(train), fractions, cfg.seed)
+        strata = [m[-1]["content"] for m in train.messages] if config.task.label_answers else [0] * len(train)
+        parts = stratified_split([_prompt_key(m) for m in train.messages], strata, fractions, cfg.seed)
         for split, idx in parts.items():
             loaded[split] = train.take(idx)
     splits = {s: loaded[s] for s in SPLITS if s in loaded}
@@ -249,7 +250,8 @@ def build_data(config: Config, tokenizer, say, quiet: bool) -> Built:
     report = _report(config, splits, lengths, removed, given, read_counts)
     columns = {s: {"messages": [json.dumps(m, ensure_ascii=False) for m in v.messages], f"source_{v.unit}": v.where}
                for s, v in splits.items()}
-    return Built(columns, [], report, _markdown(report))
+    labels = sorted({m[-1]["content"] for m in splits["train"].messages}) if config.task.label_answers else []
+    return Built(columns, labels, report, _markdown(report))
 
 
 def prepare_file(path, config: Config, labels: list[str], out: Path) -> Path:

@@ -1,7 +1,9 @@
 """Evaluating a causal LM: the loss on a split's answers (and its perplexity), then answers generated for the
 first `evaluate.generate_examples` conversations, scored against the reference answers -- exact match and token F1
 (SQuAD's normalisation: lower case, no punctuation or articles) for short answers, ROUGE-L (Google's rouge-score
-package) for long ones -- and shown side by side with what the model answered before fine-tuning.
+package) for long ones -- and shown side by side with what the model answered before fine-tuning. When the answers
+are class labels (task.label_answers), generation is constrained to the training labels (each step may only
+continue one of them, then end the turn) and accuracy and macro-F1 are reported as for a classifier.
 
 "Before" is the base model: a peft method's adapter switched off, or the pretrained weights loaded again.
 Generation is greedy, in batches of prompts padded on the left, as `tunelab generate` answers.
@@ -16,6 +18,7 @@ import string
 import sys
 from collections import Counter
 from contextlib import contextmanager, nullcontext
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -53,9 +56,33 @@ def generation_scores(predictions: list[str], references: list[str]) -> dict:
             "rouge_l": sum(scorer.score(r, p)["rougeL"].fmeasure for p, r in zip(predictions, references)) / n}
 
 
+def label_trie(tokenizer, labels, end: int) -> dict:
+    """The labels' tokens (as the model writes them after the prompt), each followed by the end of the turn."""
+    root: dict = {}
+    for label in labels:
+        node = root
+        for token in tokenizer(label, add_special_tokens=False)["input_ids"] + [end]:
+            node = node.setdefault(token, {})
+    return root
+
+
+def _allowed_by(trie: dict, prompt_width: int, end: int):
+    """transformers' prefix_allowed_tokens_fn: the tokens that continue a label from what a row has generated."""
+    def allowed(_row, ids):
+        node = trie
+        for token in ids[prompt_width:].tolist():
+            node = node.get(token)
+            if node is None:  # the row has ended (padding after the end token)
+                return [end]
+        return list(node) or [end]
+    return allowed
+
+
 @torch.inference_mode()
-def generate_answers(model, tokenizer, prompts: list[str], max_new_tokens: int, desc: str, quiet: bool) -> list[str]:
-    """Greedy answers to rendered prompts (chat.prompt_text), in batches padded on the left."""
+def generate_answers(model, tokenizer, prompts: list[str], max_new_tokens: int, desc: str, quiet: bool,
+                     labels: tuple = ()) -> list[str]:
+    """Greedy answers to rendered prompts (chat.prompt_text), in batches padded on the left; with `labels`, each
+    answer is one of them."""
     from tqdm.auto import tqdm
 
     side, pad_token = tokenizer.padding_side, tokenizer.pad_token
@@ -64,15 +91,32 @@ def generate_answers(model, tokenizer, prompts: list[str], max_new_tokens: int, 
         tokenizer.pad_token = tokenizer.eos_token
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     answers = []
+    end = tokenizer.eos_token_id
+    trie = label_trie(tokenizer, labels, end) if labels else None
+    if trie is not None:
+        max_new_tokens = max(len(tokenizer(label, add_special_tokens=False)["input_ids"]) for label in labels) + 1
     try:
         for start in tqdm(range(0, len(prompts), GENERATE_BATCH), desc=desc, unit="batch", disable=quiet, file=sys.stderr):
             enc = tokenizer(prompts[start:start + GENERATE_BATCH], return_tensors="pt", padding=True, add_special_tokens=False)
+            width = enc["input_ids"].shape[1]
+            constrained = {} if trie is None else {"prefix_allowed_tokens_fn": _allowed_by(trie, width, end), "eos_token_id": end}
             out = model.generate(input_ids=enc["input_ids"], attention_mask=enc["attention_mask"], do_sample=False,
-                                 max_new_tokens=max_new_tokens, pad_token_id=pad, temperature=None, top_p=None, top_k=None)
-            answers += tokenizer.batch_decode(out[:, enc["input_ids"].shape[1]:], skip_special_tokens=True)
+                                 max_new_tokens=max_new_tokens, pad_token_id=pad, temperature=None, top_p=None, top_k=None,
+                                 **constrained)
+            answers += tokenizer.batch_decode(out[:, width:], skip_special_tokens=True)
     finally:
         tokenizer.padding_side, tokenizer.pad_token = side, pad_token
     return [a.strip() for a in answers]
+
+
+def label_scores(predictions: list[str], references: list[str], labels) -> dict:
+    """Accuracy and macro-F1 over every label (scikit-learn), as a classifier's evaluation reports them."""
+    from sklearn.metrics import accuracy_score, f1_score
+
+    every = sorted(set(labels) | set(references))
+    return {"accuracy": float(accuracy_score(references, predictions)),
+            "macro_f1": float(f1_score(references, predictions, labels=every, average="macro", zero_division=0)),
+            "exact_match": sum(p == r for p, r in zip(predictions, references)) / max(len(references), 1)}
 
 
 @contextmanager
@@ -112,12 +156,16 @@ def evaluate_split(run_dir: Path, config, name: str, path: Path, batch_size: int
     prompts = [prompt_text(tokenizer, task.conversation(c[:-1]), task.chat_template) for c in conversations]
     references = [c[-1]["content"] for c in conversations]
     limit = config.evaluate.max_new_tokens
-    after = generate_answers(model, tokenizer, prompts, limit, f"generate {name}", quiet)
+    labels = task.labels
+    after = generate_answers(model, tokenizer, prompts, limit, f"generate {name}", quiet, labels)
     with base_model_of(model, card) as base:
-        before = generate_answers(base, tokenizer, prompts, limit, f"generate {name} (before fine-tuning)", quiet)
-    metrics.update(generation_scores(after, references))
-    metrics.update({f"{k}_before": v for k, v in generation_scores(before, references).items()})
+        before = generate_answers(base, tokenizer, prompts, limit, f"generate {name} (before fine-tuning)", quiet, labels)
+    score = partial(label_scores, labels=labels) if labels else generation_scores
+    metrics.update(score(after, references))
+    metrics.update({f"{k}_before": v for k, v in score(before, references).items()})
     metrics["generated_examples"], metrics["max_new_tokens"] = len(conversations), limit
+    if labels:
+        metrics["decoding"] = f"constrained to the {len(labels)} training labels"
     examples = [{"prompt": c[-2]["content"], "reference": r, "before": b, "after": a}
                 for c, r, b, a in zip(conversations, references, before, after)]
     return metrics, examples
@@ -128,7 +176,7 @@ def write_report(out: Path, split: str, metrics: dict, examples: list, card) -> 
     out.mkdir(parents=True, exist_ok=True)
     write_text_atomic(out / "report.json", json.dumps({"split": split, "metrics": metrics, "examples": examples},
                                                       indent=1, ensure_ascii=False))
-    keys = ["loss", "perplexity", "token_accuracy", "exact_match", "token_f1", "rouge_l"]
+    keys = ["loss", "perplexity", "token_accuracy", "accuracy", "macro_f1", "exact_match", "token_f1", "rouge_l"]
     summary = table(["metric", "after fine-tuning", "before"],
                     [[k, metrics[k], metrics.get(f"{k}_before", "")] for k in keys if k in metrics])
     rows = table(["prompt", "reference", "before fine-tuning", "after"],

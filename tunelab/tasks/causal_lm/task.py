@@ -27,7 +27,7 @@ from tunelab.tasks.encoding import Encoded, collate, eval_batches, token_targets
 class CausalLMTask:
     system_prompt: str | None = None
     chat_template: str | None = None  # the Jinja text (task.chat_template read), or None: the tokenizer's own
-    labels: tuple = ()
+    labels: tuple = ()  # task.label_answers: the answers are these class labels (evaluation constrains to them)
 
     name = "causal_lm"
     auto_class = "AutoModelForCausalLM"
@@ -43,14 +43,14 @@ class CausalLMTask:
     # ------------------------------------------------------------ construction
     @classmethod
     def from_prepared(cls, config, prepared) -> CausalLMTask:
-        return cls(config.task.system_prompt, load_template(config.task.chat_template))
+        return cls(config.task.system_prompt, load_template(config.task.chat_template), tuple(prepared.labels))
 
     @classmethod
     def from_card(cls, card) -> CausalLMTask:
-        return cls(card.task_options.get("system_prompt"), card.task_options.get("chat_template"))
+        return cls(card.task_options.get("system_prompt"), card.task_options.get("chat_template"), tuple(card.labels))
 
     def card_fields(self) -> dict:
-        return {"task": self.name, "labels": [],
+        return {"task": self.name, "labels": list(self.labels),  # label answers (task.label_answers): the class labels
                 "task_options": {"system_prompt": self.system_prompt, "chat_template": self.chat_template}}
 
     @staticmethod
