@@ -185,7 +185,8 @@ class TrainConfig(Section):
     packing: bool = Field(
         False, description="Causal LM: pack several short conversations into each training row of up to "
         "model.max_length tokens, none attending to another (positions restart at each; transformers masks across "
-        "them): fewer padded tokens on short data. batch_size then counts packed rows.")
+        "them): fewer padded tokens on short data. batch_size then counts packed rows. On a 2-core CPU it trained "
+        "Banking77 slower per token than length-grouped padded batches (about 105 against 190 tokens/s).")
     group_by_length: bool = Field(True, description="Batch texts of similar length together (less padding), order still shuffled.")
     pad_to_multiple_of: int = Field(
         1, ge=1, description="Pad each training batch's length up to a multiple of this. 8 cut the training memory by a "
