@@ -56,14 +56,16 @@ def generation_scores(predictions: list[str], references: list[str]) -> dict:
             "rouge_l": sum(scorer.score(r, p)["rougeL"].fmeasure for p, r in zip(predictions, references)) / n}
 
 
-def label_trie(tokenizer, labels, end: int) -> dict:
-    """The labels' tokens (as the model writes them after the prompt), each followed by the end of the turn."""
+def label_trie(tokenizer, labels) -> tuple[dict, int]:
+    """The labels' tokens (as the model writes them after the prompt), each followed by the end of the turn, as a
+    trie; and the longest of them (the tokens an answer needs)."""
     root: dict = {}
-    for label in labels:
+    sequences = [tokenizer(label, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id] for label in labels]
+    for sequence in sequences:
         node = root
-        for token in tokenizer(label, add_special_tokens=False)["input_ids"] + [end]:
+        for token in sequence:
             node = node.setdefault(token, {})
-    return root
+    return root, max(map(len, sequences))
 
 
 def _allowed_by(trie: dict, prompt_width: int, end: int):
@@ -80,9 +82,9 @@ def _allowed_by(trie: dict, prompt_width: int, end: int):
 
 @torch.inference_mode()
 def generate_answers(model, tokenizer, prompts: list[str], max_new_tokens: int, desc: str, quiet: bool,
-                     labels: tuple = ()) -> list[str]:
-    """Greedy answers to rendered prompts (chat.prompt_text), in batches padded on the left; with `labels`, each
-    answer is one of them."""
+                     trie: dict | None = None) -> list[str]:
+    """Greedy answers to rendered prompts (chat.prompt_text), in batches padded on the left; with a `trie` of
+    labels (label_trie), each answer is one of them."""
     from tqdm.auto import tqdm
 
     side, pad_token = tokenizer.padding_side, tokenizer.pad_token
@@ -92,9 +94,6 @@ def generate_answers(model, tokenizer, prompts: list[str], max_new_tokens: int, 
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     answers = []
     end = tokenizer.eos_token_id
-    trie = label_trie(tokenizer, labels, end) if labels else None
-    if trie is not None:
-        max_new_tokens = max(len(tokenizer(label, add_special_tokens=False)["input_ids"]) for label in labels) + 1
     try:
         for start in tqdm(range(0, len(prompts), GENERATE_BATCH), desc=desc, unit="batch", disable=quiet, file=sys.stderr):
             enc = tokenizer(prompts[start:start + GENERATE_BATCH], return_tensors="pt", padding=True, add_special_tokens=False)
@@ -155,11 +154,11 @@ def evaluate_split(run_dir: Path, config, name: str, path: Path, batch_size: int
     conversations = [json.loads(m) for m in columns["messages"][: config.evaluate.generate_examples]]
     prompts = [prompt_text(tokenizer, task.conversation(c[:-1]), task.chat_template) for c in conversations]
     references = [c[-1]["content"] for c in conversations]
-    limit = config.evaluate.max_new_tokens
     labels = task.labels
-    after = generate_answers(model, tokenizer, prompts, limit, f"generate {name}", quiet, labels)
+    trie, limit = label_trie(tokenizer, labels) if labels else (None, config.evaluate.max_new_tokens)
+    after = generate_answers(model, tokenizer, prompts, limit, f"generate {name}", quiet, trie)
     with base_model_of(model, card) as base:
-        before = generate_answers(base, tokenizer, prompts, limit, f"generate {name} (before fine-tuning)", quiet, labels)
+        before = generate_answers(base, tokenizer, prompts, limit, f"generate {name} (before fine-tuning)", quiet, trie)
     score = partial(label_scores, labels=labels) if labels else generation_scores
     metrics.update(score(after, references))
     metrics.update({f"{k}_before": v for k, v in score(before, references).items()})
