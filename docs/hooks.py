@@ -132,7 +132,10 @@ def _cell(text) -> str:
 def server_reference() -> str:
     from tunelab.serve.app import create_app
 
-    schema = create_app(loaded={}).openapi()
+    from tunelab.apps.finance.config import FinanceConfig
+
+    # an application's routes are part of the same server (tunelab serve --app): the finance app's, with its defaults
+    schema = create_app(loaded={}, app_config=FinanceConfig(sentiment="sentiment.yaml", watchlist="watchlist.csv")).openapi()
     lines = ["# Server API", "",
              f"Generated from the OpenAPI schema of `tunelab serve` (version {schema['info']['version']}). A running "
              "server serves the same schema at `/openapi.json` and an interactive page at `/docs`.", ""]

@@ -22,6 +22,10 @@ config_app = typer.Typer(no_args_is_help=True, help="Show the resolved config or
 app.add_typer(config_app, name="config")
 monitor_app = typer.Typer(no_args_is_help=True, help="Monitoring: a model's reference profile, reports from the log.")
 app.add_typer(monitor_app, name="monitor")
+apps_app = typer.Typer(no_args_is_help=True, help="Applications built from the stages (tunelab serve --app serves them).")
+app.add_typer(apps_app, name="app")
+finance_app = typer.Typer(no_args_is_help=True, help="Financial news sentiment monitor: per-company sentiment, alerts.")
+apps_app.add_typer(finance_app, name="finance")
 
 CONFIG = typer.Argument(..., exists=False, help="The run's YAML config.", metavar="CONFIG")
 OVERRIDES = typer.Argument(None, help="Overrides as dotted key=value, e.g. data.seed=7 model.max_length=128.",
@@ -213,9 +217,11 @@ def serve(models: Optional[List[str]] = typer.Argument(None, help="Run or export
           max_batch_size: Optional[int] = typer.Option(None, "--max-batch-size", help="Most texts per model call."),
           max_wait_ms: Optional[float] = typer.Option(None, "--max-wait-ms", help="How long a batch waits for more texts."),
           monitor_db: Optional[str] = typer.Option(None, "--monitor-db", help="SQLAlchemy URL of the prediction log (default: monitor.db in the run folder)."),
-          no_monitor: bool = typer.Option(False, "--no-monitor", help="Keep no prediction log, drift or alerts.")) -> None:
+          no_monitor: bool = typer.Option(False, "--no-monitor", help="Keep no prediction log, drift or alerts."),
+          app_config: Optional[Path] = typer.Option(None, "--app", help="An application's config (e.g. finance.yaml): "
+                                                    "its models, routes and page are served too.")) -> None:
     """Serve models over HTTP: POST /v1/predict and /v1/feedback, GET /v1/models, /v1/monitor, /dashboard,
-    /healthz, /readyz, /metrics, docs at /docs."""
+    /healthz, /readyz, /metrics, docs at /docs (and an application's routes with --app)."""
     from tunelab.serve.run import run_server
     from tunelab.serve.settings import serve_settings
 
@@ -225,10 +231,52 @@ def serve(models: Optional[List[str]] = typer.Argument(None, help="Run or export
         settings.monitor.enabled = False
     if monitor_db:
         settings.monitor.database = monitor_db
+    application = None
+    if app_config is not None:
+        from tunelab.apps import load_app_config
+
+        application = load_app_config(app_config)
     started = run_server(_named(models or [], "PATH"), settings, base, _named(adapter or [], "--adapter"),
-                         say=lambda m: typer.echo(m, err=True))
+                         say=lambda m: typer.echo(m, err=True), app_config=application)
     if not started:
         sys.exit(3)  # uvicorn's exit code for a failed startup (it has said why)
+
+
+@finance_app.command("init")
+def finance_init(folder: Path = typer.Argument(..., help="Folder to write finance.yaml, sentiment.yaml and a watchlist in."),
+                 data: Optional[Path] = typer.Option(None, "--data", help="Your labelled sentences: CSV with text and label "
+                                                     "(negative/neutral/positive); default: Financial PhraseBank."),
+                 watchlist: Optional[Path] = typer.Option(None, "--watchlist", help="Your companies: CSV with name, "
+                                                          "aliases, ticker, sector; default: an example to edit.")) -> None:
+    """Write a finance app config for your own files."""
+    from tunelab.apps.finance.build import init
+
+    typer.echo(init(folder, data, watchlist))
+
+
+@finance_app.command("build")
+def finance_build(config: Path = typer.Argument(..., help="The app's finance.yaml."),
+                  retrain: bool = typer.Option(False, "--retrain", help="Train the models again (default: reuse a "
+                                               "finished training, resume an interrupted one).")) -> None:
+    """Train, export and evaluate the app's models; write its report."""
+    from tunelab.apps.finance import load_finance_config
+    from tunelab.apps.finance.build import build
+
+    result = build(load_finance_config(config), retrain=retrain)
+    typer.echo(result.app_dir / "report.md")
+
+
+@finance_app.command("ingest")
+def finance_ingest(config: Path = typer.Argument(..., help="The app's finance.yaml."),
+                   file: Path = typer.Argument(..., help="Items: JSONL (text, timestamp, source, url per line) or CSV."),
+                   follow: bool = typer.Option(False, "--follow", help="Keep reading the file as it grows (JSONL), until Ctrl-C."),
+                   batch_size: int = typer.Option(256, "--batch-size", min=1, help="Items scored and stored together.")) -> None:
+    """Score, attribute and store a file of news items (duplicates counted once); alerts as they arise."""
+    from tunelab.apps.finance import load_finance_config
+    from tunelab.apps.finance.feed import ingest_file
+
+    ingest_file(load_finance_config(config), file, follow, batch_size, say=typer.echo,
+                warn=lambda m: typer.echo(m, err=True))
 
 
 @monitor_app.command("profile")

@@ -371,6 +371,13 @@ MethodConfig = create_model(  # name + one sub-section per method that has setti
        for n, m in METHODS.items() if hasattr(m, "Settings")})
 
 
+def folder_name(value: str) -> str:
+    """A run's (or an app's) name: it becomes a folder."""
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", value):
+        raise ValueError("must be a folder name: letters, digits, '.', '_' and '-', starting with a letter or digit")
+    return value
+
+
 class Config(Section):
     """A whole tunelab run. Sections map 1:1 onto the pipeline stages."""
 
@@ -385,12 +392,7 @@ class Config(Section):
     tune: TuneConfig = Field(default_factory=TuneConfig)
     serve: ServeConfig = Field(default_factory=ServeConfig)
 
-    @field_validator("name")
-    @classmethod
-    def _name_is_a_folder_name(cls, value: str) -> str:
-        if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", value):
-            raise ValueError("must be a folder name: letters, digits, '.', '_' and '-', starting with a letter or digit")
-        return value
+    _name_is_a_folder_name = field_validator("name")(lambda value: folder_name(value))
 
     @model_validator(mode="after")
     def _settings_fit_the_task(self) -> Config:
@@ -497,13 +499,15 @@ def _allowed_keys(model: type[BaseModel], loc: tuple) -> list[str]:
     return list(model.model_fields)
 
 
-def _explain(exc: ValidationError, source: str) -> ConfigError:
+def _explain(exc: ValidationError, source: str, schema: type[BaseModel] | None = None) -> ConfigError:
+    """One line per problem, naming the key (`schema`: the config class validated; default Config)."""
+    schema = schema or Config
     lines = []
     for err in exc.errors():
         loc = tuple(err["loc"])
         key = ".".join(str(p) for p in loc) or "(top level)"
         if err["type"] == "extra_forbidden":
-            lines.append(f"  {key}: unknown key; allowed here: {', '.join(_allowed_keys(Config, loc))}")
+            lines.append(f"  {key}: unknown key; allowed here: {', '.join(_allowed_keys(schema, loc))}")
         elif err["type"] == "missing":
             lines.append(f"  {key}: required key is missing")
         elif not loc:  # a check across sections: its message names the keys

@@ -170,8 +170,7 @@ class Monitor:
                     live.embeddings.append((digest, row.embedding))
                 self.recent[pid] = (name, label)
             live.total += len(texts)
-            while len(self.recent) > RECENT_IDS:
-                self.recent.popitem(last=False)
+            self._forget_old_ids()
         return ids, self.log.add(records)
 
     def record_generation(self, name: str, endpoint: str, digits: str, prompt: str, prompt_tokens: int,
@@ -186,9 +185,13 @@ class Monitor:
                 live.generated.append(row)
                 self.recent[row["id"]] = (name, row["finish_reason"])
             live.total += len(records)
-            while len(self.recent) > RECENT_IDS:
-                self.recent.popitem(last=False)
+            self._forget_old_ids()
         return self.generation_log.add(records)
+
+    def _forget_old_ids(self) -> None:
+        """Keep the last RECENT_IDS answered ids in memory (older ones are looked up in the log); under the lock."""
+        while len(self.recent) > RECENT_IDS:
+            self.recent.popitem(last=False)
 
     def record_request(self, status: int, latency_s: float) -> None:
         with self.lock:

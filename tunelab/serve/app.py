@@ -210,16 +210,25 @@ class _Observe:
 
 def create_app(models: dict[str, str | Path] | None = None, settings: ServeConfig | None = None,
                base: str | None = None, adapters: dict[str, str | Path] | None = None,
-               loaded: dict[str, ServedModel] | None = None) -> FastAPI:
+               loaded: dict[str, ServedModel] | None = None, app_config=None) -> FastAPI:
     """The ASGI app serving `models` ({name: run or export folder}) and/or `adapters` over `base`.
 
-    `loaded`: already loaded models instead (tests, embedding). Models load and warm up at startup;
+    `loaded`: already loaded models instead (tests, embedding). `app_config`: an application's config
+    (tunelab.apps): its models are loaded too and its routes added. Models load and warm up at startup;
     /readyz answers 200 once they have.
     """
     settings = settings or ServeConfig()
+    application = None
+    if app_config is not None:
+        from tunelab.apps import app_routes
+
+        application = app_routes(app_config)
+        if loaded is None:
+            models = {**(models or {}), **application.served_models(app_config)}
     keys = KeyCheck(api_keys(settings))
     metrics = Metrics()
     state: dict = {"ready": False, "models": {}, "batchers": {}, "monitor": None}
+    app_models = set(application.MODELS) if application is not None else set()  # their batchers skip drift embeddings
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
@@ -233,7 +242,7 @@ def create_app(models: dict[str, str | Path] | None = None, settings: ServeConfi
                     continue
                 await asyncio.to_thread(model.probabilities, ["warm up"], ["warm up"] if model.pair else None)
                 batcher = Batcher(model, settings.max_batch_size, settings.max_wait_ms, settings.max_queue, metrics,
-                                  embeddings=monitor is not None)
+                                  embeddings=monitor is not None and name not in app_models)
                 batcher.start()
                 state["batchers"][name] = batcher
         except BaseException:
@@ -243,11 +252,15 @@ def create_app(models: dict[str, str | Path] | None = None, settings: ServeConfi
             raise
         if monitor is not None:
             monitor.start()
+        if application is not None:
+            await asyncio.to_thread(application.start, state, app_config, metrics)
         state["models"], state["monitor"], state["ready"] = served, monitor, True
         yield
         state["ready"] = False
         for batcher in state["batchers"].values():
             await batcher.stop()
+        if application is not None:
+            await asyncio.to_thread(application.stop, state)
         await asyncio.to_thread(_stop_engines, served)  # the running answers finish first
         if monitor is not None:  # after the batchers: every answered prediction is in the log
             await asyncio.to_thread(monitor.stop)
@@ -394,6 +407,8 @@ def create_app(models: dict[str, str | Path] | None = None, settings: ServeConfi
     from tunelab.serve.openai_api import add_routes  # here: it takes this module's errors
 
     add_routes(app, state, authorised, choose, ApiError, metrics)
+    if application is not None:
+        application.add_routes(app, state, app_config, authorised, ApiError, metrics)
     add_docs(app, keys.docs())
     if settings.cors_origins:
         from fastapi.middleware.cors import CORSMiddleware

@@ -107,6 +107,11 @@ class _Text:
         return piece
 
 
+
+def response_id(chat: bool, digits: str) -> str:
+    """The id of a response as OpenAI's API shapes it; the monitor's log keeps `digits` (feedback names either)."""
+    return ("chatcmpl-" if chat else "cmpl-") + digits
+
 def add_routes(app, state: dict, authorised, choose, api_error, metrics) -> None:
     """POST /v1/chat/completions and /v1/completions on `app` (the server's own state, keys and errors)."""
 
@@ -171,7 +176,7 @@ def add_routes(app, state: dict, authorised, choose, api_error, metrics) -> None
         requests = prepare(body, model, prompt_ids)
         stops = body.stops()
         digits = new_response_digits()
-        created, rid = int(time.time()), ("chatcmpl-" if chat else "cmpl-") + digits
+        created, rid = int(time.time()), response_id(chat, digits)
         kind = "chat.completion" if chat else "text_completion"
         if not body.stream:
             tasks = [asyncio.create_task(answer(model, r, stops, started)) for r in requests]
@@ -205,7 +210,7 @@ def add_routes(app, state: dict, authorised, choose, api_error, metrics) -> None
                             f"({type(exc).__name__}); retry shortly", {"Retry-After": "1"}) from None
 
     async def _events(body, model, name, prompt, prompt_ids, chat, requests, stops, digits, created, started):
-        rid = ("chatcmpl-" if chat else "cmpl-") + digits
+        rid = response_id(chat, digits)
         kind = "chat.completion.chunk" if chat else "text_completion"
         chunks: asyncio.Queue = asyncio.Queue()
 

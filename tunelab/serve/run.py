@@ -9,12 +9,17 @@ from tunelab.errors import TunelabError
 
 
 def run_server(models: dict[str, str], settings: ServeConfig | None = None, base: str | None = None,
-               adapters: dict[str, str] | None = None, say=print) -> bool:
-    """Serve `models` ({name: run or export folder}) and `adapters` ({name: run} over `base`) until stopped
-    (Ctrl-C, SIGTERM: accepted requests finish first). Every mistake is one TunelabError before anything listens.
-    Returns whether the server started."""
+               adapters: dict[str, str] | None = None, say=print, app_config=None) -> bool:
+    """Serve `models` ({name: run or export folder}) and `adapters` ({name: run} over `base`), and the application
+    `app_config` is for (tunelab.apps), until stopped (Ctrl-C, SIGTERM: accepted requests finish first). Every
+    mistake is one TunelabError before anything listens. Returns whether the server started."""
     settings = settings or ServeConfig()
     adapters = adapters or {}
+    if app_config is not None:
+        from tunelab.apps import app_routes
+
+        models = {**models, **app_routes(app_config).served_models(app_config)}  # not built yet: one line, now
+        settings.monitor.database = settings.monitor.database or app_config.database_url()  # one database
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch loads: idle OpenMP threads sleep, not spin
     from tunelab.allocator import bound_onednn_cache
 
@@ -44,11 +49,12 @@ def run_server(models: dict[str, str], settings: ServeConfig | None = None, base
         if settings.monitor.database is None:
             raise TunelabError("no run folder to keep monitor.db in: give --monitor-db URL or --no-monitor")
         open_database(settings.monitor.database).dispose()
-    app = create_app(settings=settings, loaded=loaded)
+    app = create_app(settings=settings, loaded=loaded, app_config=app_config)
     host_in_url = f"[{settings.host}]" if ":" in settings.host else settings.host
     url = f"http://{host_in_url}:{sock.getsockname()[1]}"  # the port bound (port 0: the one the system chose)
     keys_note, warning = key_notes(settings.host, len(keys))
-    say(f"serving {', '.join([*models, *adapters])} on {url} ({keys_note}; API docs at {url}/docs"
+    page = f"; the {app_config.app} page at {url}/{app_config.app}" if app_config is not None else ""
+    say(f"serving {', '.join([*models, *adapters])} on {url} ({keys_note}; API docs at {url}/docs{page}"
         + (f", dashboard at {url}/dashboard; log in {settings.monitor.database})" if monitored else ")"))
     if warning:
         say(warning)

@@ -1,0 +1,45 @@
+"""Applications built from tunelab's stages: each is a template a company points at its own data.
+
+An application is a config file (its `app:` key names which) and a routes module that the server mounts:
+
+    MODELS                                           the names its models are served under
+    served_models(config) -> {name: folder}         the models `tunelab serve --app` loads for it
+    add_routes(app, state, config, authorised, ApiError, metrics)
+    start(state, config, metrics)                    once the models are loaded (opens its store)
+    stop(state)                                      at shutdown, after the last request
+
+A new application is added in APPS, in one place.
+"""
+
+from __future__ import annotations
+
+import importlib
+from pathlib import Path
+
+from tunelab.errors import ConfigError
+
+APPS = {  # app name -> (config loader, routes module)
+    "finance": ("tunelab.apps.finance.config:load_finance_config", "tunelab.apps.finance.routes"),
+}
+
+
+def load_app_config(path: str | Path, overrides: list[str] | tuple[str, ...] = ()):
+    """The application config at `path`, read by its own loader (picked by its `app:` key)."""
+    from tunelab.config import read_yaml
+
+    try:
+        raw = read_yaml(Path(path).read_text(encoding="utf-8")) or {}
+    except FileNotFoundError:
+        raise ConfigError(f"--app {path} does not exist") from None
+    except Exception as exc:  # noqa: BLE001 -- unreadable or not YAML: one line naming the file
+        raise ConfigError(f"--app {path}: cannot read it as YAML ({type(exc).__name__})") from None
+    name = raw.get("app") if isinstance(raw, dict) else None
+    if name not in APPS:
+        raise ConfigError(f"--app {path}: 'app:' must name an application ({', '.join(APPS)}), got {name!r}")
+    module, _, function = APPS[name][0].partition(":")
+    return getattr(importlib.import_module(module), function)(path, overrides)
+
+
+def app_routes(config):
+    """The routes module of the application `config` is for."""
+    return importlib.import_module(APPS[config.app][1])

@@ -1,0 +1,151 @@
+"""`tunelab app finance init DIR` and `build CONFIG`: a config for the user's own files; the models trained,
+exported and evaluated, with one report.
+
+build is safe to run again: a finished training is reused (an interrupted one resumes), an export that is
+there is kept; `retrain` starts the trainings over.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from tunelab.errors import Interrupted, TunelabError
+
+EXAMPLE_WATCHLIST = """name,aliases,ticker,sector
+Nokia,Nokia Oyj|Nokia Corporation,NOKIA,Technology
+Stora Enso,Stora Enso Oyj,STERV,Materials
+"""
+
+
+@dataclass
+class BuildResult:
+    app_dir: Path
+    report: dict = field(default_factory=dict)  # also in app_dir/report.json
+
+
+def init(folder: str | Path, data: str | Path | None = None, watchlist: str | Path | None = None,
+         labels: tuple[str, ...] = ("negative", "neutral", "positive")) -> Path:
+    """Write folder/finance.yaml, folder/sentiment.yaml (a classification run over `data`: a CSV with text and
+    label columns) and, unless given, a watchlist to edit. Refuses to overwrite an existing config."""
+    import yaml
+
+    folder = Path(folder)
+    target = folder / "finance.yaml"
+    if target.exists():
+        raise TunelabError(f"{target} exists; edit it, or init another folder")
+    folder.mkdir(parents=True, exist_ok=True)
+    if data is not None and not Path(data).is_file():
+        raise TunelabError(f"--data {data} does not exist")
+    if watchlist is not None and not Path(watchlist).is_file():
+        raise TunelabError(f"--watchlist {watchlist} does not exist")
+    train_file = str(Path(data).resolve()) if data else "${TUNELAB_DATA:-../shared/data}/financial_phrasebank/sentences_50agree/all.csv"
+    sentiment = {"name": f"{folder.resolve().name}-sentiment", "runs_dir": str((folder / "runs").resolve()),
+                 "data": {"train": train_file, "labels": list(labels), "validation_fraction": 0.1,
+                          "test_fraction": 0.1, "seed": 42},
+                 "model": {"name": "default", "max_length": 128}}
+    (folder / "sentiment.yaml").write_text(
+        "# The sentiment model: a tunelab classification run (every key: tunelab config schema).\n"
+        + yaml.safe_dump(sentiment, sort_keys=False), encoding="utf-8")
+    if watchlist is None:
+        (folder / "watchlist.csv").write_text(EXAMPLE_WATCHLIST, encoding="utf-8")
+    config = {"app": "finance", "name": "finance", "runs_dir": "runs", "sentiment": "sentiment.yaml",
+              "watchlist": str(Path(watchlist).resolve()) if watchlist else "watchlist.csv",
+              "alerts": {"shift": 0.3, "rate_factor": 4.0, "threshold": 8.0, "min_negative": 4}}
+    target.write_text("# tunelab app finance: every key and its meaning in docs/apps/finance.md\n"
+                      + yaml.safe_dump(config, sort_keys=False), encoding="utf-8")
+    return target
+
+
+def _run_config(config, part: str):
+    from tunelab.config import load_config
+
+    return load_config(getattr(config, part))
+
+
+def model_folder(config, part: str) -> Path:
+    """The folder the app scores with: the run's ONNX export (int8 or fp32) or its torch model."""
+    run_dir = _run_config(config, part).run_dir
+    if config.backend == "torch":
+        folder = run_dir / "model"
+    else:
+        folder = run_dir / "export" / ("onnx-int8" if config.backend == "onnx-int8" else "onnx")
+    if not folder.is_dir():
+        raise TunelabError(f"{folder} is missing: build the app first (tunelab app finance build {config.source})")
+    return folder
+
+
+def build(config, retrain: bool = False, quiet: bool = False) -> BuildResult:
+    """Train (or reuse) the sentiment model and the optional NER model, export them, evaluate them on their test
+    splits; write app_dir/report.json and report.md."""
+    from tunelab.evaluation.run import evaluate
+    from tunelab.export.onnx import export_onnx
+    from tunelab.training.loop import train
+
+    from tunelab.apps.finance.watchlist import read_watchlist
+
+    watchlist = read_watchlist(config.watchlist)  # a bad watchlist fails before an hour of training
+    say = (lambda m: None) if quiet else (lambda m: print(m, flush=True))
+    report: dict = {"watchlist_companies": len(watchlist.companies)}
+    for part in ("sentiment", "ner") if config.ner else ("sentiment",):
+        run_config = _run_config(config, part)
+        expected = "classification" if part == "sentiment" else "token_classification"
+        if run_config.task.name != expected:
+            raise TunelabError(f"{getattr(config, part)}: the {part} model must be a {expected} run "
+                               f"(task.name is {run_config.task.name})")
+        run_dir = run_config.run_dir
+        started = (run_dir / "model").exists() or (run_dir / "checkpoints").exists()
+        say(f"{part}: {'continuing' if started and not retrain else 'training'} {run_dir}")
+        try:
+            trained = train(run_config, resume=started and not retrain, overwrite=retrain, quiet=quiet)
+        except Interrupted as exc:  # the app's own command continues it, not `tunelab train`
+            message = str(exc).split(" Continue with:")[0]
+            raise Interrupted(f"{message} Continue with: tunelab app finance build {config.source}", exc.signum) from None
+        labels = trained_labels(run_dir)
+        if part == "sentiment":
+            missing = {config.negative_label, config.positive_label} - set(labels)
+            if missing:
+                raise TunelabError(f"{config.sentiment}: the sentiment model's labels are {', '.join(labels)}; the app "
+                                   f"needs {', '.join(sorted(missing))} (negative_label, positive_label in "
+                                   f"{config.source})")
+        elif config.ner_label not in {tag.split("-", 1)[-1] for tag in labels}:  # IOB2 tags: B-ORG, I-ORG
+            raise TunelabError(f"{config.ner}: the NER model's tags are {', '.join(labels)}, none of them "
+                               f"{config.ner_label} (ner_label in {config.source})")
+        entry = {"run": str(run_dir), "steps": trained.steps}
+        if config.backend != "torch":
+            quantize = "int8" if config.backend == "onnx-int8" else None
+            out = run_dir / "export" / ("onnx-int8" if quantize else "onnx")
+            if retrain or not (out / "parity.json").is_file():
+                say(f"{part}: exporting {out}")
+                export_onnx(run_dir, out, quantize=quantize, quiet=quiet)
+            entry["export"] = str(out)
+            entry["export_parity"] = json.loads((out / "parity.json").read_text())
+        test = evaluate(run_dir, "test", quiet=quiet)
+        entry["test"] = {k: v for k, v in test.metrics.items() if isinstance(v, (int, float))}
+        report[part] = entry
+    app_dir = config.app_dir
+    app_dir.mkdir(parents=True, exist_ok=True)
+    (app_dir / "report.json").write_text(json.dumps(report, indent=2, default=str), encoding="utf-8")
+    (app_dir / "report.md").write_text(_markdown(report), encoding="utf-8")
+    return BuildResult(app_dir, report)
+
+
+def trained_labels(run_dir: Path) -> list[str]:
+    from tunelab.models.card import ModelCard
+
+    return list(ModelCard.read(run_dir / "model").labels)
+
+
+def _markdown(report: dict) -> str:
+    lines = ["# Finance app build", "", f"Watchlist: {report['watchlist_companies']} companies.", ""]
+    for part in ("sentiment", "ner"):
+        if part in report:
+            entry = report[part]
+            figures = ", ".join(f"{k} {v:.4f}" for k, v in entry["test"].items() if isinstance(v, float))
+            lines += [f"## {part}", "", f"- run: `{entry['run']}` ({entry['steps']} steps)",
+                      f"- test split: {figures}"]
+            if "export" in entry:
+                lines.append(f"- scored by: `{entry['export']}`")
+            lines.append("")
+    return "\n".join(lines)
