@@ -9,10 +9,10 @@ from __future__ import annotations
 import os
 import re
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, Field, ValidationError, create_model, field_validator, model_validator
+from pydantic import AfterValidator, BaseModel, Field, ValidationError, create_model, field_validator, model_validator
 
 from tunelab.errors import ConfigError
 from tunelab.methods import METHODS
@@ -371,17 +371,19 @@ MethodConfig = create_model(  # name + one sub-section per method that has setti
        for n, m in METHODS.items() if hasattr(m, "Settings")})
 
 
-def folder_name(value: str) -> str:
-    """A run's (or an app's) name: it becomes a folder."""
+def _folder_name(value: str) -> str:
     if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", value):
         raise ValueError("must be a folder name: letters, digits, '.', '_' and '-', starting with a letter or digit")
     return value
 
 
+FolderName = Annotated[str, AfterValidator(_folder_name)]  # a run's (or an app's) name: it becomes a folder
+
+
 class Config(Section):
     """A whole tunelab run. Sections map 1:1 onto the pipeline stages."""
 
-    name: str = Field(description="Run name; everything the run writes goes to <runs_dir>/<name>/.")
+    name: FolderName = Field(description="Run name; everything the run writes goes to <runs_dir>/<name>/.")
     runs_dir: Path = Field(Path("runs"), description="Folder holding the run directories.")
     data: DataConfig
     model: ModelConfig = Field(default_factory=ModelConfig)
@@ -392,7 +394,6 @@ class Config(Section):
     tune: TuneConfig = Field(default_factory=TuneConfig)
     serve: ServeConfig = Field(default_factory=ServeConfig)
 
-    _name_is_a_folder_name = field_validator("name")(lambda value: folder_name(value))
 
     @model_validator(mode="after")
     def _settings_fit_the_task(self) -> Config:

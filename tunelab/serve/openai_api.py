@@ -107,10 +107,10 @@ class _Text:
         return piece
 
 
-
 def response_id(chat: bool, digits: str) -> str:
     """The id of a response as OpenAI's API shapes it; the monitor's log keeps `digits` (feedback names either)."""
     return ("chatcmpl-" if chat else "cmpl-") + digits
+
 
 def add_routes(app, state: dict, authorised, choose, api_error, metrics) -> None:
     """POST /v1/chat/completions and /v1/completions on `app` (the server's own state, keys and errors)."""

@@ -64,6 +64,18 @@ def _run_config(config, part: str):
     return load_config(getattr(config, part))
 
 
+SENTIMENT, NER = "finance-sentiment", "finance-ner"  # the names the app's models are served under
+MODELS = (SENTIMENT, NER)
+
+
+def served_models(config) -> dict[str, Path]:
+    """The app's models by their served names: what `tunelab serve --app` and `tunelab app finance ingest` load."""
+    models = {SENTIMENT: model_folder(config, "sentiment")}
+    if config.ner is not None:
+        models[NER] = model_folder(config, "ner")
+    return models
+
+
 def model_folder(config, part: str) -> Path:
     """The folder the app scores with: the run's ONNX export (int8 or fp32) or its torch model."""
     run_dir = _run_config(config, part).run_dir

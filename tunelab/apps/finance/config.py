@@ -5,9 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, ValidationError, field_validator
+from pydantic import Field, ValidationError
 
-from tunelab.config import folder_name
+from tunelab.config import FolderName
 
 from tunelab.errors import ConfigError
 from tunelab.settings import Section
@@ -40,7 +40,7 @@ class FinanceConfig(Section):
     """`tunelab app finance`: a sentiment model, a watchlist, alert settings and a database."""
 
     app: Literal["finance"] = Field("finance", description="Which application this config is for.")
-    name: str = Field("finance", description="Folder under runs_dir for the app's database and report.")
+    name: FolderName = Field("finance", description="Folder under runs_dir for the app's database and report.")
     runs_dir: Path = Field(Path("runs"), description="Where the app folder goes (relative to this file).")
     sentiment: Path = Field(description="The tunelab run config (YAML) of the sentiment model: a classification task "
                             "whose labels include `negative_label` (relative to this file).")
@@ -64,8 +64,6 @@ class FinanceConfig(Section):
     max_items_per_request: int = Field(1000, ge=1, description="Most items in one POST /v1/finance/ingest.")
     alerts: AlertConfig = Field(default_factory=AlertConfig, description="Negative-surge detection.")
     source: Path | None = Field(None, exclude=True, description="The file this config was read from (set by the loader).")
-
-    _name_is_a_folder_name = field_validator("name")(lambda value: folder_name(value))
 
     @property
     def app_dir(self) -> Path:

@@ -92,6 +92,7 @@ def ingest_file(config, path: str | Path, follow: bool = False, batch_size: int 
     from tqdm.auto import tqdm
 
     from tunelab.apps.finance.ingest import Finance, load_scorers, parse_item, score_texts
+    from tunelab.apps.finance.store import alerts as alert_table
 
     path = Path(path)
     if not path.is_file():
@@ -105,7 +106,7 @@ def ingest_file(config, path: str | Path, follow: bool = False, batch_size: int 
         _csv_columns(path)
     models = load_scorers(config)
     finance = Finance(config)
-    alerts_before = len(finance.store.alerts(limit=100000))
+    alerts_before = finance.store.count(alert_table)
     summary = IngestSummary()
     batch: list = []
 
@@ -145,7 +146,7 @@ def ingest_file(config, path: str | Path, follow: bool = False, batch_size: int 
     finally:
         bar.close()
     finance.reject(summary.rejected)
-    summary.alerts = len(finance.store.alerts(limit=100000)) - alerts_before
+    summary.alerts = finance.store.count(alert_table) - alerts_before
     say(f"{summary.stored} stored, {summary.duplicate} duplicate, {summary.rejected} rejected, "
         f"{summary.alerts} new alert{'s' if summary.alerts != 1 else ''} ({finance.store.count()} texts in "
         f"{config.database_url()})")

@@ -167,22 +167,18 @@ class Finance:
 
 
 def load_scorers(config, threads: int | None = None) -> dict:
-    """{"sentiment": ServedModel, "ner"?: ServedModel} from the built runs (the export the config's backend names)."""
-    from tunelab.apps.finance.build import model_folder
+    """The app's models as the server names them (build.served_models), loaded (the export the backend names)."""
+    from tunelab.apps.finance.build import served_models
     from tunelab.serve.models import load_models
 
-    folders = {"sentiment": model_folder(config, "sentiment")}
-    if config.ner is not None:
-        folders["ner"] = model_folder(config, "ner")
-    return load_models(folders, threads=threads)
+    return load_models(served_models(config), threads=threads)
 
 
 def score_texts(models: dict, texts: list[str]) -> tuple[list[dict], list[list[dict]] | None]:
     """The sentiment answers (and NER entities) of `texts`, by calling the models directly."""
-    out = models["sentiment"].infer(texts, None, False)
-    answers = models["sentiment"].decide(list(out.probs), None, out.contexts)
-    entities = None
-    if "ner" in models:
-        ner = models["ner"].infer(texts, None, False)
-        entities = [r["entities"] for r in models["ner"].decide(list(ner.probs), None, ner.contexts)]
-    return answers, entities
+    from tunelab.apps.finance.build import NER, SENTIMENT
+
+    def answers(name):
+        out = models[name].infer(texts, None, False)
+        return models[name].decide(list(out.probs), None, out.contexts)
+    return answers(SENTIMENT), ([r["entities"] for r in answers(NER)] if NER in models else None)

@@ -20,18 +20,7 @@ from pathlib import Path
 from fastapi import Body, Depends, FastAPI, Query
 from fastapi.responses import HTMLResponse, JSONResponse
 
-SENTIMENT, NER = "finance-sentiment", "finance-ner"  # the served models' names
-MODELS = (SENTIMENT, NER)
-
-
-def served_models(config) -> dict[str, Path]:
-    """What `tunelab serve --app` loads for the finance app."""
-    from tunelab.apps.finance.build import model_folder
-
-    models = {SENTIMENT: model_folder(config, "sentiment")}
-    if config.ner is not None:
-        models[NER] = model_folder(config, "ner")
-    return models
+from tunelab.apps.finance.build import MODELS, NER, SENTIMENT, served_models  # noqa: F401 -- the app's interface (tunelab.apps)
 
 
 def start(state: dict, config, metrics) -> None:
@@ -51,7 +40,7 @@ def stop(state: dict) -> None:
 def add_routes(app: FastAPI, state: dict, config, authorised, ApiError, metrics) -> None:
     from prometheus_client import Counter
 
-    from tunelab.apps.finance.ingest import Finance, parse_items  # noqa: F401 -- Finance: the type of state["finance"]
+    from tunelab.apps.finance.ingest import parse_items
     from tunelab.serve.batcher import QueueFull
 
     metrics.finance_texts = Counter("tunelab_finance_texts", "Ingested finance texts by outcome (stored, duplicate, "
@@ -59,7 +48,8 @@ def add_routes(app: FastAPI, state: dict, config, authorised, ApiError, metrics)
     metrics.finance_alerts = Counter("tunelab_finance_alerts", "Negative-surge alerts by company", ["company"],
                                      registry=metrics.registry)
 
-    def finance() -> Finance:
+    def finance():
+        """The app's state (tunelab.apps.finance.ingest.Finance), once the models are loaded."""
         if not state["ready"]:
             raise ApiError(503, "not_ready", "the models are still loading", {"Retry-After": "1"})
         return state["finance"]
@@ -70,11 +60,12 @@ def add_routes(app: FastAPI, state: dict, config, authorised, ApiError, metrics)
             rows = await state["batchers"][name].submit(texts, None)
             return model.decide([r.probs for r in rows], None, [r.context for r in rows])
         try:
-            sentiment = await answers(SENTIMENT)
-            entities = [a["entities"] for a in await answers(NER)] if NER in state["models"] else None
+            if NER not in state["models"]:
+                return await answers(SENTIMENT), None
+            sentiment, found = await asyncio.gather(answers(SENTIMENT), answers(NER))  # each model on its own batcher
         except QueueFull:
             raise ApiError(503, "overloaded", "the server is at capacity; retry shortly", {"Retry-After": "1"}) from None
-        return sentiment, entities
+        return sentiment, [a["entities"] for a in found]
 
     @app.post("/v1/finance/ingest", dependencies=[Depends(authorised)], responses={401: {}, 413: {}, 422: {}, 503: {}})
     async def ingest(body: dict = Body(..., examples=[{"items": [{"text": "Nokia's profit fell 30%.",
@@ -110,9 +101,9 @@ def add_routes(app: FastAPI, state: dict, config, authorised, ApiError, metrics)
         counts = {s: sum(r["status"] == s for r in results) for s in ("stored", "duplicate", "rejected")}
         return {**counts, "results": results}
 
-    def window(hours: float):
+    def window(store, hours: float):
         """The `hours` up to the latest stored text (inclusive)."""
-        latest = finance().store.latest_s()
+        latest = store.latest_s()
         return (None, None) if latest is None else (int(latest - hours * 3600) + 1, latest + 1)
 
     @app.get("/v1/finance/index", dependencies=[Depends(authorised)], responses={401: {}, 503: {}})
@@ -121,26 +112,29 @@ def add_routes(app: FastAPI, state: dict, config, authorised, ApiError, metrics)
                     hours: float = Query(72, gt=0, le=24 * 3650), names: str | None = Query(None, description="Comma-separated.")):
         """The sentiment index: per company (or sector) and bucket, texts, negative texts, share negative, mean score
         (p(positive) - p(negative)), over the `hours` before the latest text."""
-        since, until = await asyncio.to_thread(window, hours)
+        store = finance().store
+        since, until = await asyncio.to_thread(window, store, hours)
         rows = [] if since is None else await asyncio.to_thread(
-            finance().store.index, by, bucket, since, until, [n.strip() for n in names.split(",")] if names else None)
+            store.index, by, bucket, since, until, [n.strip() for n in names.split(",")] if names else None)
         return {"by": by, "bucket": bucket, "since_s": since, "until_s": until, "rows": rows}
 
     @app.get("/v1/finance/movers", dependencies=[Depends(authorised)], responses={401: {}, 503: {}})
     async def movers(hours: float = Query(24, gt=0, le=24 * 365), min_texts: int = Query(3, ge=1),
                      limit: int = Query(10, ge=1, le=1000)):
         """Companies whose mean score moved most: the last `hours` against the 7 days before them."""
+        app_state = finance()
+
         def compute():
-            since, until = window(hours)
+            since, until = window(app_state.store, hours)
             if since is None:
                 return []
-            now, before = finance().store.totals(since, until), finance().store.totals(since - 7 * 86400, since)
+            now, before = app_state.store.totals(since, until), app_state.store.totals(since - 7 * 86400, since)
             out = []
             for company, figures in now.items():
                 if figures["texts"] < min_texts:
                     continue
                 ref = before.get(company)
-                out.append({"company": company, "sector": finance().watchlist.sector(company), **{k: round(v, 4) for k, v in figures.items()},
+                out.append({"company": company, "sector": app_state.watchlist.sector(company), **{k: round(v, 4) for k, v in figures.items()},
                             "score_before": round(ref["score"], 4) if ref else None,
                             "change": round(figures["score"] - ref["score"], 4) if ref else None})
             return sorted(out, key=lambda m: (m["change"] is None, m["change"] if m["change"] is not None else 0))[:limit]

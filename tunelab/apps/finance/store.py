@@ -209,9 +209,10 @@ class FinanceStore:
         with self.engine.connect() as db:
             return dict(db.execute(sa.select(alerts.c.company, sa.func.max(alerts.c.at_s)).group_by(alerts.c.company)).all())
 
-    def count(self) -> int:
+    def count(self, table: sa.Table | None = None) -> int:
+        """Rows of `table` (default: the stored texts)."""
         with self.engine.connect() as db:
-            return db.execute(sa.select(sa.func.count()).select_from(texts)).scalar()
+            return db.execute(sa.select(sa.func.count()).select_from(texts if table is None else table)).scalar()
 
 
 def _alert(row) -> dict:
