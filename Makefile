@@ -33,6 +33,7 @@ docs: install
 
 # The measured figures in BENCHMARKS.md (about two hours on 2 cores; needs ../shared/data or TUNELAB_DATA).
 bench: install
+	$(BIN)/python -m pip install -q -e ".[bench]"
 	cd benchmarks && ../$(BIN)/python prepare.py && ../$(BIN)/python classification.py \
 	  && ../$(BIN)/python methods.py && ../$(BIN)/python method_memory.py \
 	  && ../$(BIN)/python tune.py && ../$(BIN)/python serve.py && ../$(BIN)/python serve_memory.py && ../$(BIN)/python drift.py && ../$(BIN)/python drift_psi_replay.py && ../$(BIN)/python ner.py

@@ -133,9 +133,13 @@ def server_reference() -> str:
     from tunelab.serve.app import create_app
 
     from tunelab.apps.finance.config import FinanceConfig
+    from tunelab.apps.support.config import SupportConfig
 
-    # an application's routes are part of the same server (tunelab serve --app): the finance app's, with its defaults
+    # an application's routes are part of the same server (tunelab serve --app): each app's, with its defaults
     schema = create_app(loaded={}, app_config=FinanceConfig(sentiment="sentiment.yaml", watchlist="watchlist.csv")).openapi()
+    support = create_app(loaded={}, app_config=SupportConfig(faq="faq.csv", questions="questions.csv")).openapi()
+    schema["paths"].update({p: m for p, m in support["paths"].items() if p.startswith(("/v1/support", "/support"))})
+    schema.setdefault("components", {}).setdefault("schemas", {}).update(support.get("components", {}).get("schemas", {}))
     lines = ["# Server API", "",
              f"Generated from the OpenAPI schema of `tunelab serve` (version {schema['info']['version']}). A running "
              "server serves the same schema at `/openapi.json` and an interactive page at `/docs`.", ""]

@@ -6,6 +6,8 @@ import subprocess
 import sys
 import threading
 import time
+from contextlib import contextmanager
+from pathlib import Path
 
 import httpx
 import uvicorn
@@ -67,3 +69,22 @@ def wait_until(condition, timeout: float = 30.0, what: str = "the condition") ->
         if time.monotonic() > deadline:
             raise AssertionError(f"{what} did not happen within {timeout:g} s")
         time.sleep(0.01)
+
+
+@contextmanager
+def headless_page(width: int = 1280, height: int = 1000):
+    """A page in headless Chromium (the system's: scripts/test-services.sh installs it); the test skips without it."""
+    import pytest
+
+    chromium = next((p for p in ("/usr/bin/chromium", "/usr/bin/chromium-browser") if Path(p).exists()), None)
+    if chromium is None:
+        pytest.skip("no Chromium at /usr/bin/chromium (scripts/test-services.sh installs it)")
+    playwright = pytest.importorskip("playwright.sync_api", reason="playwright is a dev dependency")
+    with playwright.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=chromium, args=[
+            "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+            "--disable-sync", "--no-first-run"])
+        try:
+            yield browser.new_page(viewport={"width": width, "height": height})
+        finally:
+            browser.close()

@@ -507,19 +507,14 @@ def test_answers_are_logged_rated_and_watched_by_the_monitor(llm_server):
 
 
 def test_the_dashboard_shows_a_causal_lms_answers_in_headless_chromium(llm_server):
-    chromium = next((p for p in ("/usr/bin/chromium", "/usr/bin/chromium-browser") if Path(p).exists()), None)
-    if chromium is None:
-        pytest.skip("no Chromium at /usr/bin/chromium (scripts/test-services.sh installs it)")
-    playwright = pytest.importorskip("playwright.sync_api", reason="playwright is a dev dependency")
     import httpx
+    from servers import headless_page
 
     headers = {"Authorization": "Bearer sk-test"}
     chat = {"messages": [{"role": "user", "content": "what colour is the coal number 2"}], "max_tokens": 4}
     httpx.post(llm_server.url + "/v1/chat/completions", json=chat, headers=headers).raise_for_status()
     llm_server.app.state.tunelab["monitor"].check()
-    with playwright.sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=chromium, args=["--no-sandbox", "--disable-gpu", "--no-first-run"])
-        page = browser.new_page(viewport={"width": 1280, "height": 1100})
+    with headless_page(1280, 1100) as page:
         page.add_init_script("sessionStorage.setItem('tunelab-key', 'sk-test')")
         page.goto(f"{llm_server.url}/dashboard")
         page.wait_for_function("window.tunelabState !== null && window.tunelabCharts['chart-generation']")
@@ -529,7 +524,6 @@ def test_the_dashboard_shows_a_causal_lms_answers_in_headless_chromium(llm_serve
         for metric in ("ttft_p95_ms", "tokens_per_s_p50", "completion_tokens_mean"):
             assert page.inner_text(f'#drift-table tr[data-metric="{metric}"] .value') == f"{state['figures'][metric]:.4f}"
         assert not page.locator("#chart-drift").is_visible() and page.locator("#chart-generation canvas").count() >= 1
-        browser.close()
 
 
 @pytest.mark.integration

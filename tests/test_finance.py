@@ -12,7 +12,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from servers import Server, free_port, wait_until
+from servers import Server, free_port, headless_page, wait_until
 from tunelab.apps.finance.detector import SurgeDetector
 from tunelab.apps.finance.ingest import Item, parse_item
 from tunelab.apps.finance.store import FinanceStore, Scored
@@ -405,10 +405,6 @@ def test_init_and_config_mistakes_are_one_clear_line(tmp_path):
 
 
 def test_finance_page_in_headless_chromium_shows_the_index_and_alert_texts(built, tmp_path):
-    chromium = next((p for p in ("/usr/bin/chromium", "/usr/bin/chromium-browser") if Path(p).exists()), None)
-    if chromium is None:
-        pytest.skip("no Chromium at /usr/bin/chromium (scripts/test-services.sh installs it)")
-    playwright = pytest.importorskip("playwright.sync_api", reason="playwright is a dev dependency")
     from tunelab.apps.finance import load_finance_config
 
     config = load_finance_config(built[0], [f"database=sqlite:///{tmp_path / 'page.db'}"])
@@ -418,9 +414,7 @@ def test_finance_page_in_headless_chromium_shows_the_index_and_alert_texts(built
     items += [_item(f"Nokia {NEGATIVE[i % 5]} {hostile} {i}", start + (30 + i) * 7200) for i in range(12)]
     with Server(_app(config)) as s:
         assert httpx.post(f"{s.url}/v1/finance/ingest", json={"items": items}).json()["stored"] == 42
-        with playwright.sync_playwright() as p:
-            browser = p.chromium.launch(executable_path=chromium, args=["--no-sandbox", "--disable-gpu", "--no-first-run"])
-            page = browser.new_page(viewport={"width": 1280, "height": 1000})
+        with headless_page(1280, 1000) as page:
             page.goto(f"{s.url}/finance")
             page.wait_for_function("window.tunelabFinance.index !== null && document.querySelectorAll('tr.alert').length > 0")
             state = page.evaluate("() => window.tunelabFinance")
@@ -435,4 +429,3 @@ def test_finance_page_in_headless_chromium_shows_the_index_and_alert_texts(built
             assert page.inner_text("#alerts tbody tr.alert td:nth-child(2)") == "Nokia"
             ARTIFACTS.mkdir(exist_ok=True)
             page.screenshot(path=str(ARTIFACTS / "finance.png"), full_page=True)
-            browser.close()

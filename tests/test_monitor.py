@@ -21,7 +21,7 @@ from tunelab.monitor import store
 from tunelab.serve.app import create_app
 from tunelab.serve.models import load_models
 
-from servers import Server, serve_process, wait_until
+from servers import Server, headless_page, serve_process, wait_until
 
 POSITIVE = ["a good film", "lovely story and superb actor", "great scene", "wonderful plot really", "excellent movie"]
 NEGATIVE = ["a bad film", "awful story and poor actor", "terrible scene", "dreadful plot really", "horrible movie"]
@@ -429,10 +429,6 @@ def test_monitor_report_from_the_log(run_dir, tmp_path):
 
 
 def test_dashboard_in_headless_chromium_shows_what_the_api_reports(run_dir, tmp_path):
-    chromium = next((p for p in ("/usr/bin/chromium", "/usr/bin/chromium-browser") if Path(p).exists()), None)
-    if chromium is None:
-        pytest.skip("no Chromium at /usr/bin/chromium (scripts/test-services.sh installs it)")
-    playwright = pytest.importorskip("playwright.sync_api", reason="playwright is a dev dependency")
     db = f"sqlite:///{tmp_path / 'dash.db'}"
     hostile = '<img src=x onerror="window.pwned=1">'  # names and messages reach the page: they must stay text
     alerts = [{"name": hostile, "metric": "label_psi", "above": 0.0}, {"name": "drift", "metric": "embedding_auc", "above": 0.75}]
@@ -442,11 +438,7 @@ def test_dashboard_in_headless_chromium_shows_what_the_api_reports(run_dir, tmp_
             httpx.post(f"{s.url}/v1/feedback", json={"id": got[0]["id"], "label": "positive"})
         wait_until(lambda: len(httpx.get(f"{s.url}/v1/monitor").json()["models"]["m"]["history"]) >= 2,
                    what="two checks (history to chart)")
-        with playwright.sync_playwright() as p:
-            browser = p.chromium.launch(executable_path=chromium, args=[
-                "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
-                "--disable-sync", "--no-first-run"])
-            page = browser.new_page(viewport={"width": 1280, "height": 1100})
+        with headless_page(1280, 1100) as page:
             page.goto(f"{s.url}/dashboard")
             page.wait_for_function("window.tunelabState !== null && window.tunelabState.models.m.history.length >= 2"
                                    " && window.tunelabCharts && window.tunelabCharts['chart-drift']")
@@ -471,5 +463,4 @@ def test_dashboard_in_headless_chromium_shows_what_the_api_reports(run_dir, tmp_
             assert page.evaluate("window.pwned") is None and hostile in page.inner_text("#alert-table")
             ARTIFACTS.mkdir(exist_ok=True)
             page.screenshot(path=str(ARTIFACTS / "dashboard.png"), full_page=True)
-            browser.close()
     assert (ARTIFACTS / "dashboard.png").stat().st_size > 10_000

@@ -26,6 +26,8 @@ apps_app = typer.Typer(no_args_is_help=True, help="Applications built from the s
 app.add_typer(apps_app, name="app")
 finance_app = typer.Typer(no_args_is_help=True, help="Financial news sentiment monitor: per-company sentiment, alerts.")
 apps_app.add_typer(finance_app, name="finance")
+support_app = typer.Typer(no_args_is_help=True, help="Customer-service assistant: FAQ answers with hand-off, intents.")
+apps_app.add_typer(support_app, name="support")
 
 CONFIG = typer.Argument(..., exists=False, help="The run's YAML config.", metavar="CONFIG")
 OVERRIDES = typer.Argument(None, help="Overrides as dotted key=value, e.g. data.seed=7 model.max_length=128.",
@@ -277,6 +279,33 @@ def finance_ingest(config: Path = typer.Argument(..., help="The app's finance.ya
 
     ingest_file(load_finance_config(config), file, follow, batch_size, say=typer.echo,
                 warn=lambda m: typer.echo(m, err=True))
+
+
+@support_app.command("init")
+def support_init(folder: Path = typer.Argument(..., help="Folder to write support.yaml (and intents.yaml) in."),
+                 faq: Optional[Path] = typer.Option(None, "--faq", help="Your FAQ: CSV (or JSONL, Parquet) with faq_id, "
+                                                    "question, answer; default: the StackFAQ example."),
+                 questions: Optional[Path] = typer.Option(None, "--questions", help="Customer questions with the id of "
+                                                          "the entry answering each: text, faq_id."),
+                 intents: Optional[Path] = typer.Option(None, "--intents", help="Labelled customer messages (text, label) "
+                                                        "for an intent model; default: none.")) -> None:
+    """Write a support app config for your own files."""
+    from tunelab.apps.support.build import init
+
+    typer.echo(init(folder, faq, questions, intents))
+
+
+@support_app.command("build")
+def support_build(config: Path = typer.Argument(..., help="The app's support.yaml."),
+                  retrain: bool = typer.Option(False, "--retrain", help="Train the models again (default: reuse a "
+                                               "finished training, resume an interrupted one).")) -> None:
+    """Train the retriever (and the intent model), set the hand-off threshold, evaluate; write the report."""
+    from tunelab.apps.support.build import build
+    from tunelab.apps.support.config import load_support_config
+
+    config = load_support_config(config)
+    build(config, retrain=retrain)
+    typer.echo(config.app_dir / "report.md")
 
 
 @monitor_app.command("profile")

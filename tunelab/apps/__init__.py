@@ -3,7 +3,10 @@
 An application is a config file (its `app:` key names which) and a routes module that the server mounts:
 
     MODELS                                           the names its models are served under
-    served_models(config) -> {name: folder}         the models `tunelab serve --app` loads for it
+    LOGGED                                           those whose answers it logs in the monitor (they keep the
+                                                     embeddings drift compares)
+    served_models(config) -> {name: folder}         the tunelab model folders `tunelab serve --app` loads for it
+    app_models(config) -> {name: ServedModel}        the models it builds itself (serve/models.py ServedModel)
     add_routes(app, state, config, authorised, ApiError, metrics)
     start(state, config, metrics)                    once the models are loaded (opens its store)
     stop(state)                                      at shutdown, after the last request
@@ -20,6 +23,7 @@ from tunelab.errors import ConfigError
 
 APPS = {  # app name -> (config loader, routes module)
     "finance": ("tunelab.apps.finance.config:load_finance_config", "tunelab.apps.finance.routes"),
+    "support": ("tunelab.apps.support.config:load_support_config", "tunelab.apps.support.routes"),
 }
 
 

@@ -164,7 +164,10 @@ def _export_onnx(model_dir: Path, out, quantize, min_agreement, limit, quiet, ff
     return ExportResult(out, parity)
 
 
-def _export(model, names: list[str], sample: tuple, path: Path) -> None:
+def _export(model, names: list[str], sample: tuple, path: Path, module=None,
+            outputs: tuple[str, ...] = ("logits", "sentence_embedding")) -> None:
+    """Trace `module` (default: the classifier's logits and embedding) into an ONNX file with dynamic batch and
+    sequence axes; `model` gives the longest sequence."""
     import contextlib
     import io
     import warnings
@@ -178,8 +181,8 @@ def _export(model, names: list[str], sample: tuple, path: Path) -> None:
     try:
         with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):  # the exporter chats on stdout
             warnings.simplefilter("ignore")
-            program = torch.onnx.export(_Logits(model, names), sample, dynamo=True, opset_version=OPSET,
-                                        input_names=names, output_names=["logits", "sentence_embedding"], verbose=False,
+            program = torch.onnx.export(module or _Logits(model, names), sample, dynamo=True, opset_version=OPSET,
+                                        input_names=names, output_names=list(outputs), verbose=False,
                                         dynamic_shapes={n: {0: batch, 1: seq} for n in names})
             program.save(str(path), external_data=False)
     finally:

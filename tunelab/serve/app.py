@@ -228,13 +228,14 @@ def create_app(models: dict[str, str | Path] | None = None, settings: ServeConfi
     keys = KeyCheck(api_keys(settings))
     metrics = Metrics()
     state: dict = {"ready": False, "models": {}, "batchers": {}, "monitor": None}
-    app_models = set(application.MODELS) if application is not None else set()  # their batchers skip drift embeddings
+    unlogged = set(application.MODELS) - set(application.LOGGED) if application is not None else set()  # no drift embeddings
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
         try:
             served = loaded if loaded is not None else await asyncio.to_thread(
-                load_models, models or {}, settings.precision, base, adapters, settings.threads, settings.max_queue)
+                load_models, models or {}, settings.precision, base, adapters, settings.threads, settings.max_queue,
+                application.app_models(app_config) if application is not None else None)
             monitor = await asyncio.to_thread(create_monitor, settings.monitor, served, metrics)
             for name, model in served.items():
                 if model.engine is not None:  # a causal LM: its decoding thread
@@ -242,7 +243,7 @@ def create_app(models: dict[str, str | Path] | None = None, settings: ServeConfi
                     continue
                 await asyncio.to_thread(model.probabilities, ["warm up"], ["warm up"] if model.pair else None)
                 batcher = Batcher(model, settings.max_batch_size, settings.max_wait_ms, settings.max_queue, metrics,
-                                  embeddings=monitor is not None and name not in app_models)
+                                  embeddings=monitor is not None and name not in unlogged)
                 batcher.start()
                 state["batchers"][name] = batcher
         except BaseException:

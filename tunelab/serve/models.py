@@ -116,8 +116,9 @@ def load_generative_adapters(base: str, adapters: dict[str, str | Path], max_que
 
 def load_models(models: dict[str, str | Path], precision: str = "fp32", base: str | None = None,
                 adapters: dict[str, str | Path] | None = None, threads: int | None = None,
-                max_queue: int = 64) -> dict[str, ServedModel]:
-    """{name: run or export folder} (+ adapters over one base) -> {name: ServedModel}."""
+                max_queue: int = 64, built: dict[str, ServedModel] | None = None) -> dict[str, ServedModel]:
+    """{name: run or export folder} (+ adapters over one base, + models `built` by an application) ->
+    {name: ServedModel}."""
     import torch
 
     from tunelab.models.adapters import AdapterSet
@@ -153,6 +154,10 @@ def load_models(models: dict[str, str | Path], precision: str = "fp32", base: st
                                        p.decide, p.tokenizer, p.max_length, p.card.pair,
                                        {**_info(p, f"torch-{precision}", p.model_dir), "shared_base": base},
                                        load_profile(p.model_dir), p.threshold, p.task)
+    for name, model in (built or {}).items():
+        if name in served:
+            raise TunelabError(f"two models are called '{name}'")
+        served[name] = model
     if not served:
         raise TunelabError("nothing to serve: give a run or export folder (or --base with --adapter)")
     return served

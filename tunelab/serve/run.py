@@ -15,10 +15,13 @@ def run_server(models: dict[str, str], settings: ServeConfig | None = None, base
     mistake is one TunelabError before anything listens. Returns whether the server started."""
     settings = settings or ServeConfig()
     adapters = adapters or {}
+    built = None
     if app_config is not None:
         from tunelab.apps import app_routes
 
-        models = {**models, **app_routes(app_config).served_models(app_config)}  # not built yet: one line, now
+        application = app_routes(app_config)
+        models = {**models, **application.served_models(app_config)}  # not built yet: one line, now
+        built = application.app_models(app_config)
         settings.monitor.database = settings.monitor.database or app_config.database_url()  # one database
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch loads: idle OpenMP threads sleep, not spin
     from tunelab.allocator import bound_onednn_cache
@@ -35,11 +38,11 @@ def run_server(models: dict[str, str], settings: ServeConfig | None = None, base
     keys = api_keys(settings)  # a key setting that holds no key: one line now, before the models load
     if adapters and base is None:
         raise TunelabError("--adapter needs --base (the model the adapters were trained on)")
-    if not models and not adapters:
+    if not models and not adapters and not built:
         raise TunelabError("nothing to serve: give a run or export folder, e.g. tunelab serve runs/sentiment-demo")
     sock = bind(settings.host, settings.port)  # first: a busy port is one clear error, and no "serving" line
     loaded = load_models(models, settings.precision, base, adapters, settings.threads,  # mistakes: one line, no server
-                         settings.max_queue)
+                         settings.max_queue, built)
     monitored = settings.monitor.enabled and any(m.engine is None for m in loaded.values())  # causal LMs: not yet
     if monitored:  # a bad database URL: one line now, not a failed server start
         from tunelab.monitor.live import default_database
@@ -54,7 +57,7 @@ def run_server(models: dict[str, str], settings: ServeConfig | None = None, base
     url = f"http://{host_in_url}:{sock.getsockname()[1]}"  # the port bound (port 0: the one the system chose)
     keys_note, warning = key_notes(settings.host, len(keys))
     page = f"; the {app_config.app} page at {url}/{app_config.app}" if app_config is not None else ""
-    say(f"serving {', '.join([*models, *adapters])} on {url} ({keys_note}; API docs at {url}/docs{page}"
+    say(f"serving {', '.join(loaded)} on {url} ({keys_note}; API docs at {url}/docs{page}"
         + (f", dashboard at {url}/dashboard; log in {settings.monitor.database})" if monitored else ")"))
     if warning:
         say(warning)

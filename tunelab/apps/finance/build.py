@@ -11,7 +11,7 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from tunelab.errors import Interrupted, TunelabError
+from tunelab.errors import TunelabError
 
 EXAMPLE_WATCHLIST = """name,aliases,ticker,sector
 Nokia,Nokia Oyj|Nokia Corporation,NOKIA,Technology
@@ -58,12 +58,6 @@ def init(folder: str | Path, data: str | Path | None = None, watchlist: str | Pa
     return target
 
 
-def _run_config(config, part: str):
-    from tunelab.config import load_config
-
-    return load_config(getattr(config, part))
-
-
 SENTIMENT, NER = "finance-sentiment", "finance-ner"  # the names the app's models are served under
 MODELS = (SENTIMENT, NER)
 
@@ -78,43 +72,24 @@ def served_models(config) -> dict[str, Path]:
 
 def model_folder(config, part: str) -> Path:
     """The folder the app scores with: the run's ONNX export (int8 or fp32) or its torch model."""
-    run_dir = _run_config(config, part).run_dir
-    if config.backend == "torch":
-        folder = run_dir / "model"
-    else:
-        folder = run_dir / "export" / ("onnx-int8" if config.backend == "onnx-int8" else "onnx")
-    if not folder.is_dir():
-        raise TunelabError(f"{folder} is missing: build the app first (tunelab app finance build {config.source})")
-    return folder
+    from tunelab.apps.runs import model_folder as folder
+
+    return folder(getattr(config, part), config.backend, f"tunelab app finance build {config.source}")
 
 
 def build(config, retrain: bool = False, quiet: bool = False) -> BuildResult:
     """Train (or reuse) the sentiment model and the optional NER model, export them, evaluate them on their test
     splits; write app_dir/report.json and report.md."""
-    from tunelab.evaluation.run import evaluate
-    from tunelab.export.onnx import export_onnx
-    from tunelab.training.loop import train
-
     from tunelab.apps.finance.watchlist import read_watchlist
+    from tunelab.apps.runs import build_run
 
     watchlist = read_watchlist(config.watchlist)  # a bad watchlist fails before an hour of training
-    say = (lambda m: None) if quiet else (lambda m: print(m, flush=True))
     report: dict = {"watchlist_companies": len(watchlist.companies)}
     for part in ("sentiment", "ner") if config.ner else ("sentiment",):
-        run_config = _run_config(config, part)
         expected = "classification" if part == "sentiment" else "token_classification"
-        if run_config.task.name != expected:
-            raise TunelabError(f"{getattr(config, part)}: the {part} model must be a {expected} run "
-                               f"(task.name is {run_config.task.name})")
-        run_dir = run_config.run_dir
-        started = (run_dir / "model").exists() or (run_dir / "checkpoints").exists()
-        say(f"{part}: {'continuing' if started and not retrain else 'training'} {run_dir}")
-        try:
-            trained = train(run_config, resume=started and not retrain, overwrite=retrain, quiet=quiet)
-        except Interrupted as exc:  # the app's own command continues it, not `tunelab train`
-            message = str(exc).split(" Continue with:")[0]
-            raise Interrupted(f"{message} Continue with: tunelab app finance build {config.source}", exc.signum) from None
-        labels = trained_labels(run_dir)
+        entry = build_run(getattr(config, part), part, expected, config.backend, retrain, quiet,
+                          f"tunelab app finance build {config.source}")
+        labels = entry.pop("labels")
         if part == "sentiment":
             missing = {config.negative_label, config.positive_label} - set(labels)
             if missing:
@@ -124,29 +99,12 @@ def build(config, retrain: bool = False, quiet: bool = False) -> BuildResult:
         elif config.ner_label not in {tag.split("-", 1)[-1] for tag in labels}:  # IOB2 tags: B-ORG, I-ORG
             raise TunelabError(f"{config.ner}: the NER model's tags are {', '.join(labels)}, none of them "
                                f"{config.ner_label} (ner_label in {config.source})")
-        entry = {"run": str(run_dir), "steps": trained.steps}
-        if config.backend != "torch":
-            quantize = "int8" if config.backend == "onnx-int8" else None
-            out = run_dir / "export" / ("onnx-int8" if quantize else "onnx")
-            if retrain or not (out / "parity.json").is_file():
-                say(f"{part}: exporting {out}")
-                export_onnx(run_dir, out, quantize=quantize, quiet=quiet)
-            entry["export"] = str(out)
-            entry["export_parity"] = json.loads((out / "parity.json").read_text())
-        test = evaluate(run_dir, "test", quiet=quiet)
-        entry["test"] = {k: v for k, v in test.metrics.items() if isinstance(v, (int, float))}
         report[part] = entry
     app_dir = config.app_dir
     app_dir.mkdir(parents=True, exist_ok=True)
     (app_dir / "report.json").write_text(json.dumps(report, indent=2, default=str), encoding="utf-8")
     (app_dir / "report.md").write_text(_markdown(report), encoding="utf-8")
     return BuildResult(app_dir, report)
-
-
-def trained_labels(run_dir: Path) -> list[str]:
-    from tunelab.models.card import ModelCard
-
-    return list(ModelCard.read(run_dir / "model").labels)
 
 
 def _markdown(report: dict) -> str:

@@ -5,11 +5,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, ValidationError
+from pydantic import Field
 
 from tunelab.config import FolderName
 
-from tunelab.errors import ConfigError
 from tunelab.settings import Section
 
 
@@ -74,37 +73,8 @@ class FinanceConfig(Section):
 
 
 def load_finance_config(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> FinanceConfig:
-    """Read finance.yaml; relative paths in it are taken from the file's folder, so a config written by
-    `tunelab app finance init DIR` works from any working directory."""
-    from tunelab.config import _expand_env, _explain, apply_override, read_yaml
+    """Read finance.yaml (paths in it relative to the file's folder)."""
+    from tunelab.apps.config import read_app_config
 
-    path = Path(path)
-    try:
-        raw = read_yaml(path.read_text(encoding="utf-8")) or {}
-    except FileNotFoundError:
-        raise ConfigError(f"config file {path} does not exist") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"cannot read config file {path}: {exc}") from None
-    except Exception as exc:  # noqa: BLE001 -- yaml errors: one line naming the file
-        raise ConfigError(f"config file {path} is not valid YAML: {getattr(exc, 'problem', exc)}") from None
-    if not isinstance(raw, dict):
-        raise ConfigError(f"config file {path} must be a mapping (app: finance, sentiment:, watchlist:, ...)")
-    if raw.get("app", "finance") != "finance":
-        raise ConfigError(f"{path}: app: {raw['app']!r} is not the finance app's config")
-    for override in overrides:
-        apply_override(raw, override)
-    raw = _expand_env(raw)
-    try:
-        config = FinanceConfig.model_validate(raw)
-    except ValidationError as exc:
-        raise _explain(exc, str(path), FinanceConfig) from None
-    here = path.resolve().parent
-    for key in ("runs_dir", "sentiment", "ner", "watchlist"):
-        value = getattr(config, key)
-        if value is not None and not value.is_absolute():
-            setattr(config, key, (here / value).resolve())
-    config.source = path.resolve()
-    for key in ("sentiment", "watchlist") + (("ner",) if config.ner else ()):
-        if not getattr(config, key).is_file():
-            raise ConfigError(f"{path}: {key}: {getattr(config, key)} does not exist")
-    return config
+    return read_app_config(path, overrides, FinanceConfig, paths=("runs_dir", "sentiment", "ner", "watchlist"),
+                           files=("sentiment", "watchlist", "ner"))

@@ -22,6 +22,12 @@ from fastapi.responses import HTMLResponse, JSONResponse
 
 from tunelab.apps.finance.build import MODELS, NER, SENTIMENT, served_models  # noqa: F401 -- the app's interface (tunelab.apps)
 
+LOGGED = ()  # the app keeps its own record of each text (store.py), not the monitor's
+
+
+def app_models(config) -> dict:
+    return {}  # every model is a tunelab model folder (served_models)
+
 
 def start(state: dict, config, metrics) -> None:
     """Open the store and rebuild the detector (the server calls this once the models are loaded)."""

@@ -1,0 +1,236 @@
+"""`tunelab app support init DIR` and `build CONFIG`: a config for the user's own files; the retriever trained,
+exported, indexed and calibrated, the hand-off threshold set, the optional intent model built, one report.
+
+build is safe to run again: a trained retriever is reused (an interrupted training resumes), the index, the
+calibration and the threshold are always redone (seconds), so an edited FAQ needs only a build; `retrain` starts
+the trainings over.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+
+from tunelab.errors import TunelabError
+
+FAQ, INTENT = "support-faq", "support-intent"  # the names the app's models are served under
+MODELS = (FAQ, INTENT)
+PARITY_TEXTS = 500
+
+
+def command(config) -> str:
+    return f"tunelab app support build {config.source}"
+
+
+def init(folder: str | Path, faq: str | Path | None = None, questions: str | Path | None = None,
+         intents: str | Path | None = None) -> Path:
+    """Write folder/support.yaml for the user's FAQ and questions files (default: the shipped StackFAQ example)
+    and, with `intents` (a CSV of labelled customer messages), folder/intents.yaml, a classification run.
+    Refuses to overwrite an existing config."""
+    import yaml
+
+    folder = Path(folder)
+    target = folder / "support.yaml"
+    if target.exists():
+        raise TunelabError(f"{target} exists; edit it, or init another folder")
+    for option, path in (("--faq", faq), ("--questions", questions), ("--intents", intents)):
+        if path is not None and not Path(path).is_file():
+            raise TunelabError(f"{option} {path} does not exist")
+    if (faq is None) != (questions is None):
+        raise TunelabError("give both --faq and --questions (or neither, for the StackFAQ example)")
+    if faq is None:
+        import os
+
+        shared = Path(os.environ.get("TUNELAB_DATA", "../shared/data")).resolve() / "stackfaq"
+        faq, questions = shared / "faq_pairs.csv", shared / "all.csv"
+        if not faq.is_file():
+            raise TunelabError(f"the StackFAQ example is not at {shared} (set TUNELAB_DATA); give your own files: "
+                               "--faq FAQ.csv --questions QUESTIONS.csv")
+    folder.mkdir(parents=True, exist_ok=True)
+    config = {"app": "support", "name": "support", "runs_dir": "runs", "faq": str(Path(faq).resolve()),
+              "questions": str(Path(questions).resolve())}
+    header = Path(questions).open(encoding="utf-8", errors="replace").readline().strip().split(",")
+    if "faq_id" not in header and "label" in header:  # a classification file (text, label): the label is the entry
+        config["columns"] = {"entry": "label"}
+    if intents is not None:
+        run = {"name": f"{folder.resolve().name}-intents", "runs_dir": str((folder / "runs").resolve()),
+               "data": {"train": str(Path(intents).resolve()), "validation_fraction": 0.1, "test_fraction": 0.1,
+                        "seed": 42},
+               "model": {"name": "default", "max_length": 64}}
+        (folder / "intents.yaml").write_text(
+            "# The intent model: a tunelab classification run (every key: tunelab config schema).\n"
+            + yaml.safe_dump(run, sort_keys=False), encoding="utf-8")
+        config["intents"] = "intents.yaml"
+    config.update(target_precision=0.95, retriever={"epochs": 3, "batch_size": 32})
+    target.write_text("# tunelab app support: every key and its meaning in docs/apps/support.md\n"
+                      + yaml.safe_dump(config, sort_keys=False), encoding="utf-8")
+    return target
+
+
+def encoder_folder(config, name: str = "retriever", training=None) -> Path:
+    """The encoder the app runs for `name` (retriever, intent-encoder): its export for the backend, or the trained
+    folder with backend torch, or the base encoder when it is not fine-tuned (epochs 0)."""
+    training = training or config.retriever
+    if not training.epochs and config.backend == "torch":
+        from tunelab.hub import resolve_model
+
+        return Path(resolve_model(training.model))
+    suffix = "" if config.backend == "torch" else "-" + config.backend.removesuffix("-fp32")
+    folder = config.app_dir / f"{name}{suffix}"
+    if not folder.is_dir():
+        raise TunelabError(f"{folder} is missing: build the app first ({command(config)})")
+    return folder
+
+
+def served_models(config) -> dict[str, Path]:
+    """The tunelab model folders the app serves: the intent model, when configured."""
+    if config.intents is None:
+        return {}
+    from tunelab.apps.runs import model_folder
+
+    return {INTENT: model_folder(config.intents, config.backend, command(config))}
+
+
+def build(config, retrain: bool = False, quiet: bool = False) -> dict:
+    """Everything the app serves, from the config's files; writes app_dir/report.json and report.md."""
+    from tunelab.apps.runs import build_run
+    from tunelab.apps.support.faq import read_faq, read_questions
+    from tunelab.apps.support.fewshot import build_fewshot
+    from tunelab.apps.support.retriever import Encoder, train_retriever
+
+    say = (lambda m: None) if quiet else (lambda m: print(m, flush=True))
+    c = config.columns
+    faq = read_faq(config.faq, c.faq_id, c.question, c.answer)  # bad files fail before any training
+    train_fraction = 1 - config.validation_fraction - config.test_fraction
+    questions = read_questions(config.questions, faq, c.text, c.entry, {"train": train_fraction, "validation":
+                               config.validation_fraction, "test": config.test_fraction}, config.seed)
+    if not questions.validation:
+        raise TunelabError(f"{config.questions}: no entry has 3 or more questions, so none is held out to set the "
+                           "hand-off threshold; add questions")
+    app_dir = config.app_dir
+    app_dir.mkdir(parents=True, exist_ok=True)
+    report: dict = {"faq_entries": len(faq), "faq_extra_answers": faq.extra_answers,
+                    "questions": {s: len(getattr(questions, s)) for s in ("train", "validation", "test")},
+                    "train_only_entries": questions.train_only_entries, "target_precision": config.target_precision,
+                    "backend": config.backend}
+
+    def export(source: Path, name: str, texts: list[str], max_length: int, fresh: bool) -> Path:
+        """The encoder at `source` as the backend runs it: app_dir/<name>-onnx[-int8] (exported when new), or itself."""
+        from tunelab.apps.support.retriever import ENCODER_FILE, export_encoder
+
+        if config.backend == "torch":
+            return source
+        out = app_dir / f"{name}-{config.backend.removesuffix('-fp32')}"
+        if fresh or retrain or not (out / ENCODER_FILE).is_file():
+            say(f"{name}: exporting {out}")
+            export_encoder(source, out, "int8" if config.backend == "onnx-int8" else None, texts, max_length)
+        report[f"{name}_export"] = json.loads((out / ENCODER_FILE).read_text())["parity"]
+        return out
+
+    if config.intents is not None:
+        report["intent"] = build_run(config.intents, "intent", "classification", config.backend, retrain, quiet,
+                                     command(config))
+        report["intent"].pop("labels")
+    elif config.intent_examples is not None:
+        report["intent"] = build_fewshot(config, retrain, quiet, say, export)
+    r = config.retriever
+    question_of = dict(zip(faq.ids, faq.questions))
+    fresh = False
+    if r.epochs:
+        trained = app_dir / "retriever"
+        if retrain or not (trained / "modules.json").is_file():
+            say(f"retriever: fine-tuning {r.model} on {len(questions.train)} questions ({r.epochs} epochs)")
+            pairs = [(text, question_of[entry], entry) for text, entry in questions.train]
+            report["retriever_training"] = train_retriever(r.model, pairs, trained, r, quiet, retrain)
+            fresh = True
+        source = trained
+    else:
+        from tunelab.hub import resolve_model
+
+        source = Path(resolve_model(r.model))
+    texts = ([t for t, _ in questions.validation] + faq.questions)[:PARITY_TEXTS]
+    encoder = Encoder(export(source, "retriever", texts, r.max_length, fresh), r.max_length)
+    report.update(fit_matcher(config, encoder, faq, questions, say))
+    (app_dir / "report.json").write_text(json.dumps(report, indent=2, default=str), encoding="utf-8")
+    (app_dir / "report.md").write_text(_markdown(report, config), encoding="utf-8")
+    return report
+
+
+def fit_matcher(config, encoder, faq, questions, say) -> dict:
+    """Index the FAQ, fit the temperature and the hand-off threshold on validation, measure on test; the matcher's
+    folder (app_dir/faq) is written. -> the figures."""
+    from tunelab.apps.support.matcher import (
+        answered, build_index, ranking_metrics, softmax, threshold_for_precision, write_matcher)
+    from tunelab.tasks.calibration import fit_temperature
+    from tunelab.tasks.classification.metrics import calibration
+
+    started = time.perf_counter()
+    index = build_index(encoder, faq, questions.train if config.retriever.index_questions else [])
+    position = {entry: i for i, entry in enumerate(faq.ids)}
+    scale = config.retriever.scale
+    figures: dict = {"index_vectors": len(index.vectors)}
+    splits = {}
+    for split in ("validation", "test"):
+        rows = getattr(questions, split)
+        logits = scale * index.scores(encoder.encode([t for t, _ in rows]))
+        splits[split] = (logits, np.array([position[e] for _, e in rows]))
+    logits, targets = splits["validation"]
+    temperature = fit_temperature(logits, targets)
+    probs = softmax(logits / temperature)
+    confidence, correct = probs.max(axis=1), probs.argmax(axis=1) == targets
+    chosen = threshold_for_precision(confidence, correct, config.target_precision)
+    min_similarity = float(np.quantile(logits.max(axis=1) / scale, config.out_of_scope_quantile))
+    given = (confidence >= chosen["threshold"]) & (logits.max(axis=1) / scale >= min_similarity)
+    figures["validation"] = {**ranking_metrics(probs, targets), **answered(given, correct)}
+    calibration_fit = {"scale": scale, "temperature": temperature, "threshold": chosen["threshold"],
+                       "min_similarity": min_similarity, "target_precision": config.target_precision,
+                       "validation": figures["validation"]}
+    write_matcher(config.app_dir / "faq", faq, index, calibration_fit)
+    if splits["test"][1].size:
+        logits, targets = splits["test"]
+        probs = softmax(logits / temperature)
+        confidence, correct = probs.max(axis=1), probs.argmax(axis=1) == targets
+        given = (confidence >= chosen["threshold"]) & (logits.max(axis=1) / scale >= min_similarity)
+        figures["test"] = {**ranking_metrics(probs, targets), **answered(given, correct),
+                           "ece": calibration(confidence, correct, 10)[0],
+                           "ece_uncalibrated": calibration(softmax(logits).max(axis=1), correct, 10)[0]}
+    figures.update(temperature=round(temperature, 4), threshold=chosen["threshold"], min_similarity=min_similarity,
+                   matcher_seconds=round(time.perf_counter() - started, 1))
+    say(f"faq: answers {figures['validation']['coverage']:.1%} of validation questions (confidence at least "
+        f"{chosen['threshold']:.4f}, similarity at least {min_similarity:.3f}) for a target precision of "
+        f"{config.target_precision:.0%}")
+    return figures
+
+
+def _markdown(report: dict, config) -> str:
+    def f(v):
+        return "n/a" if v is None else f"{v:.4f}" if isinstance(v, float) else str(v)
+
+    q = report["questions"]
+    lines = ["# Support app build", "",
+             f"FAQ: {report['faq_entries']} entries. Customer questions split per entry (stratified, the same text in "
+             f"one split only): {q['train']} train, {q['validation']} validation, {q['test']} test"
+             + (f"; {report['train_only_entries']} entries with fewer than 3 questions are trained on only" if
+                report["train_only_entries"] else "") + ".",
+             f"The retriever ranks every entry for each held-out question; the hand-off threshold is the lowest "
+             f"confidence whose validation answers were right {config.target_precision:.0%} of the time, and the test "
+             "figures show what it gives on unseen questions.", ""]
+    for split in ("validation", "test"):
+        if split in report:
+            lines += [f"## FAQ matching, {split}", ""] + [f"- {k}: {f(v)}" for k, v in report[split].items()] + [""]
+    entry = report.get("intent")
+    if entry and "run" in entry:
+        lines += ["## Intent", "", f"- run: `{entry['run']}` ({entry['steps']} steps)",
+                  "- test split: " + ", ".join(f"{k} {v:.4f}" for k, v in entry["test"].items() if isinstance(v, float)), ""]
+    elif entry:
+        lines += ["## Intent (few-shot)", "", f"- {entry['intents']} intents from {entry['examples']} examples"
+                  + (f"; known by their description only: {', '.join(entry['zero_shot'])}" if entry["zero_shot"] else ""),
+                  *([f"- added since the encoder was trained (head refitted only): "
+                     f"{', '.join(entry['added_since_encoder_training'])}"] if entry["added_since_encoder_training"] else []),
+                  *([f"- intent_test: accuracy {f(entry['test']['accuracy'])} on {entry['test']['examples']} messages"
+                     + (f" ({entry['test']['unknown_intent']} of unknown intents left out)" if entry['test']['unknown_intent'] else "")]
+                    if "test" in entry else []), ""]
+    return "\n".join(lines)
