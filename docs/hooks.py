@@ -133,13 +133,16 @@ def server_reference() -> str:
     from tunelab.serve.app import create_app
 
     from tunelab.apps.finance.config import FinanceConfig
+    from tunelab.apps.recommend.config import RecommendConfig
     from tunelab.apps.support.config import SupportConfig
 
     # an application's routes are part of the same server (tunelab serve --app): each app's, with its defaults
     schema = create_app(loaded={}, app_config=FinanceConfig(sentiment="sentiment.yaml", watchlist="watchlist.csv")).openapi()
-    support = create_app(loaded={}, app_config=SupportConfig(faq="faq.csv", questions="questions.csv")).openapi()
-    schema["paths"].update({p: m for p, m in support["paths"].items() if p.startswith(("/v1/support", "/support"))})
-    schema.setdefault("components", {}).setdefault("schemas", {}).update(support.get("components", {}).get("schemas", {}))
+    for config, prefixes in ((SupportConfig(faq="faq.csv", questions="questions.csv"), ("/v1/support", "/support")),
+                             (RecommendConfig(interactions="i.csv", items="items.csv"), ("/v1/recommend", "/v1/items"))):
+        other = create_app(loaded={}, app_config=config).openapi()
+        schema["paths"].update({p: m for p, m in other["paths"].items() if p.startswith(prefixes)})
+        schema.setdefault("components", {}).setdefault("schemas", {}).update(other.get("components", {}).get("schemas", {}))
     lines = ["# Server API", "",
              f"Generated from the OpenAPI schema of `tunelab serve` (version {schema['info']['version']}). A running "
              "server serves the same schema at `/openapi.json` and an interactive page at `/docs`.", ""]

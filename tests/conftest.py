@@ -1,3 +1,4 @@
+import json
 import os
 from pathlib import Path
 
@@ -133,3 +134,52 @@ def served_run(tmp_path_factory, tiny_model_dir, sentiment_files):
            "train": {"learning_rate": 3e-3, "batch_size": 16, "max_steps": 40, "eval_every": 20, "trackers": [],
                      "precision": "fp32"}}
     return train(load_config(raw), quiet=True).run_dir
+
+
+# ---------------------------------------------------------------- a tiny causal LM (test_causal_lm, test_support)
+
+CHATML = ("{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
+          "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
+
+
+@pytest.fixture(scope="session")
+def tiny_llama_dir(tmp_path_factory):
+    """A 2-layer, 32-wide Llama built from a config in-process, with the bundled WordPiece tokenizer, ChatML's two
+    special tokens and a ChatML template."""
+    import torch
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+    from tunelab.hub import default_model_dir
+
+    folder = tmp_path_factory.mktemp("tiny-llama")
+    tokenizer = AutoTokenizer.from_pretrained(default_model_dir())
+    tokenizer.add_special_tokens({"additional_special_tokens": ["<|im_start|>", "<|im_end|>"]})
+    tokenizer.chat_template = CHATML
+    tokenizer.eos_token = "<|im_end|>"
+    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                         num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=128,
+                         eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id, tie_word_embeddings=True)
+    torch.manual_seed(0)
+    LlamaForCausalLM(config).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
+def conversations(n: int, seed: int = 0) -> list[dict]:
+    """'what colour is the X thing' -> 'the X thing is COLOUR.' with a fixed colour per thing: learnable."""
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    things = ["sky", "grass", "sun", "snow", "coal", "sea", "leaf", "lemon"]
+    colour = dict(zip(things, ["blue", "green", "yellow", "white", "black", "blue", "green", "yellow"]))
+    out = []
+    for _ in range(n):
+        thing = things[rng.integers(len(things))]
+        out.append({"messages": [{"role": "user", "content": f"what colour is the {thing} number {rng.integers(1000)}"},
+                                 {"role": "assistant", "content": f"the {thing} is {colour[thing]}."}]})
+    return out
+
+
+def write_jsonl(path, rows):
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path

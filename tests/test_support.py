@@ -85,6 +85,30 @@ def test_index_scores_each_entry_by_its_best_vector():
     assert figures["recall_at_1"] == pytest.approx(1 / 3) and figures["mrr_at_10"] == pytest.approx((1 + 1 / 2 + 1 / 3) / 3)
 
 
+def test_faiss_graph_finds_the_exact_best_entry_and_can_only_lower_confidence(tmp_path):
+    from tunelab.apps.support.config import RetrieverConfig
+    from tunelab.apps.support.matcher import choose_search, softmax
+
+    rng = np.random.default_rng(0)
+    vectors = rng.standard_normal((3000, 32)).astype(np.float32)
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    exact = FaqIndex(vectors, np.arange(0, 3000, 10))  # 300 entries of 10 vectors
+    queries = vectors[rng.choice(3000, 200, replace=False)] + 0.3 * rng.standard_normal((200, 32)).astype(np.float32)
+    queries /= np.linalg.norm(queries, axis=1, keepdims=True)
+    graph = exact.with_graph(candidates=32)
+    truth, approximate = exact.scores(queries), graph.scores(queries)
+    assert (approximate.argmax(axis=1) == truth.argmax(axis=1)).mean() >= 0.98
+    assert np.allclose(approximate.max(axis=1), truth.max(axis=1), atol=1e-5)  # the best entry's own cosine
+    assert (softmax(20 * approximate).max(axis=1) <= softmax(20 * truth).max(axis=1) + 1e-6).all()
+    graph.save(tmp_path)
+    assert (tmp_path / "index.faiss").is_file() and np.allclose(FaqIndex.load(tmp_path).scores(queries), approximate)
+    exact.save(tmp_path)  # an exact index leaves no stale graph behind
+    assert not (tmp_path / "index.faiss").exists() and FaqIndex.load(tmp_path).graph is None
+    auto = RetrieverConfig(exact_up_to=1000)
+    assert [choose_search(auto, n) for n in (1000, 1001)] == ["exact", "faiss"]
+    assert choose_search(RetrieverConfig(search="exact", exact_up_to=10), 10**6) == "exact"
+
+
 def test_threshold_is_the_lowest_that_keeps_the_target_precision():
     confidence = np.array([0.99, 0.95, 0.9, 0.8, 0.8, 0.7, 0.5])
     correct = np.array([1, 1, 1, 0, 1, 1, 0], dtype=bool)
@@ -104,6 +128,8 @@ def test_contrastive_pairs_join_examples_of_one_intent_and_its_description():
     assert all(by_text[a] == by_text[b] == label and a != b for a, b, label in pairs)
     assert len(pairs) == 4 * 3 + 2 * 2  # up to `partners` each: the refund examples have two partners only
     assert ("refund me", "refund", "refund") in pairs  # the description ("refund": the name in words) is a partner
+    described = contrastive_pairs(examples, partners=3, seed=0, descriptions={"refund": "asks for money back"})
+    assert ("refund me", "asks for money back", "refund") in described and ("refund me", "refund", "refund") not in described
 
 
 def test_head_fits_examples_and_descriptions_and_round_trips_as_json(tmp_path):
@@ -200,6 +226,9 @@ def test_build_again_reuses_the_retriever_and_redoes_the_index(built):
     again = build(config, quiet=True)
     assert weights.stat().st_mtime_ns == before and "retriever_training" not in again
     assert again["threshold"] == report["threshold"]
+    reseeded = build(config.model_copy(update={"seed": 7}), quiet=True)  # another split: it may have trained on
+    assert reseeded["retriever_training"]["steps"] > 0  # today's test questions, so it is trained again
+    build(config, quiet=True)  # and back, for the tests after this one
 
 
 def test_interrupted_retriever_training_resumes_from_its_last_epoch(built, tmp_path, monkeypatch):
@@ -271,6 +300,48 @@ def test_served_answers_hand_off_log_and_take_feedback(built, tmp_path):
         assert httpx.get(f"{s.url}/v1/support/conversations/nope").status_code == 404
 
 
+def test_generated_answers_are_written_from_the_best_entries_and_logged(built, tmp_path, tiny_llama_dir):
+    """With a generator (a tiny Llama run), an answer is generated from the best entries, which come back marked
+    as used; the prompt holds their answers; the generation is logged; generate: false gives the entry's answer."""
+    import yaml
+
+    from tunelab.apps.support.build import build
+    from tunelab.apps.support.config import load_support_config
+
+    from conftest import conversations, write_jsonl
+
+    path, _, _ = built
+    files = {s: str(write_jsonl(tmp_path / f"{s}.jsonl", conversations(n, seed))) for s, n, seed in
+             (("train", 64, 0), ("validation", 8, 1), ("test", 4, 2))}
+    (tmp_path / "llm.yaml").write_text(yaml.safe_dump({
+        "name": "answers", "runs_dir": str(tmp_path / "runs"), "task": {"name": "causal_lm"}, "data": files,
+        "model": {"name": str(tiny_llama_dir), "max_length": 64}, "evaluate": {"generate_examples": 4, "max_new_tokens": 4},
+        "train": {"batch_size": 16, "max_steps": 4, "eval_every": 4, "trackers": [], "precision": "fp32"}}))
+    text = "\n".join(line for line in path.read_text().splitlines() if not line.startswith("intents:"))
+    rag = path.parent / "rag.yaml"  # everything answered: a tiny model's threshold would hand off at random
+    rag.write_text(text.replace("name: support", "name: support-rag").replace("target_precision: 0.95", "target_precision: 0.01")
+                   + f"\nout_of_scope_quantile: 0\ngenerator: {tmp_path / 'llm.yaml'}\ngeneration:\n  max_tokens: 6\n  sources: 2\n")
+    config = load_support_config(rag)
+    report = build(config, quiet=True)
+    assert report["generator"]["steps"] == 4 and "rouge_l" in report["generator"]["test"]
+    assert "## Generated answers" in (config.app_dir / "report.md").read_text()
+    with Server(_app(config, tmp_path)) as s:
+        message = "I forgot my password"
+        a = httpx.post(f"{s.url}/v1/support/answer", json={"message": message, "conversation_id": "g"}).json()
+        assert not a["handed_off"] and a["generated"] and isinstance(a["answer"], str)
+        used = [x["used"] for x in a["sources"]]  # the best first, as many as fit the tiny model's 128 tokens
+        assert used[0] and not used[2] and used == sorted(used, reverse=True)
+        logged = s.monitor.live["support-llm"].generated[-1]
+        faq = json.loads((config.app_dir / "faq" / "faq.json").read_text())
+        answer_of = dict(zip(faq["ids"], faq["answers"]))
+        assert logged["completion"] == a["answer"] and message in logged["prompt"]
+        assert [answer_of[x["faq_id"]] in logged["prompt"] for x in a["sources"]] == used
+        plain = httpx.post(f"{s.url}/v1/support/answer", json={"message": message, "generate": False}).json()
+        assert not plain["generated"] and plain["answer"] == answer_of[plain["faq_id"]]
+        shown = httpx.get(f"{s.url}/v1/support/conversations/g").json()["exchanges"]
+        assert shown[0]["answer"] == a["answer"] and shown[0]["generated"] is True
+
+
 def test_support_config_errors_are_one_line(tmp_path):
     from tunelab.apps import load_app_config
     from tunelab.apps.support.build import init
@@ -286,6 +357,11 @@ def test_support_config_errors_are_one_line(tmp_path):
         load_app_config(path)
     path.write_text(path.read_text().replace("target_precision: 1.5", "target_precison: 0.9"))
     with pytest.raises(ConfigError, match="target_precison: unknown key"):
+        load_app_config(path)
+    (tmp_path / "llm.yaml").write_text("name: x\n")
+    path.write_text(path.read_text().replace("target_precison: 0.9", f"generator: {tmp_path / 'llm.yaml'}\n"
+                                             "generation:\n  sources: 5"))
+    with pytest.raises(ConfigError, match=r"generation.sources \(5\) is more than top_k \(3\)"):
         load_app_config(path)
 
 

@@ -28,6 +28,9 @@ finance_app = typer.Typer(no_args_is_help=True, help="Financial news sentiment m
 apps_app.add_typer(finance_app, name="finance")
 support_app = typer.Typer(no_args_is_help=True, help="Customer-service assistant: FAQ answers with hand-off, intents.")
 apps_app.add_typer(support_app, name="support")
+recommend_app = typer.Typer(no_args_is_help=True, help="Text-aware recommender: items from a user's history and "
+                            "the items' text, new items from day one.")
+apps_app.add_typer(recommend_app, name="recommend")
 
 CONFIG = typer.Argument(..., exists=False, help="The run's YAML config.", metavar="CONFIG")
 OVERRIDES = typer.Argument(None, help="Overrides as dotted key=value, e.g. data.seed=7 model.max_length=128.",
@@ -304,6 +307,33 @@ def support_build(config: Path = typer.Argument(..., help="The app's support.yam
     from tunelab.apps.support.config import load_support_config
 
     config = load_support_config(config)
+    build(config, retrain=retrain)
+    typer.echo(config.app_dir / "report.md")
+
+
+@recommend_app.command("init")
+def recommend_init(folder: Path = typer.Argument(..., help="Folder to write recommend.yaml in."),
+                   interactions: Optional[Path] = typer.Option(None, "--interactions", help="Who took what, when: "
+                                                               "user_id, item_id, timestamp; default: MovieLens."),
+                   items: Optional[Path] = typer.Option(None, "--items", help="The catalogue: item_id and text "
+                                                        "columns (title, ...)."),
+                   tags: Optional[Path] = typer.Option(None, "--tags", help="Optional users' tags: user_id, item_id, "
+                                                       "tag, timestamp.")) -> None:
+    """Write a recommender config for your own files."""
+    from tunelab.apps.recommend.build import init
+
+    typer.echo(init(folder, interactions, items, tags))
+
+
+@recommend_app.command("build")
+def recommend_build(config: Path = typer.Argument(..., help="The app's recommend.yaml."),
+                    retrain: bool = typer.Option(False, "--retrain", help="Train the item tower again (default: "
+                                                 "reuse a finished training, resume an interrupted one).")) -> None:
+    """Tune and measure the baselines, train the item tower, tune the user tower and the hybrid; write the report."""
+    from tunelab.apps.recommend.build import build
+    from tunelab.apps.recommend.config import load_recommend_config
+
+    config = load_recommend_config(config)
     build(config, retrain=retrain)
     typer.echo(config.app_dir / "report.md")
 

@@ -5,6 +5,7 @@ An application is a config file (its `app:` key names which) and a routes module
     MODELS                                           the names its models are served under
     LOGGED                                           those whose answers it logs in the monitor (they keep the
                                                      embeddings drift compares)
+    PAGE                                             the path of its web page, or None
     served_models(config) -> {name: folder}         the tunelab model folders `tunelab serve --app` loads for it
     app_models(config) -> {name: ServedModel}        the models it builds itself (serve/models.py ServedModel)
     add_routes(app, state, config, authorised, ApiError, metrics)
@@ -24,6 +25,7 @@ from tunelab.errors import ConfigError
 APPS = {  # app name -> (config loader, routes module)
     "finance": ("tunelab.apps.finance.config:load_finance_config", "tunelab.apps.finance.routes"),
     "support": ("tunelab.apps.support.config:load_support_config", "tunelab.apps.support.routes"),
+    "recommend": ("tunelab.apps.recommend.config:load_recommend_config", "tunelab.apps.recommend.routes"),
 }
 
 

@@ -46,3 +46,17 @@ def read_app_config(path: str | Path, overrides, schema, paths: tuple[str, ...],
         if getattr(config, key) is not None and not getattr(config, key).is_file():
             raise ConfigError(f"{path}: {key}: {getattr(config, key)} does not exist")
     return config
+
+
+def new_config(folder: str | Path, name: str, options: dict[str, str | Path | None]) -> Path:
+    """The path of a config `init` is about to write in `folder`: refused when it exists (it is the user's now), or
+    when one of the `options` ({"--flag": path}) names a file that does not exist."""
+    from tunelab.errors import TunelabError
+
+    target = Path(folder) / name
+    if target.exists():
+        raise TunelabError(f"{target} exists; edit it, or init another folder")
+    for option, path in options.items():
+        if path is not None and not Path(path).is_file():
+            raise TunelabError(f"{option} {path} does not exist")
+    return target

@@ -158,6 +158,6 @@ def load_models(models: dict[str, str | Path], precision: str = "fp32", base: st
         if name in served:
             raise TunelabError(f"two models are called '{name}'")
         served[name] = model
-    if not served:
+    if not served and built is None:  # an application may serve only its own routes (the recommender)
         raise TunelabError("nothing to serve: give a run or export folder (or --base with --adapter)")
     return served

@@ -38,7 +38,7 @@ def run_server(models: dict[str, str], settings: ServeConfig | None = None, base
     keys = api_keys(settings)  # a key setting that holds no key: one line now, before the models load
     if adapters and base is None:
         raise TunelabError("--adapter needs --base (the model the adapters were trained on)")
-    if not models and not adapters and not built:
+    if not models and not adapters and not built and app_config is None:
         raise TunelabError("nothing to serve: give a run or export folder, e.g. tunelab serve runs/sentiment-demo")
     sock = bind(settings.host, settings.port)  # first: a busy port is one clear error, and no "serving" line
     loaded = load_models(models, settings.precision, base, adapters, settings.threads,  # mistakes: one line, no server
@@ -56,7 +56,7 @@ def run_server(models: dict[str, str], settings: ServeConfig | None = None, base
     host_in_url = f"[{settings.host}]" if ":" in settings.host else settings.host
     url = f"http://{host_in_url}:{sock.getsockname()[1]}"  # the port bound (port 0: the one the system chose)
     keys_note, warning = key_notes(settings.host, len(keys))
-    page = f"; the {app_config.app} page at {url}/{app_config.app}" if app_config is not None else ""
+    page = f"; the {app_config.app} page at {url}{application.PAGE}" if app_config is not None and application.PAGE else ""
     say(f"serving {', '.join(loaded)} on {url} ({keys_note}; API docs at {url}/docs{page}"
         + (f", dashboard at {url}/dashboard; log in {settings.monitor.database})" if monitored else ")"))
     if warning:

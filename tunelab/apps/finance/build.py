@@ -31,15 +31,11 @@ def init(folder: str | Path, data: str | Path | None = None, watchlist: str | Pa
     label columns) and, unless given, a watchlist to edit. Refuses to overwrite an existing config."""
     import yaml
 
+    from tunelab.apps.config import new_config
+
     folder = Path(folder)
-    target = folder / "finance.yaml"
-    if target.exists():
-        raise TunelabError(f"{target} exists; edit it, or init another folder")
+    target = new_config(folder, "finance.yaml", {"--data": data, "--watchlist": watchlist})
     folder.mkdir(parents=True, exist_ok=True)
-    if data is not None and not Path(data).is_file():
-        raise TunelabError(f"--data {data} does not exist")
-    if watchlist is not None and not Path(watchlist).is_file():
-        raise TunelabError(f"--watchlist {watchlist} does not exist")
     train_file = str(Path(data).resolve()) if data else "${TUNELAB_DATA:-../shared/data}/financial_phrasebank/sentences_50agree/all.csv"
     sentiment = {"name": f"{folder.resolve().name}-sentiment", "runs_dir": str((folder / "runs").resolve()),
                  "data": {"train": train_file, "labels": list(labels), "validation_fraction": 0.1,

@@ -23,6 +23,7 @@ from fastapi.responses import HTMLResponse, JSONResponse
 from tunelab.apps.finance.build import MODELS, NER, SENTIMENT, served_models  # noqa: F401 -- the app's interface (tunelab.apps)
 
 LOGGED = ()  # the app keeps its own record of each text (store.py), not the monitor's
+PAGE = "/finance"  # the app's page, named when the server starts
 
 
 def app_models(config) -> dict:

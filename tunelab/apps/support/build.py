@@ -16,8 +16,8 @@ import numpy as np
 
 from tunelab.errors import TunelabError
 
-FAQ, INTENT = "support-faq", "support-intent"  # the names the app's models are served under
-MODELS = (FAQ, INTENT)
+FAQ, INTENT, LLM = "support-faq", "support-intent", "support-llm"  # the names the app's models are served under
+MODELS = (FAQ, INTENT, LLM)
 PARITY_TEXTS = 500
 
 
@@ -32,13 +32,12 @@ def init(folder: str | Path, faq: str | Path | None = None, questions: str | Pat
     Refuses to overwrite an existing config."""
     import yaml
 
+    from tunelab.apps.config import new_config
+
     folder = Path(folder)
-    target = folder / "support.yaml"
-    if target.exists():
-        raise TunelabError(f"{target} exists; edit it, or init another folder")
-    for option, path in (("--faq", faq), ("--questions", questions), ("--intents", intents)):
-        if path is not None and not Path(path).is_file():
-            raise TunelabError(f"{option} {path} does not exist")
+    target = new_config(folder, "support.yaml", {"--faq": faq, "--questions": questions, "--intents": intents})
+    if intents is not None:
+        new_config(folder, "intents.yaml", {})
     if (faq is None) != (questions is None):
         raise TunelabError("give both --faq and --questions (or neither, for the StackFAQ example)")
     if faq is None:
@@ -52,7 +51,8 @@ def init(folder: str | Path, faq: str | Path | None = None, questions: str | Pat
     folder.mkdir(parents=True, exist_ok=True)
     config = {"app": "support", "name": "support", "runs_dir": "runs", "faq": str(Path(faq).resolve()),
               "questions": str(Path(questions).resolve())}
-    header = Path(questions).open(encoding="utf-8", errors="replace").readline().strip().split(",")
+    with open(questions, encoding="utf-8", errors="replace") as f:
+        header = f.readline().strip().split(",")
     if "faq_id" not in header and "label" in header:  # a classification file (text, label): the label is the entry
         config["columns"] = {"entry": "label"}
     if intents is not None:
@@ -86,12 +86,15 @@ def encoder_folder(config, name: str = "retriever", training=None) -> Path:
 
 
 def served_models(config) -> dict[str, Path]:
-    """The tunelab model folders the app serves: the intent model, when configured."""
-    if config.intents is None:
-        return {}
+    """The tunelab model folders the app serves: the intent model and the answers' LLM, when configured."""
     from tunelab.apps.runs import model_folder
 
-    return {INTENT: model_folder(config.intents, config.backend, command(config))}
+    folders = {}
+    if config.intents is not None:
+        folders[INTENT] = model_folder(config.intents, config.backend, command(config))
+    if config.generator is not None:
+        folders[LLM] = model_folder(config.generator, "torch", command(config))
+    return folders
 
 
 def build(config, retrain: bool = False, quiet: bool = False) -> dict:
@@ -102,14 +105,16 @@ def build(config, retrain: bool = False, quiet: bool = False) -> dict:
     from tunelab.apps.support.retriever import Encoder, train_retriever
 
     say = (lambda m: None) if quiet else (lambda m: print(m, flush=True))
+    check_before_training(config)
     c = config.columns
     faq = read_faq(config.faq, c.faq_id, c.question, c.answer)  # bad files fail before any training
     train_fraction = 1 - config.validation_fraction - config.test_fraction
     questions = read_questions(config.questions, faq, c.text, c.entry, {"train": train_fraction, "validation":
                                config.validation_fraction, "test": config.test_fraction}, config.seed)
     if not questions.validation:
-        raise TunelabError(f"{config.questions}: no entry has 3 or more questions, so none is held out to set the "
-                           "hand-off threshold; add questions")
+        raise TunelabError(f"{config.questions}: no entry has enough questions for one to be held out to set the "
+                           f"hand-off threshold (validation_fraction {config.validation_fraction}); add questions, or "
+                           "raise validation_fraction")
     app_dir = config.app_dir
     app_dir.mkdir(parents=True, exist_ok=True)
     report: dict = {"faq_entries": len(faq), "faq_extra_answers": faq.extra_answers,
@@ -124,9 +129,12 @@ def build(config, retrain: bool = False, quiet: bool = False) -> dict:
         if config.backend == "torch":
             return source
         out = app_dir / f"{name}-{config.backend.removesuffix('-fp32')}"
-        if fresh or retrain or not (out / ENCODER_FILE).is_file():
+        exported_from = {"source": str(source.resolve()), "max_length": max_length}
+        stale = not (out / "exported_from.json").is_file() or json.loads((out / "exported_from.json").read_text()) != exported_from
+        if fresh or retrain or stale or not (out / ENCODER_FILE).is_file():
             say(f"{name}: exporting {out}")
             export_encoder(source, out, "int8" if config.backend == "onnx-int8" else None, texts, max_length)
+            (out / "exported_from.json").write_text(json.dumps(exported_from))
         report[f"{name}_export"] = json.loads((out / ENCODER_FILE).read_text())["parity"]
         return out
 
@@ -136,15 +144,25 @@ def build(config, retrain: bool = False, quiet: bool = False) -> dict:
         report["intent"].pop("labels")
     elif config.intent_examples is not None:
         report["intent"] = build_fewshot(config, retrain, quiet, say, export)
+    if config.generator is not None:
+        report["generator"] = build_run(config.generator, "generator", "causal_lm", "torch", retrain, quiet,
+                                        command(config))
+        report["generator"].pop("labels")
     r = config.retriever
     question_of = dict(zip(faq.ids, faq.questions))
     fresh = False
     if r.epochs:
         trained = app_dir / "retriever"
-        if retrain or not (trained / "modules.json").is_file():
+        pairs = [(text, question_of[entry], entry) for text, entry in questions.train]
+        recipe = _fingerprint(pairs, r)
+        done = (trained / "modules.json").is_file()
+        if done and not retrain and _read_fingerprint(trained) != recipe:  # a split or setting changed: held-out
+            say("retriever: the training questions or settings changed since it was trained; training it again")
+            retrain = True  # questions may be among what it was trained on
+        if retrain or not done:
             say(f"retriever: fine-tuning {r.model} on {len(questions.train)} questions ({r.epochs} epochs)")
-            pairs = [(text, question_of[entry], entry) for text, entry in questions.train]
             report["retriever_training"] = train_retriever(r.model, pairs, trained, r, quiet, retrain)
+            (trained / "trained_on.json").write_text(json.dumps({"sha256": recipe}))
             fresh = True
         source = trained
     else:
@@ -159,37 +177,74 @@ def build(config, retrain: bool = False, quiet: bool = False) -> dict:
     return report
 
 
+def _fingerprint(pairs: list[tuple[str, str, str]], settings) -> str:
+    """What a retriever was trained on: its pairs and its training settings."""
+    import hashlib
+
+    return hashlib.sha256(json.dumps([pairs, settings.model_dump(mode="json")], sort_keys=True).encode()).hexdigest()
+
+
+def _read_fingerprint(folder: Path) -> str | None:
+    path = folder / "trained_on.json"
+    return json.loads(path.read_text())["sha256"] if path.is_file() else None
+
+
+def check_before_training(config) -> None:
+    """The config mistakes that would otherwise surface only after a training: each one line, now."""
+    from tunelab.apps.runs import run_config
+    from tunelab.apps.support.matcher import choose_search
+    from tunelab.errors import ConfigError
+
+    if config.retriever.search == "faiss":
+        choose_search(config.retriever, 0)  # raises when FAISS is not installed
+    if config.intents is not None:
+        run = run_config(config.intents)
+        if run.task.name != "classification" or run.data.multi_label or run.data.text_pair_column:
+            raise ConfigError(f"{config.intents}: the intent model must be a single-label classification run of "
+                              "single texts (not multi-label, not sentence pairs)")
+    if config.generator is not None and run_config(config.generator).task.name != "causal_lm":
+        raise ConfigError(f"{config.generator}: the generator must be a causal_lm run (task.name: causal_lm)")
+
+
 def fit_matcher(config, encoder, faq, questions, say) -> dict:
     """Index the FAQ, fit the temperature and the hand-off threshold on validation, measure on test; the matcher's
     folder (app_dir/faq) is written. -> the figures."""
     from tunelab.apps.support.matcher import (
-        answered, build_index, ranking_metrics, softmax, threshold_for_precision, write_matcher)
+        answered, build_index, choose_search, ranking_metrics, softmax, threshold_for_precision, write_matcher)
     from tunelab.tasks.calibration import fit_temperature
     from tunelab.tasks.classification.metrics import calibration
 
     started = time.perf_counter()
-    index = build_index(encoder, faq, questions.train if config.retriever.index_questions else [])
+    r = config.retriever
+    index = build_index(encoder, faq, questions.train if r.index_questions else [])
+    search = choose_search(r, len(index.vectors))
+    if search == "faiss":
+        index = index.with_graph(r.candidates)
+    elif len(index.vectors) > r.exact_up_to:
+        say(f"faq: {len(index.vectors)} index vectors searched exactly; pip install 'tunelab[ann]' for FAISS")
     position = {entry: i for i, entry in enumerate(faq.ids)}
-    scale = config.retriever.scale
-    figures: dict = {"index_vectors": len(index.vectors)}
+    scale = r.scale
+    figures: dict = {"index_vectors": len(index.vectors), "search": search}
     splits = {}
     for split in ("validation", "test"):
         rows = getattr(questions, split)
-        logits = scale * index.scores(encoder.encode([t for t, _ in rows]))
-        splits[split] = (logits, np.array([position[e] for _, e in rows]))
+        if rows:
+            logits = scale * index.scores(encoder.encode([t for t, _ in rows]))
+            splits[split] = (logits, np.array([position[e] for _, e in rows]))
     logits, targets = splits["validation"]
     temperature = fit_temperature(logits, targets)
     probs = softmax(logits / temperature)
     confidence, correct = probs.max(axis=1), probs.argmax(axis=1) == targets
     chosen = threshold_for_precision(confidence, correct, config.target_precision)
-    min_similarity = float(np.quantile(logits.max(axis=1) / scale, config.out_of_scope_quantile))
+    min_similarity = (float(np.quantile(logits.max(axis=1) / scale, config.out_of_scope_quantile))
+                      if config.out_of_scope_quantile > 0 else -1.0)  # 0: no floor (a cosine is never below -1)
     given = (confidence >= chosen["threshold"]) & (logits.max(axis=1) / scale >= min_similarity)
     figures["validation"] = {**ranking_metrics(probs, targets), **answered(given, correct)}
     calibration_fit = {"scale": scale, "temperature": temperature, "threshold": chosen["threshold"],
                        "min_similarity": min_similarity, "target_precision": config.target_precision,
                        "validation": figures["validation"]}
     write_matcher(config.app_dir / "faq", faq, index, calibration_fit)
-    if splits["test"][1].size:
+    if "test" in splits:
         logits, targets = splits["test"]
         probs = softmax(logits / temperature)
         confidence, correct = probs.max(axis=1), probs.argmax(axis=1) == targets
@@ -233,4 +288,9 @@ def _markdown(report: dict, config) -> str:
                   *([f"- intent_test: accuracy {f(entry['test']['accuracy'])} on {entry['test']['examples']} messages"
                      + (f" ({entry['test']['unknown_intent']} of unknown intents left out)" if entry['test']['unknown_intent'] else "")]
                     if "test" in entry else []), ""]
+    generator = report.get("generator")
+    if generator:
+        lines += ["## Generated answers", "", f"- run: `{generator['run']}` ({generator['steps']} steps), given the "
+                  f"{config.generation.sources} best-matching entries",
+                  "- test split: " + ", ".join(f"{k} {v:.4f}" for k, v in generator["test"].items() if isinstance(v, float)), ""]
     return "\n".join(lines)

@@ -44,6 +44,23 @@ class RetrieverConfig(EncoderTraining):
 
     index_questions: bool = Field(True, description="Index the training questions beside each entry's own question: "
                                   "an entry then also matches the ways customers asked for it.")
+    search: Literal["auto", "exact", "faiss"] = Field(
+        "auto", description="How the index is searched: exact (numpy, every vector), faiss (an HNSW graph, approximate; "
+        "needs `pip install tunelab[ann]`), or auto: exact up to exact_up_to vectors, faiss beyond when installed.")
+    exact_up_to: int = Field(50_000, ge=1, description="With search auto: the largest index searched exactly.")
+    candidates: int = Field(64, ge=1, description="With faiss: nearest vectors read per question; an entry among none "
+                            "of them scores as the farthest of them (its confidence can only be lower).")
+
+
+class GenerationConfig(Section):
+    """Answers written by a causal LM from the retrieved FAQ entries (retrieval-augmented generation)."""
+
+    sources: int = Field(2, ge=1, description="Best-matching FAQ entries given to the model, question and answer.")
+    max_tokens: int = Field(200, ge=1, description="Longest generated answer, in tokens.")
+    instructions: str = Field(
+        "You are a customer-service assistant. Answer the customer's message using only the FAQ entries below. If "
+        "they do not answer it, say that a colleague will follow up.",
+        description="The system message, before the FAQ entries.")
 
 
 class FewShotConfig(EncoderTraining):
@@ -85,6 +102,10 @@ class SupportConfig(Section):
     intent_test: Path | None = Field(None, description="Optional, with intent_examples: labelled messages (text, "
                                      "label) the report measures the few-shot model on.")
     few_shot: FewShotConfig = Field(default_factory=FewShotConfig, description="The few-shot intent model's training.")
+    generator: Path | None = Field(None, description="Optional tunelab run config (YAML) of a causal LM (task "
+                                   "causal_lm): answers are then written by it from the best-matching FAQ entries, "
+                                   "which are returned as the sources; without it the best entry's answer is given.")
+    generation: GenerationConfig = Field(default_factory=GenerationConfig, description="The generated answers.")
     target_precision: float = Field(0.95, gt=0, le=1, description="Answers are given when the confidence is at least "
                                     "the threshold at which, on validation, this share of answers was right; below it "
                                     "the question is handed to an agent.")
@@ -113,11 +134,14 @@ def load_support_config(path: str | Path, overrides: list[str] | tuple[str, ...]
 
     from tunelab.errors import ConfigError
 
-    files = ("faq", "questions", "intents", "intent_examples", "intent_descriptions", "intent_test")
+    files = ("faq", "questions", "intents", "intent_examples", "intent_descriptions", "intent_test", "generator")
     config = read_app_config(path, overrides, SupportConfig, paths=("runs_dir", *files), files=files)
     if config.intents is not None and config.intent_examples is not None:
         raise ConfigError(f"{path}: intents (a run config) and intent_examples (few-shot) are two ways to the same "
                           "model; set one")
+    if config.generator is not None and config.generation.sources > config.top_k:
+        raise ConfigError(f"{path}: generation.sources ({config.generation.sources}) is more than top_k "
+                          f"({config.top_k}), the entries each answer keeps; raise top_k")
     if config.intent_examples is None and (config.intent_descriptions or config.intent_test):
         raise ConfigError(f"{path}: intent_descriptions and intent_test go with intent_examples")
     return config

@@ -22,6 +22,8 @@ exchanges = sa.Table(
     sa.Column("confidence", sa.Float, nullable=False),
     sa.Column("handed_off", sa.Boolean, nullable=False),
     sa.Column("intent", sa.String(200), nullable=True),
+    sa.Column("answer", sa.Text, nullable=True),  # what the customer was told (none: handed off)
+    sa.Column("generated", sa.Boolean, nullable=False, default=False),  # written by the generator
 )
 
 
@@ -31,6 +33,12 @@ class ExchangeStore:
 
         self.engine = open_database(url)
         metadata.create_all(self.engine)
+        have = {c["name"] for c in sa.inspect(self.engine).get_columns("support_exchanges")}
+        with self.engine.begin() as db:  # a table from before the generated answers: their two columns added
+            for column in (c for c in exchanges.columns if c.name not in have):
+                kind = column.type.compile(self.engine.dialect)
+                default = " NOT NULL DEFAULT FALSE" if column.name == "generated" else ""
+                db.execute(sa.text(f"ALTER TABLE support_exchanges ADD COLUMN {column.name} {kind}{default}"))
 
     def add(self, row: dict) -> None:
         with self.engine.begin() as db:

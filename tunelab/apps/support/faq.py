@@ -3,8 +3,8 @@
 The FAQ file has one row per entry (id, question, answer); a later row with an id already seen is another answer
 to the same entry, counted and not used (the first answer is the one given). The questions file pairs customer
 phrasings with the entry that answers them. Questions are split per entry (data/split.py, stratified by entry, the
-same text never in two splits), so every entry with at least three questions has training phrasings and unseen
-validation and test phrasings.
+same text never in two splits): every entry with at least three questions has training phrasings and unseen test
+phrasings, and validation ones where its share rounds to one or more (at 10%, from six questions up).
 """
 
 from __future__ import annotations

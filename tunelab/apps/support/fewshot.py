@@ -26,16 +26,17 @@ def describe(label: str) -> str:
     return " ".join(label.replace("_", " ").replace("-", " ").split())
 
 
-def contrastive_pairs(examples: list[tuple[str, str]], partners: int, seed: int) -> list[tuple[str, str, str]]:
+def contrastive_pairs(examples: list[tuple[str, str]], partners: int, seed: int,
+                      descriptions: dict[str, str] | None = None) -> list[tuple[str, str, str]]:
     """(text, another text of the same intent, intent) for each example and up to `partners` of its intent's other
-    examples (its description among them), drawn without repeats."""
+    examples (its description among them: `descriptions`' or its name in words), drawn without repeats."""
     rng = np.random.default_rng(seed)
     by_label: dict[str, list[str]] = {}
     for text, label in examples:
         by_label.setdefault(label, []).append(text)
     pairs = []
     for label, texts in by_label.items():
-        pool = texts + [describe(label)]
+        pool = texts + [(descriptions or {}).get(label) or describe(label)]
         for i, text in enumerate(texts):
             others = [t for j, t in enumerate(pool) if j != i]
             for k in rng.permutation(len(others))[:partners]:
@@ -122,23 +123,25 @@ def read_descriptions(path: Path) -> dict[str, str]:
 def build_fewshot(config, retrain: bool, quiet: bool, say, export) -> dict:
     """Fine-tune the intent encoder on the examples (unless one is trained: then only the head is refitted), export
     it (`export`: build.py's), fit the head; with intent_test, measure. -> what the report says of it."""
+    from tunelab.apps.support.build import PARITY_TEXTS
     from tunelab.apps.support.retriever import Encoder, train_retriever
     from tunelab.hub import resolve_model
 
     fs = config.few_shot
     examples = read_labelled(config.intent_examples, "intent_examples")
     descriptions = read_descriptions(config.intent_descriptions) if config.intent_descriptions else {}
+    test = read_labelled(config.intent_test, "intent_test") if config.intent_test is not None else None  # before training
     folder = config.app_dir / "intent-encoder"
     entry: dict = {"examples": len(examples)}
     fresh = False
     if fs.epochs and (retrain or not (folder / "modules.json").is_file()):
         say(f"intents: fine-tuning {fs.model} on {len(examples)} examples ({fs.epochs} epoch(s))")
-        entry["training"] = train_retriever(fs.model, contrastive_pairs(examples, fs.partners, fs.seed), folder, fs,
-                                            quiet, retrain)
+        entry["training"] = train_retriever(fs.model, contrastive_pairs(examples, fs.partners, fs.seed, descriptions),
+                                            folder, fs, quiet, retrain)
         (folder / "intents.json").write_text(json.dumps(sorted({label for _, label in examples})))
         fresh = True
     source = folder if fs.epochs else Path(resolve_model(fs.model))
-    source = export(source, "intent-encoder", [t for t, _ in examples][:500], fs.max_length, fresh)
+    source = export(source, "intent-encoder", [t for t, _ in examples][:PARITY_TEXTS], fs.max_length, fresh)
     encoder = Encoder(source, fs.max_length)
     texts, labels = head_examples(examples, descriptions)
     head = fit_head(encoder.encode(texts), labels, fs.head_c, fs.seed)
@@ -147,10 +150,14 @@ def build_fewshot(config, retrain: bool, quiet: bool, say, export) -> dict:
     with_examples = {label for _, label in examples}
     entry.update(intents=len(head.classes), zero_shot=sorted(set(head.classes) - with_examples),
                  added_since_encoder_training=sorted(set(head.classes) - tuned_on) if tuned_on else [])
-    if config.intent_test is not None:
-        test = read_labelled(config.intent_test, "intent_test")
-        known = [(t, label) for t, label in test if label in head.classes]
-        predicted = np.array(head.classes)[head.probabilities(encoder.encode([t for t, _ in known])).argmax(axis=1)]
-        entry["test"] = {"accuracy": float((predicted == np.array([label for _, label in known])).mean()) if known else None,
-                         "examples": len(known), "unknown_intent": len(test) - len(known)}
+    if test is not None:
+        seen = {t.casefold() for t, _ in examples}  # a test message that is also an example measures nothing
+        fresh_test = [(t, label) for t, label in test if t.casefold() not in seen]
+        known = [(t, label) for t, label in fresh_test if label in head.classes]
+        accuracy = None
+        if known:
+            predicted = np.array(head.classes)[head.probabilities(encoder.encode([t for t, _ in known])).argmax(axis=1)]
+            accuracy = float((predicted == np.array([label for _, label in known])).mean())
+        entry["test"] = {"accuracy": accuracy, "examples": len(known), "unknown_intent": len(fresh_test) - len(known),
+                         "also_examples": len(test) - len(fresh_test)}
     return entry

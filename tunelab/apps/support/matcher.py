@@ -1,7 +1,10 @@
 """FAQ matching: a customer question -> a calibrated probability per FAQ entry, and the hand-off threshold.
 
 The index holds, per entry, the embeddings of its question and (by default) of its training phrasings; an entry's
-score for a question is the best cosine among them (exact search, numpy: a matrix product and a per-entry max).
+score for a question is the best cosine among them: exact search (numpy, a matrix product and a per-entry max) up to
+`exact_up_to` vectors, beyond that an HNSW graph (FAISS, when installed) that reads the `candidates` nearest vectors;
+an entry with none among them scores as the farthest of them (calibration and threshold are fitted on the same
+search, so they account for what it misses).
 Probabilities are softmax(scale * score / T) over the entries, with T fitted on validation (tasks/calibration.py),
 so that the top probability is a confidence a threshold can be set on: the lowest threshold whose answers on
 validation are right at least `target_precision` of the time. That confidence is relative (one entry against
@@ -17,25 +20,79 @@ from pathlib import Path
 
 import numpy as np
 
-INDEX_FILE, FAQ_FILE, CALIBRATION_FILE = "index.npz", "faq.json", "calibration.json"
+INDEX_FILE, GRAPH_FILE, FAQ_FILE, CALIBRATION_FILE = "index.npz", "index.faiss", "faq.json", "calibration.json"
 
 
 @dataclass
 class FaqIndex:
     vectors: np.ndarray  # (n, dimensions) float32, unit length, grouped by entry
     starts: np.ndarray  # where each entry's vectors begin (every entry has at least one)
+    graph: object = None  # a FAISS HNSW index over `vectors` (inner product): approximate search
+    candidates: int = 64
 
     def scores(self, queries: np.ndarray) -> np.ndarray:
         """(queries, entries): each entry's best cosine with each query."""
-        return np.maximum.reduceat(queries @ self.vectors.T, self.starts, axis=1)
+        if self.graph is None:
+            return np.maximum.reduceat(queries @ self.vectors.T, self.starts, axis=1)
+        found, rows = self.graph.search(np.ascontiguousarray(queries, dtype=np.float32),
+                                        min(self.candidates, len(self.vectors)))
+        entries = np.searchsorted(self.starts, rows, side="right") - 1
+        missing = np.where(rows >= 0, found, np.inf).min(axis=1, keepdims=True)  # the farthest candidate
+        out = np.repeat(missing, len(self.starts), axis=1).astype(np.float32)
+        hit = rows >= 0  # FAISS pads with -1 when the graph yields fewer than asked
+        np.maximum.at(out, (np.nonzero(hit)[0], entries[hit]), found[hit])
+        return out
 
-    def save(self, path: Path) -> None:
-        np.savez(path, vectors=self.vectors, starts=self.starts)
+    def with_graph(self, candidates: int, links: int = 32) -> FaqIndex:
+        """This index searched through an HNSW graph (FAISS)."""
+        import faiss
+
+        graph = faiss.IndexHNSWFlat(self.vectors.shape[1], links, faiss.METRIC_INNER_PRODUCT)
+        graph.hnsw.efConstruction = 200
+        graph.add(np.ascontiguousarray(self.vectors, dtype=np.float32))
+        graph.hnsw.efSearch = max(2 * candidates, 128)
+        return FaqIndex(self.vectors, self.starts, graph, candidates)
+
+    def save(self, folder: Path) -> None:
+        np.savez(folder / INDEX_FILE, vectors=self.vectors, starts=self.starts, candidates=self.candidates)
+        (folder / GRAPH_FILE).unlink(missing_ok=True)
+        if self.graph is not None:
+            import faiss
+
+            faiss.write_index(self.graph, str(folder / GRAPH_FILE))
 
     @classmethod
-    def load(cls, path: Path) -> FaqIndex:
-        with np.load(path, allow_pickle=False) as data:
-            return cls(data["vectors"], data["starts"])
+    def load(cls, folder: Path) -> FaqIndex:
+        with np.load(folder / INDEX_FILE, allow_pickle=False) as data:
+            index = cls(data["vectors"], data["starts"])
+            if "candidates" in data.files:
+                index.candidates = int(data["candidates"])
+        if (folder / GRAPH_FILE).is_file():
+            try:
+                import faiss
+            except ImportError:
+                from tunelab.errors import TunelabError
+
+                raise TunelabError(f"{folder / GRAPH_FILE}: the index was built for FAISS, which is not installed "
+                                   "here: pip install 'tunelab[ann]'") from None
+            index.graph = faiss.read_index(str(folder / GRAPH_FILE))
+            index.graph.hnsw.efSearch = max(2 * index.candidates, 128)
+        return index
+
+
+def choose_search(settings, vectors: int) -> str:
+    """exact or faiss, for `vectors` index vectors under the retriever's `search` setting."""
+    if settings.search == "exact" or (settings.search == "auto" and vectors <= settings.exact_up_to):
+        return "exact"
+    try:
+        import faiss  # noqa: F401
+    except ImportError:
+        if settings.search == "faiss":
+            from tunelab.errors import ConfigError
+
+            raise ConfigError("retriever.search is faiss, which is not installed: pip install 'tunelab[ann]'") from None
+        return "exact"  # auto: the report says that FAISS would have been used
+    return "faiss"
 
 
 def build_index(encoder, faq, phrasings: list[tuple[str, str]]) -> FaqIndex:
@@ -87,7 +144,7 @@ class Matcher:
 
     def __init__(self, encoder, folder: Path):
         self.encoder, self.folder = encoder, Path(folder)
-        self.index = FaqIndex.load(self.folder / INDEX_FILE)
+        self.index = FaqIndex.load(self.folder)
         faq = json.loads((self.folder / FAQ_FILE).read_text(encoding="utf-8"))
         self.ids, self.questions, self.answers = faq["ids"], faq["questions"], faq["answers"]
         calibration = json.loads((self.folder / CALIBRATION_FILE).read_text())
@@ -104,14 +161,10 @@ class Matcher:
         answers (its best cosine below the out-of-scope floor)."""
         return confidence < self.threshold or similarity < self.min_similarity
 
-    def entry(self, entry_id: str) -> dict:
-        i = self.ids.index(entry_id)
-        return {"faq_id": entry_id, "question": self.questions[i], "answer": self.answers[i]}
-
 
 def write_matcher(folder: Path, faq, index: FaqIndex, calibration: dict) -> None:
     folder.mkdir(parents=True, exist_ok=True)
-    index.save(folder / INDEX_FILE)
+    index.save(folder)
     (folder / FAQ_FILE).write_text(json.dumps({"ids": faq.ids, "questions": faq.questions, "answers": faq.answers},
                                               ensure_ascii=False), encoding="utf-8")
     (folder / CALIBRATION_FILE).write_text(json.dumps(calibration, indent=1))

@@ -7,7 +7,9 @@
     GET  /support                               the chat page
 
 Each answer is logged by the monitor as a prediction of the `support-faq` model (and of `support-intent`): POST
-/v1/feedback with the answer's id and the right entry's id gives live accuracy on the dashboard.
+/v1/feedback with the answer's id and the right entry's id gives live accuracy on the dashboard. With a generator
+(a causal-LM run), the answer is written by it from the best entries (`generated`), logged as a generation of
+`support-llm`.
 """
 
 from __future__ import annotations
@@ -21,10 +23,12 @@ from fastapi import Depends, FastAPI
 from fastapi.responses import HTMLResponse
 from pydantic import BaseModel, Field
 
-from tunelab.apps.support.build import FAQ, INTENT, MODELS, served_models  # noqa: F401 -- the app's interface (tunelab.apps)
+from tunelab.apps.support.build import FAQ, INTENT, LLM, MODELS, served_models  # noqa: F401 -- the app's interface
 from tunelab.apps.support.serving import app_models  # noqa: F401 -- the app's interface
+from tunelab.data.clean import clean_text
 
-LOGGED = MODELS  # the monitor logs both models' answers: their batchers keep the embeddings drift compares
+LOGGED = (FAQ, INTENT)  # the monitor logs these answers as predictions: their batchers keep the drift embeddings
+PAGE = "/support"  # the app's page, named when the server starts
 
 
 class AnswerRequest(BaseModel):
@@ -32,6 +36,8 @@ class AnswerRequest(BaseModel):
                          examples=["How do I delete my Facebook account?"])
     conversation_id: str | None = Field(None, max_length=200, description="Groups the exchanges of one conversation; "
                                         "a new one is made when absent.")
+    generate: bool = Field(True, description="With the app's generator: write the answer from the best entries "
+                           "(false: the best entry's answer as it is).")
 
 
 def start(state: dict, config, metrics) -> None:
@@ -75,7 +81,7 @@ def add_routes(app: FastAPI, state: dict, config, authorised, ApiError, metrics)
         model. `id` is the key for feedback (POST /v1/feedback with the right entry's id as `label`)."""
         started = time.perf_counter()
         exchanges = store()
-        message = body.message.strip()
+        message = clean_text(body.message)  # as the build cleaned the questions it trained and calibrated on
         if not message:
             raise ApiError(422, "invalid_request", "message: is only whitespace")
         if len(message) > config.max_chars:
@@ -87,31 +93,83 @@ def add_routes(app: FastAPI, state: dict, config, authorised, ApiError, metrics)
             raise ApiError(503, "overloaded", "the server is at capacity; retry shortly", {"Retry-After": "1"}) from None
         (faq_rows, (found,)) = done[0]
         seconds = time.perf_counter() - started
-        monitor = state["monitor"]
-        exchange_id = monitor.record(FAQ, [message], faq_rows, [found], seconds)[0][0] if monitor else uuid.uuid4().hex
+        monitor, written = state["monitor"], []
+        exchange_id = uuid.uuid4().hex
+        if monitor:
+            (exchange_id,), future = monitor.record(FAQ, [message], faq_rows, [found], seconds)
+            written.append(future)
         intent = None
         if with_intent:
             intent_rows, (guess,) = done[1]
             intent = {"label": guess["label"], "score": round(guess["score"], 4)}
             if monitor:
-                intent["id"] = monitor.record(INTENT, [message], intent_rows, [guess], seconds)[0][0]
+                (intent["id"],), future = monitor.record(INTENT, [message], intent_rows, [guess], seconds)
+                written.append(future)
+        await committed(written)
         entries = state["support_faq"]
         sources = [{"faq_id": c["label"], "question": entries[c["label"]][0], "score": round(c["score"], 4)}
                    for c in found["top_k"]]
         handed_off = found["handed_off"]
+        reply = None if handed_off else entries[found["label"]][1]
+        generated = not handed_off and body.generate and LLM in state["models"]
+        if generated:
+            reply = await grounded_reply(message, [c["label"] for c in found["top_k"]], sources)
         conversation = body.conversation_id or uuid.uuid4().hex
         try:
             await asyncio.to_thread(exchanges.add, {
                 "id": exchange_id, "conversation_id": conversation, "message": message, "faq_id": found["label"],
-                "confidence": found["score"], "handed_off": handed_off, "intent": intent and intent["label"]})
+                "confidence": found["score"], "handed_off": handed_off, "intent": intent and intent["label"],
+                "answer": reply, "generated": generated})
         except Exception as exc:  # noqa: BLE001 -- the answer is not given unless the exchange is kept
             raise ApiError(503, "store_unavailable", f"the database did not take this exchange ({type(exc).__name__}); "
                            "retry shortly", {"Retry-After": "1"}) from None
         metrics.support_answers.labels("handed_off" if handed_off else "answered").inc()
-        return {"id": exchange_id, "conversation_id": conversation, "handed_off": handed_off,
-                "answer": None if handed_off else entries[found["label"]][1],
-                "faq_id": None if handed_off else found["label"], "confidence": round(found["score"], 4),
-                "similarity": round(found["similarity"], 4), "sources": sources, "intent": intent}
+        return {"id": exchange_id, "conversation_id": conversation, "handed_off": handed_off, "answer": reply,
+                "generated": generated, "faq_id": None if handed_off else found["label"],
+                "confidence": round(found["score"], 4), "similarity": round(found["similarity"], 4),
+                "sources": sources, "intent": intent}
+
+    async def committed(futures) -> None:
+        """With serve.monitor.durability: sync, the answer waits until the log has committed it."""
+        try:
+            for future in futures:
+                if future is not None:
+                    await asyncio.wrap_future(future)
+        except Exception as exc:  # noqa: BLE001 -- whatever the database said, this answer is not logged
+            raise ApiError(503, "log_unavailable", "the monitor's log did not take this answer "
+                           f"({type(exc).__name__}); retry shortly", {"Retry-After": "1"}) from None
+
+    async def grounded_reply(message: str, best: list[str], sources: list[dict]) -> str:
+        """The generator's answer from the best entries; the sources it was given are marked `used`."""
+        from tunelab.apps.support.generate import fitting_prompt, write_answer
+        from tunelab.errors import TunelabError
+        from tunelab.serve.generation import EngineStopped
+        from tunelab.monitor.generations import new_response_digits
+
+        model, settings = state["models"][LLM], config.generation
+        entries = state["support_faq"]
+        try:
+            prompt, ids, used = await asyncio.to_thread(
+                fitting_prompt, model, message, [entries[e] for e in best[: settings.sources]], settings)
+        except TunelabError as exc:
+            raise ApiError(422, "context_length_exceeded", str(exc)) from None
+        if model.engine.pending.qsize() + model.engine.running >= model.info["max_queue"]:
+            raise ApiError(503, "overloaded", "the server is at capacity; retry shortly", {"Retry-After": "1"})
+        try:
+            written = await write_answer(model, ids, settings.max_tokens)
+        except EngineStopped:
+            raise ApiError(503, "not_ready", "the server is stopping", {"Retry-After": "1"}) from None
+        except TunelabError as exc:
+            raise ApiError(500, "generation_failed", str(exc)) from None
+        metrics.tokens_generated.labels(LLM).inc(written.completion_tokens)
+        if written.ttft_s is not None:
+            metrics.time_to_first_token.labels(LLM).observe(written.ttft_s)
+        if state["monitor"] is not None:
+            await committed([state["monitor"].record_generation(LLM, "support", new_response_digits(), prompt,
+                                                                len(ids), [written])])
+        for i, source in enumerate(sources):
+            source["used"] = i < used
+        return written.text
 
     @app.get("/v1/support/conversations/{conversation_id}", dependencies=[Depends(authorised)],
              responses={401: {}, 404: {}, 503: {}})
