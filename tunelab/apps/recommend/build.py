@@ -182,7 +182,7 @@ def _item_encoder(config, histories, texts, retrain: bool, quiet: bool, report: 
     """The item tower as served: trained (reused when there is one; an interrupted training resumes) or the base
     encoder, exported for the backend (int8 ONNX by default, checked against torch). -> an Encoder."""
     from tunelab.apps.recommend.towers import sequence_pairs
-    from tunelab.apps.support.retriever import ENCODER_FILE, Encoder, export_encoder, train_retriever
+    from tunelab.apps.support.retriever import Encoder, export_unless_current, train_retriever
     from tunelab.hub import resolve_model
 
     t = config.tower
@@ -195,14 +195,13 @@ def _item_encoder(config, histories, texts, retrain: bool, quiet: bool, report: 
                 print(f"text: fine-tuning {t.model} on {len(pairs)} consecutive-interaction pairs ({t.epochs} epochs)")
             report["tower_training"] = train_retriever(t.model, pairs, source, t, quiet=quiet, retrain=retrain)
             fresh = True
-    folder = encoder_folder(config)
+    folder = encoder_folder(config)  # with backend torch: `source` itself
     if config.backend != "torch":
-        if fresh or retrain or not (folder / ENCODER_FILE).is_file():
-            sample = [texts[i] for i in np.random.default_rng(config.seed).choice(len(texts), min(500, len(texts)),
-                                                                                  replace=False)]
-            export_encoder(source, folder, "int8" if config.backend == "onnx-int8" else None, sample, t.max_length)
-        report["tower_export"] = json.loads((folder / ENCODER_FILE).read_text())["parity"]
-    return Encoder(folder if config.backend != "torch" else source, t.max_length)
+        sample = [texts[i] for i in np.random.default_rng(config.seed).choice(len(texts), min(500, len(texts)),
+                                                                              replace=False)]
+        report["tower_export"] = export_unless_current(source, folder, "int8" if config.backend == "onnx-int8" else None,
+                                                       sample, t.max_length, fresh or retrain)
+    return Encoder(folder, t.max_length)
 
 
 def encoder_folder(config) -> Path:

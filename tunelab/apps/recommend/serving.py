@@ -16,7 +16,8 @@ from pathlib import Path
 import numpy as np
 import sqlalchemy as sa
 
-from tunelab.apps.recommend.build import HISTORIES, ITEMS, SERVING, SIMILARITY, USERS, VECTORS, encoder_folder
+from tunelab.apps.recommend.build import (
+    HISTORIES, ITEMS, SERVING, SIMILARITY, USERS, VECTORS, command, encoder_folder)
 from tunelab.apps.recommend.towers import standardised, user_vectors
 from tunelab.errors import TunelabError
 
@@ -38,8 +39,7 @@ class Recommender:
 
         folder = config.app_dir
         if not (folder / SERVING).is_file():
-            raise TunelabError(f"{folder / SERVING} is missing: build the app first (tunelab app recommend build "
-                               f"{config.source})")
+            raise TunelabError(f"{folder / SERVING} is missing: build the app first ({command(config)})")
         self.settings = json.loads((folder / SERVING).read_text())
         items = json.loads((folder / ITEMS).read_text(encoding="utf-8"))
         self.ids: list[str] = items["ids"]

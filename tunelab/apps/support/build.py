@@ -124,18 +124,14 @@ def build(config, retrain: bool = False, quiet: bool = False) -> dict:
 
     def export(source: Path, name: str, texts: list[str], max_length: int, fresh: bool) -> Path:
         """The encoder at `source` as the backend runs it: app_dir/<name>-onnx[-int8] (exported when new), or itself."""
-        from tunelab.apps.support.retriever import ENCODER_FILE, export_encoder
+        from tunelab.apps.support.retriever import export_unless_current
 
         if config.backend == "torch":
             return source
         out = app_dir / f"{name}-{config.backend.removesuffix('-fp32')}"
-        exported_from = {"source": str(source.resolve()), "max_length": max_length}
-        stale = not (out / "exported_from.json").is_file() or json.loads((out / "exported_from.json").read_text()) != exported_from
-        if fresh or retrain or stale or not (out / ENCODER_FILE).is_file():
-            say(f"{name}: exporting {out}")
-            export_encoder(source, out, "int8" if config.backend == "onnx-int8" else None, texts, max_length)
-            (out / "exported_from.json").write_text(json.dumps(exported_from))
-        report[f"{name}_export"] = json.loads((out / ENCODER_FILE).read_text())["parity"]
+        report[f"{name}_export"] = export_unless_current(source, out, "int8" if config.backend == "onnx-int8" else None,
+                                                         texts, max_length, fresh or retrain,
+                                                         lambda m: say(f"{name}: {m}"))
         return out
 
     if config.intents is not None:

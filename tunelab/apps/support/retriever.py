@@ -136,6 +136,21 @@ class _Embedding(torch.nn.Module):
         return torch.nn.functional.normalize(mean_pool(hidden, attention_mask), dim=-1)
 
 
+def export_unless_current(source: Path, out: Path, quantize: str | None, texts: list[str], max_length: int,
+                          force: bool = False, say=None) -> dict:
+    """`source` exported to `out` (export_encoder) unless `out` already holds the export of that same folder at that
+    `max_length`: a changed base model or `epochs: 0` is exported again. -> the parity figures."""
+    made_from = {"source": str(Path(source).resolve()), "max_length": max_length}
+    record = out / "exported_from.json"
+    current = (out / ENCODER_FILE).is_file() and record.is_file() and json.loads(record.read_text()) == made_from
+    if force or not current:
+        if say is not None:
+            say(f"exporting {out}")
+        export_encoder(source, out, quantize, texts, max_length)
+        record.write_text(json.dumps(made_from))
+    return json.loads((out / ENCODER_FILE).read_text())["parity"]
+
+
 def export_encoder(model_dir: Path, out: Path, quantize: str | None, texts: list[str], max_length: int) -> dict:
     """The encoder of `model_dir` (a sentence-transformers folder with mean pooling) as out/model.onnx, checked
     against the torch embeddings of `texts`; nothing is written when they differ. -> the parity figures."""

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from tunelab.apps.support.build import FAQ, INTENT, encoder_folder
+from tunelab.apps.support.build import FAQ, INTENT, command, encoder_folder
 
 
 def faq_model(config):
@@ -20,7 +20,7 @@ def faq_model(config):
     folder = encoder_folder(config)
     if not (config.app_dir / "faq").is_dir():
         raise TunelabError(f"{config.app_dir / 'faq'} is missing: build the app first "
-                           f"(tunelab app support build {config.source})")
+                           f"({command(config)})")
     encoder = Encoder(folder, config.retriever.max_length)
     matcher = Matcher(encoder, config.app_dir / "faq")
     task = ClassificationTask(list(matcher.ids))
@@ -62,7 +62,7 @@ def intent_model(config):
     folder = encoder_folder(config, "intent-encoder", config.few_shot)
     if not (config.app_dir / HEAD_FILE).is_file():
         raise TunelabError(f"{config.app_dir / HEAD_FILE} is missing: build the app first "
-                           f"(tunelab app support build {config.source})")
+                           f"({command(config)})")
     encoder = Encoder(folder, config.few_shot.max_length)
     head = IntentHead.load(config.app_dir)
     task = ClassificationTask(list(head.classes))
