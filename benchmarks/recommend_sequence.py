@@ -1,5 +1,6 @@
-"""The sequence user tower (tunelab/apps/recommend/sequence.py) on the recommender's MovieLens protocol, before it
-joins the app's build: alone and blended with item-kNN, against item-kNN, side by side in one run.
+"""Where the recommender's sequence-tower defaults come from (tunelab/apps/recommend/config.py, SequenceConfig): two
+settings trained on the MovieLens protocol, the better on validation kept and measured alone and blended with
+item-kNN, against item-kNN, side by side in one run.
 
 Same data, split and full ranking as benchmarks/recommend.py (leave-last-out by time, 610 test cases). Item text
 vectors: the item tower that benchmarks/recommend.py built (its item_vectors.npy: run that first). The tower: 2

@@ -107,45 +107,28 @@ def test_user_tower_weights_recent_items_and_hybrid_standardises_both_sides():
     assert pairs == [("a", "b", "1"), ("b", "c", "2")]  # an item followed by itself is no pair
 
 
+SEQUENCE = "sequence:\n  dim: 16\n  heads: 2\n  layers: 1\n  max_len: 8\n  dropout: 0.0\n  learning_rate: 0.01\n" \
+           "  epochs: 30\n  patience: 10\n  batch_size: 16\n"
+
+
 def _synthetic(folder, users=60, seed=0):
-    """Two tastes (war films, comedies); each user takes films of theirs in a random order."""
+    """Two tastes (war films, comedies); each user takes 8 films of theirs in series order (film i, then i + 1, ...,
+    round the 20 of the taste), from a random first one: what comes next is in the order, not in the titles."""
     rng = np.random.default_rng(seed)
     films = [(i, f"{kind} film number {i}", kind) for i, kind in enumerate(["war"] * 20 + ["comedy"] * 20)]
     (folder / "items.csv").write_text("item_id,title,genres\n" + "".join(f"{i},{t},{g}\n" for i, t, g in films))
     rows = []
     for u in range(users):
-        taste = range(0, 20) if u % 2 else range(20, 40)
-        for t, i in enumerate(rng.choice(list(taste), 8, replace=False)):
-            rows.append(f"u{u},{i},{1000 + 10 * t}\n")
+        first, start = (0 if u % 2 else 20), int(rng.integers(20))
+        for t in range(8):
+            rows.append(f"u{u},{first + (start + t) % 20},{1000 + 10 * t}\n")
     (folder / "ratings.csv").write_text("user_id,item_id,timestamp\n" + "".join(rows))
-
-
-def test_build_measures_every_model_on_the_same_cases_and_writes_its_report(tmp_path, tiny_model_dir):
-    from tunelab.apps.recommend.build import ITEMS as ITEMS_FILE, VECTORS, build
-    from tunelab.apps.recommend.config import load_recommend_config
-
-    _synthetic(tmp_path)
-    (tmp_path / "recommend.yaml").write_text(
-        f"app: recommend\nname: syn\ninteractions: ratings.csv\nitems: items.csv\ncolumns:\n  item_text: [title, genres]\n"
-        f"baselines: [popularity, item_knn]\ntower:\n  model: {tiny_model_dir}\n  epochs: 1\n  batch_size: 8\n"
-        "  max_pairs: 200\n  recent: [3]\n  decay: [1.0]\nhybrid_weights: [0.0, 0.5]\n")
-    config = load_recommend_config(tmp_path / "recommend.yaml")
-    report = build(config, quiet=True)
-    assert report["test_cases"] == 60 and report["users"] == 60 and report["items"] == 40
-    for name in ("popularity", "item_knn", "text", "hybrid"):
-        r = report[name]
-        assert 0 <= r["ndcg_at_10"] <= r["recall_at_10"] <= r["recall_at_20"] <= 1 and "settings" in r
-    # item-kNN knows the two tastes: better than popularity, which cannot tell them apart
-    assert report["item_knn"]["recall_at_10"] > report["popularity"]["recall_at_10"]
-    assert report["serving"]["knn"] == report["item_knn"]["settings"] and report["tower_training"]["pairs"] == 200
-    assert np.load(config.app_dir / VECTORS).shape[0] == 40
-    assert len(json.loads((config.app_dir / ITEMS_FILE).read_text())["ids"]) == 40
-    assert "| text two-tower |" in (config.app_dir / "report.md").read_text()
 
 
 @pytest.fixture(scope="module")
 def built_recommender(tmp_path_factory, tiny_model_dir):
-    """The synthetic catalogue built once through init's config (tiny BERT item tower, exported to int8 ONNX)."""
+    """The synthetic catalogue built once through init's config (tiny BERT item tower, exported to int8 ONNX; a
+    small sequence tower)."""
     from tunelab.apps.recommend.build import build, init
     from tunelab.apps.recommend.config import load_recommend_config
 
@@ -154,9 +137,32 @@ def built_recommender(tmp_path_factory, tiny_model_dir):
     path = init(folder / "app", folder / "ratings.csv", folder / "items.csv")
     path.write_text(path.read_text() + f"baselines: [popularity, item_knn]\ntower:\n  model: {tiny_model_dir}\n"
                     "  epochs: 1\n  batch_size: 8\n  max_pairs: 200\n  recent: [3]\n  decay: [1.0]\n"
-                    "hybrid_weights: [0.0, 0.5]\n")
+                    "hybrid_weights: [0.0, 0.5, 0.8, 1.0]\n" + SEQUENCE)
     config = load_recommend_config(path)
     return config, build(config, quiet=True)
+
+
+def test_build_measures_every_model_on_the_same_cases_and_writes_its_report(built_recommender):
+    from tunelab.apps.recommend.build import ITEMS as ITEMS_FILE, VECTORS, build
+
+    config, report = built_recommender
+    assert report["test_cases"] == 60 and report["users"] == 60 and report["items"] == 40
+    for name in ("popularity", "item_knn", "text", "sequence", "hybrid"):
+        r = report[name]
+        assert 0 <= r["ndcg_at_10"] <= r["recall_at_10"] <= r["recall_at_20"] <= 1 and "settings" in r
+    # item-kNN knows the two tastes: better than popularity, which cannot tell them apart
+    assert report["item_knn"]["recall_at_10"] > report["popularity"]["recall_at_10"]
+    # what comes next is in the order, which the sequence tower reads and a mean of (untrained) title vectors cannot
+    assert report["sequence"]["ndcg_at_10"] >= 0.9 > report["text"]["ndcg_at_10"]
+    assert report["serving"]["side"] == report["hybrid"]["settings"]["text_side"] == "sequence"
+    assert report["serving"]["knn"] == report["item_knn"]["settings"] and report["tower_training"]["pairs"] == 200
+    assert report["sequence_training"]["best_epoch"] <= report["sequence_training"]["epochs_run"] <= 30
+    assert np.load(config.app_dir / VECTORS).shape[0] == 40
+    assert len(json.loads((config.app_dir / ITEMS_FILE).read_text())["ids"]) == 40
+    assert "| sequence tower |" in (config.app_dir / "report.md").read_text()
+    again = build(config, quiet=True)  # the same data and settings: both trained towers are reused, figures equal
+    assert again["sequence_training"]["reused"] and "tower_training" not in again
+    assert again["hybrid"]["ndcg_at_10"] == report["hybrid"]["ndcg_at_10"]
 
 
 def test_init_reads_the_headers_and_build_writes_what_the_server_loads(built_recommender, tmp_path):
@@ -198,6 +204,8 @@ def test_served_recommendations_for_users_histories_and_new_items(built_recommen
         assert len(ids) == 5 and not {str(i) for i in first} & set(ids) and got["history_length"] == 8
         scores = [i["score"] for i in got["items"]]
         assert scores == sorted(scores, reverse=True)
+        series = httpx.post(f"{s.url}/v1/recommend", json={"history": ["3", "4", "5"], "k": 1}).json()["items"]
+        assert series[0]["item_id"] == "6"  # the sequence tower serves what comes next in the order
         history = httpx.post(f"{s.url}/v1/recommend", json={"history": ["1", "2", "zzz"], "k": 3, "exclude": ["3"]}).json()
         assert history["unknown_items"] == ["zzz"] and not {"1", "2", "3"} & {i["item_id"] for i in history["items"]}
         added = httpx.post(f"{s.url}/v1/items", json={"items": [{"item_id": "new-1", "text": "war film number 99"}]})
@@ -210,7 +218,8 @@ def test_served_recommendations_for_users_histories_and_new_items(built_recommen
         assert httpx.post(f"{s.url}/v1/recommend", json={"user_id": users[0], "history": ["1"]}).status_code == 422
         assert httpx.post(f"{s.url}/v1/recommend", json={"history": ["zzz"]}).json()["error"]["code"] == "unknown_items"
         stats = httpx.get(f"{s.url}/v1/recommend/stats").json()
-        assert stats["requests"] == 3 and stats["catalogue"] == 41 and 0 < stats["catalogue_coverage"] <= 1
+        assert stats["requests"] == 4 and stats["catalogue"] == 41 and 0 < stats["catalogue_coverage"] <= 1
         assert "tunelab_recommend_catalogue_coverage" in httpx.get(f"{s.url}/metrics").text
     with Server(create_app(settings=settings, app_config=config)) as s:  # added items are kept
         assert httpx.get(f"{s.url}/v1/recommend/stats").json()["catalogue"] == 41
+

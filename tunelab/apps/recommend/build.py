@@ -1,9 +1,11 @@
-"""`tunelab app recommend build CONFIG`: the data read and split, the baselines tuned and measured, the text tower
-trained, the user tower and the hybrid tuned, everything measured on the same test cases; one report.
+"""`tunelab app recommend build CONFIG`: the data read and split, the baselines tuned and measured, the item tower
+trained, the user towers (mean of recent items; sequence transformer) and the hybrid tuned, everything measured on
+the same test cases; one report.
 
 Protocol (written into the report): leave-last-out by time per user (data.py); each model's settings are chosen on
 the validation cases with the models fitted on training interactions; the chosen settings are then refitted on
-training plus validation interactions (the text encoder is not retrained) and ranked on the test cases. Ranking is
+training plus validation interactions (the text encoder and the sequence tower are not retrained: they read the
+longer histories as they are) and ranked on the test cases. Ranking is
 over every item the user has not interacted with (ranking.py).
 """
 
@@ -111,7 +113,7 @@ def evaluate(score, users, targets, histories, cold: np.ndarray) -> dict:
 
 def build(config, retrain: bool = False, quiet: bool = False) -> dict:
     """Everything above; writes app_dir/report.json and report.md, the item vectors and the trained encoder."""
-    from tunelab.apps.recommend import baselines as cf
+    from tunelab.apps.recommend import baselines as cf, sequence
     from tunelab.apps.recommend.ranking import coverage
     from tunelab.apps.recommend.towers import hybrid_scorer, text_scorer
     from tunelab.errors import TunelabError
@@ -155,20 +157,33 @@ def build(config, retrain: bool = False, quiet: bool = False) -> dict:
     for name in config.baselines:
         report[name] = measure(name, lambda h, s, n=name: cf.fit(n, h, items, s, config.seed), cf.GRIDS[name])
 
-    t = config.tower
     encoder = _item_encoder(config, hv, data.texts, retrain, quiet, report)
     say(f"text: embedding {items} items")
     vectors = encoder.encode(data.texts)
+    t = config.tower
     grid = [{"recent": r, "decay": d} for r in t.recent for d in t.decay]
     report["text"] = measure("text", lambda h, s: text_scorer(h, vectors, **s), grid)
-    serving = {"text": models["text"][1], "weight": 1.0, "knn": None}
+    side, model = "text", None  # the hybrid's text side: the mean, or the sequence tower where it validates better
+    if config.sequence.epochs:
+        def on_validation(model):
+            scores = sequence.scorer(model, hv)
+            return evaluate(scores, users, split.validation[users], hv, np.zeros(0, bool))["ndcg_at_10"]
+
+        model = _sequence_tower(config, hv, vectors, on_validation, retrain, quiet, report)
+        report["sequence"] = measure("sequence", lambda h, s: sequence.scorer(model, h), [config.sequence.model_dump()])
+        if report["sequence"]["validation_ndcg_at_10"] > report["text"]["validation_ndcg_at_10"]:
+            side = "sequence"
+
+    def text_side(h):
+        return sequence.scorer(model, h) if side == "sequence" else text_scorer(h, vectors, **models["text"][1])
+
+    serving = {"text": models["text"][1], "side": side, "weight": 1.0, "knn": None}
     if "item_knn" in report:  # the hybrid's partner: it scores any history (a new user's too) without refitting
         knn_settings = models["item_knn"][1]
 
         def hybrid_for(h, s):
-            return hybrid_scorer(text_scorer(h, vectors, **serving["text"]),
-                                 cf.fit("item_knn", h, items, knn_settings, config.seed), s["weight"])
-        report["hybrid"] = measure("hybrid", hybrid_for, [{"weight": w} for w in config.hybrid_weights])
+            return hybrid_scorer(text_side(h), cf.fit("item_knn", h, items, knn_settings, config.seed), s["weight"])
+        report["hybrid"] = measure("hybrid", hybrid_for, [{"text_side": side, "weight": w} for w in config.hybrid_weights])
         serving.update(weight=models["hybrid"][1]["weight"], knn=knn_settings)
     write_serving(config, data, vectors, serving)
     report["serving"] = serving
@@ -204,6 +219,27 @@ def _item_encoder(config, histories, texts, retrain: bool, quiet: bool, report: 
     return Encoder(folder, t.max_length)
 
 
+def _sequence_tower(config, histories, vectors: np.ndarray, validate, retrain: bool, quiet: bool, report: dict):
+    """The sequence user tower, trained on the training histories (early-stopped by `validate`) and saved beside
+    the report; a saved one trained on the same histories, vectors, settings and seed is reused."""
+    from types import SimpleNamespace
+
+    from tunelab.apps.recommend import sequence
+
+    settings = config.sequence.model_dump()
+    key = sequence.fingerprint(histories, vectors, settings, config.seed)
+    about = sequence.saved_about(config.app_dir)
+    if not retrain and about and about.get("fingerprint") == key:
+        report["sequence_training"] = {**about["training"], "reused": True}
+        return sequence.load(config.app_dir, vectors)
+    if not quiet:
+        print(f"sequence: training the user tower on {len(histories)} histories (at most {settings['epochs']} epochs)")
+    model, info = sequence.train_sequence(histories, vectors, validate, SimpleNamespace(**settings), config.seed, quiet)
+    sequence.save(model, config.app_dir, {"fingerprint": key, "training": info})
+    report["sequence_training"] = info
+    return model
+
+
 def encoder_folder(config) -> Path:
     """Where the served item tower is: its export for the backend, or the torch folder."""
     from tunelab.hub import resolve_model
@@ -235,7 +271,7 @@ def write_serving(config, data: Prepared, vectors: np.ndarray, serving: dict) ->
 
 
 MODEL_NAMES = {"popularity": "popularity", "item_knn": "item-kNN", "als": "ALS (implicit)", "bpr": "BPR (implicit)",
-               "text": "text two-tower", "hybrid": "hybrid (text + collaborative)"}
+               "text": "text two-tower", "sequence": "sequence tower", "hybrid": "hybrid (text + collaborative)"}
 
 
 def _markdown(report: dict) -> str:

@@ -6,7 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from tunelab.apps.support.config import EncoderTraining
 from tunelab.config import FolderName
@@ -40,6 +40,32 @@ class TowerConfig(EncoderTraining):
                                "time (the best on validation is kept).")
 
 
+class SequenceConfig(Section):
+    """The sequence user tower (sequence.py): a small causal transformer over the user's last items, trained on the
+    training histories; it replaces the mean of recent items as the hybrid's text side when it scores better on
+    validation. The defaults are the better of the two settings measured on MovieLens (BENCHMARKS.md)."""
+
+    epochs: int = Field(60, ge=0, description="Most passes over the training histories (early-stopped on validation "
+                        "NDCG@10); 0: no sequence tower.")
+    patience: int = Field(6, ge=1, description="Epochs without a validation gain before training stops.")
+    dim: int = Field(128, ge=8, description="Width of the item vectors and the transformer.")
+    layers: int = Field(2, ge=1, description="Transformer layers.")
+    heads: int = Field(2, ge=1, description="Attention heads (dim must divide by it).")
+    max_len: int = Field(50, ge=2, description="Last items of a history read.")
+    dropout: float = Field(0.3, ge=0, lt=1, description="Dropout in the transformer and on its input.")
+    id_dropout: float = Field(0.2, ge=0, lt=1, description="Share of item id embeddings dropped per step, so that the "
+                              "text projection alone places items (the path of items with no interactions).")
+    learning_rate: float = Field(2e-3, gt=0, description="AdamW's learning rate.")
+    weight_decay: float = Field(0.0, ge=0, description="AdamW's weight decay.")
+    batch_size: int = Field(128, ge=1, description="Training windows per step.")
+
+    @model_validator(mode="after")
+    def _heads_divide_dim(self):
+        if self.dim % self.heads:
+            raise ValueError(f"dim {self.dim} does not divide into {self.heads} heads")
+        return self
+
+
 class RecommendConfig(Section):
     """`tunelab app recommend`: items recommended from a user's history and the items' text."""
 
@@ -57,11 +83,14 @@ class RecommendConfig(Section):
     tags_per_item: int = Field(5, ge=0, description="Most frequent tags added to an item's text.")
     seed: int = Field(42, description="Pair sampling, training and factorisation seeds.")
     tower: TowerConfig = Field(default_factory=TowerConfig, description="The text model.")
+    sequence: SequenceConfig = Field(default_factory=SequenceConfig, description="The sequence user tower.")
     baselines: list[Literal["popularity", "item_knn", "als", "bpr"]] = Field(
         ["popularity", "item_knn", "als", "bpr"], description="Collaborative baselines fitted, tuned on validation "
-        "and reported; the best history-based one joins the hybrid.")
+        "and reported; item-kNN joins the hybrid.")
     hybrid_weights: list[float] = Field([0.0, 0.2, 0.4, 0.5, 0.6, 0.8, 1.0], min_length=1,
-                                        description="Text-side weights tried for the hybrid (validation NDCG@10).")
+                                        description="Weights of the text side tried for the hybrid with item-kNN "
+                                        "(validation NDCG@10); the text side is the sequence tower or the mean of "
+                                        "recent items, whichever scores better on validation.")
     backend: Literal["onnx-int8", "onnx-fp32", "torch"] = Field(
         "onnx-int8", description="What runs the item tower (the build measures with it, the server embeds new items "
         "with it): ONNX int8 (the build exports it), fp32 ONNX, or torch.")

@@ -8,7 +8,8 @@ the text projection alone places them: during training the id part of each item 
 the transformer's input and its output layer, as in SASRec.
 
 Training is early-stopped on validation NDCG@10 (the best epoch's weights are kept). The weights are saved as
-safetensors with a small JSON of their shapes, so the server rebuilds the model without pickles.
+safetensors with a small JSON of their shape, settings and training figures, so the server rebuilds the model
+without pickles and a build reuses a tower trained on the same data with the same settings.
 """
 
 from __future__ import annotations
@@ -51,7 +52,7 @@ class SequenceModel(nn.Module):
         self.norm = nn.LayerNorm(shape.dim)
         self.drop = nn.Dropout(shape.dropout)
         self.register_buffer("text_vectors", torch.as_tensor(text_vectors, dtype=torch.float32), persistent=False)
-        self.register_buffer("trained", torch.as_tensor(trained_items, dtype=torch.float32), persistent=False)
+        self.register_buffer("trained", torch.as_tensor(trained_items, dtype=torch.float32))
 
     def table(self, id_dropout: float = 0.0) -> torch.Tensor:
         """(items, dim): every item's vector; the id part only for items with training interactions."""
@@ -63,7 +64,9 @@ class SequenceModel(nn.Module):
     def forward(self, sequences: torch.Tensor, table: torch.Tensor) -> torch.Tensor:
         """sequences: (batch, length) item codes, -1 = padding on the left -> (batch, length, dim)."""
         pad = sequences < 0
-        x = table[sequences.clamp(min=0)] * math.sqrt(self.shape.dim)
+        # embedding(), not table[...]: its backward adds the gradients in a fixed order, so one seed gives one tower
+        # (indexing's backward, index_put with accumulate, does not on CPU)
+        x = nn.functional.embedding(sequences.clamp(min=0), table) * math.sqrt(self.shape.dim)
         x = x + self.positions.weight[-sequences.shape[1]:]
         x = self.drop(x.masked_fill(pad[..., None], 0))
         # causal attention only; padding is a zero input on the left, read the same way in training and serving
@@ -72,12 +75,17 @@ class SequenceModel(nn.Module):
         return self.norm(h)
 
     @torch.no_grad()
-    def scores(self, histories: list[np.ndarray]) -> np.ndarray:
-        """(len(histories), items): each history's next-item scores (its last max_len items read)."""
+    def users(self, histories: list[np.ndarray], table: torch.Tensor) -> torch.Tensor:
+        """(len(histories), dim): each history's state after its last max_len items, against `table`'s items."""
         self.eval()
-        table = self.table()
         batch = left_padded([h[-self.shape.max_len:] for h in histories], self.shape.max_len)
-        return (self(torch.as_tensor(batch), table)[:, -1] @ table.T).numpy()
+        return self(torch.as_tensor(batch), table)[:, -1]
+
+    @torch.no_grad()
+    def scores(self, histories: list[np.ndarray]) -> np.ndarray:
+        """(len(histories), items): each history's next-item scores."""
+        table = self.table()
+        return (self.users(histories, table) @ table.T).numpy()
 
 
 def left_padded(sequences: list[np.ndarray], length: int) -> np.ndarray:
@@ -151,16 +159,43 @@ def train_sequence(histories: list[np.ndarray], text_vectors: np.ndarray, valida
                    "curve": history}
 
 
-def save(model: SequenceModel, folder: Path) -> None:
+def scorer(model: SequenceModel, histories: list[np.ndarray]):
+    """users -> their next-item scores from `histories` (the build's scorer shape)."""
+    return lambda users: model.scores([histories[u] for u in users])
+
+
+def fingerprint(histories: list[np.ndarray], text_vectors: np.ndarray, settings: dict, seed: int) -> str:
+    """What a trained tower depends on: the training histories, the item text vectors, the settings and the seed."""
+    import hashlib
+
+    digest = hashlib.sha256(json.dumps([settings, seed], sort_keys=True).encode())
+    for h in histories:
+        digest.update(np.asarray(h, np.int64).tobytes() + b"|")
+    digest.update(np.ascontiguousarray(text_vectors, np.float32).tobytes())
+    return digest.hexdigest()
+
+
+def save(model: SequenceModel, folder: Path, about: dict | None = None) -> None:
+    """The weights as safetensors, the shape and `about` (fingerprint, training figures) as JSON; the JSON is written
+    last, so a tower whose JSON is there is whole."""
     from safetensors.torch import save_file
 
+    (folder / SHAPE).unlink(missing_ok=True)
     save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(folder / WEIGHTS))
-    (folder / SHAPE).write_text(json.dumps(asdict(model.shape)))
+    (folder / SHAPE).write_text(json.dumps({"shape": asdict(model.shape), **(about or {})}))
 
 
-def load(folder: Path, text_vectors: np.ndarray, trained_items: np.ndarray) -> SequenceModel:
+def saved_about(folder: Path) -> dict | None:
+    """The JSON beside a saved tower (None without one)."""
+    path = folder / SHAPE
+    return json.loads(path.read_text()) if path.is_file() and (folder / WEIGHTS).is_file() else None
+
+
+def load(folder: Path, text_vectors: np.ndarray) -> SequenceModel:
+    """The saved tower over the build's item text vectors (the ones it was trained with)."""
     from safetensors.torch import load_file
 
-    model = SequenceModel(Shape(**json.loads((folder / SHAPE).read_text())), text_vectors, trained_items)
-    model.load_state_dict(load_file(str(folder / WEIGHTS)))
+    weights = load_file(str(folder / WEIGHTS))
+    model = SequenceModel(Shape(**saved_about(folder)["shape"]), text_vectors, weights["trained"].numpy())
+    model.load_state_dict(weights)
     return model.eval()

@@ -1,9 +1,10 @@
 """The built recommender in memory: item vectors, users' histories, the item-kNN similarity, the chosen settings;
 recommendations for a known user or any history, and new items embedded on arrival.
 
-Scoring a request is the build's hybrid exactly: the user tower (recency-weighted mean of the last items' vectors)
-against every item vector, the item-kNN scores of the last items, both standardised over the catalogue and added.
-An item added after the build has no similarities, so only its text scores it (the cold-start path the build
+Scoring a request is the build's hybrid exactly: the text side -- the sequence tower's next-item scores, or the
+recency-weighted mean of the last items' vectors against every item vector, whichever the build chose -- and the
+item-kNN scores of the last items, both standardised over the catalogue and added. An item added after the build
+has no similarities and no trained id embedding, so only its text scores it (the cold-start path the build
 measures). Added items are kept in the app's database and loaded again at start.
 """
 
@@ -15,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 import sqlalchemy as sa
+import torch
 
 from tunelab.apps.recommend.build import (
     HISTORIES, ITEMS, SERVING, SIMILARITY, USERS, VECTORS, command, encoder_folder)
@@ -51,6 +53,13 @@ class Recommender:
         self.histories = {u: flat[starts[i]:starts[i + 1]] for i, u in enumerate(users)}
         self.similarity = sp.load_npz(folder / SIMILARITY).tocsr() if self.settings["knn"] else None
         self.encoder = Encoder(encoder_folder(config), config.tower.max_length)
+        self.sequence, self.table = None, None  # with the sequence tower: the model, every item's vector in it
+        if self.settings.get("side") == "sequence":
+            from tunelab.apps.recommend.sequence import load
+
+            self.sequence = load(folder, self.vectors)
+            with torch.no_grad():
+                self.table = self.sequence.table()
         self.lock = threading.Lock()  # items are added while requests are scored
         self.engine = open_database(config.database_url())
         metadata.create_all(self.engine)
@@ -60,7 +69,12 @@ class Recommender:
                      if rows else np.zeros((0, self.vectors.shape[1]), np.float32))
 
     def _append(self, ids: list[str], vectors: np.ndarray) -> None:
+        if self.sequence is not None and len(ids):  # an added item's vector is its text's projection alone
+            with torch.no_grad():
+                added = self.sequence.text(torch.as_tensor(vectors, dtype=torch.float32))
         with self.lock:
+            if self.sequence is not None and len(ids):
+                self.table = torch.cat([self.table, added])
             for item in ids:
                 self.code[item] = len(self.ids)
                 self.ids.append(item)
@@ -77,10 +91,12 @@ class Recommender:
     def recommend(self, history: np.ndarray, k: int, exclude: np.ndarray) -> list[tuple[str, float]]:
         """The top `k` items for a history (time order), leaving out the history and `exclude`."""
         with self.lock:
-            vectors, ids = self.vectors, list(self.ids)
-        text = self.settings["text"]
-        user = user_vectors([history], vectors, text["recent"], text["decay"])
-        scores = user @ vectors.T
+            vectors, ids, table = self.vectors, list(self.ids), self.table
+        if self.sequence is not None:
+            scores = (self.sequence.users([history], table) @ table.T).numpy()
+        else:
+            text = self.settings["text"]
+            scores = user_vectors([history], vectors, text["recent"], text["decay"]) @ vectors.T
         weight = self.settings["weight"]
         if self.similarity is not None and weight < 1:
             from tunelab.apps.recommend.baselines import knn_scores
