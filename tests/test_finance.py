@@ -357,8 +357,10 @@ def test_follow_reads_lines_as_they_are_written_and_ctrl_c_stops_cleanly(built, 
     config_path = copy_config(built[1], tmp_path, f"sqlite:///{db}")
     feed = tmp_path / "live.jsonl"
     feed.write_text(json.dumps(_item("Nokia shares jumped at the open", 1772323200)) + "\n")
+    # started with SIGINT ignored, as a job started with `&` from a script is: Ctrl-C (SIGINT) must stop it all the same
     proc = subprocess.Popen([sys.executable, "-m", "tunelab", "app", "finance", "ingest", str(config_path), str(feed),
-                             "--follow"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                             "--follow"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN))
     try:
         def count() -> int:
             import sqlite3

@@ -3,7 +3,9 @@
 Lines are read in batches, scored by the built models and committed batch by batch, so an interrupted ingest
 keeps every batch it reported and a second run of the same file stores nothing twice (duplicates are counted,
 not stored). A bad line is reported with its number and skipped. --follow (JSONL) keeps reading the file as it
-grows, a line at a time once it is complete, until Ctrl-C.
+grows, a line at a time once it is complete, until Ctrl-C. SIGTERM stops an ingest as Ctrl-C does, and Ctrl-C
+works where the process inherited SIGINT ignored (a job started with `&` from a script); a batch being stored when
+the signal comes is stored whole.
 """
 
 from __future__ import annotations
@@ -93,6 +95,7 @@ def ingest_file(config, path: str | Path, follow: bool = False, batch_size: int 
 
     from tunelab.apps.finance.ingest import Finance, load_scorers, parse_item, score_texts
     from tunelab.apps.finance.store import alerts as alert_table
+    from tunelab.signals import step_in_progress, stop_on_signals
 
     path = Path(path)
     if not path.is_file():
@@ -113,10 +116,11 @@ def ingest_file(config, path: str | Path, follow: bool = False, batch_size: int 
     def flush():
         if not batch:
             return
-        answers, entities = score_texts(models, [item.text for item in batch])
-        for result in finance.commit(batch, answers, entities):
-            setattr(summary, result["status"], getattr(summary, result["status"]) + 1)
-        batch.clear()
+        with step_in_progress():  # a stop signal waits for the batch to be stored and counted
+            answers, entities = score_texts(models, [item.text for item in batch])
+            for result in finance.commit(batch, answers, entities):
+                setattr(summary, result["status"], getattr(summary, result["status"]) + 1)
+            batch.clear()
 
     lines = _jsonl_lines(path, follow) if suffix == ".jsonl" else _csv_lines(path)
     with open(path, "rb") as f:
@@ -124,21 +128,22 @@ def ingest_file(config, path: str | Path, follow: bool = False, batch_size: int 
     bar = tqdm(total=total, unit="line", disable=quiet, desc=f"ingest {path.name}")
     done = 0
     try:
-        for number, raw in lines:
-            if number is None:  # following, nothing new: store what is held
-                flush()
-                continue
-            bar.update(number - done)
-            done = number
-            parsed = raw if isinstance(raw, str) else parse_item(raw, config.max_chars_per_text)
-            if isinstance(parsed, str):
-                summary.rejected += 1
-                warn(f"{path}, line {number}: {parsed}")
-                continue
-            batch.append(parsed)
-            if len(batch) >= batch_size:
-                flush()
-        flush()
+        with stop_on_signals():
+            for number, raw in lines:
+                if number is None:  # following, nothing new: store what is held
+                    flush()
+                    continue
+                bar.update(number - done)
+                done = number
+                parsed = raw if isinstance(raw, str) else parse_item(raw, config.max_chars_per_text)
+                if isinstance(parsed, str):
+                    summary.rejected += 1
+                    warn(f"{path}, line {number}: {parsed}")
+                    continue
+                batch.append(parsed)
+                if len(batch) >= batch_size:
+                    flush()
+            flush()
     except KeyboardInterrupt:
         flush()  # what was read is stored; the rest can be ingested again (duplicates are not stored twice)
         if not follow:
