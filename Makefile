@@ -24,8 +24,9 @@ demo: install
 	$(BIN)/tunelab train examples/demo.yaml --overwrite
 	$(BIN)/tunelab evaluate runs/sentiment-demo
 
+# two workers, one per core (tests/conftest.py keeps each test file on one worker)
 test: install
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -n 2 --dist loadgroup
 
 # The documentation site, built offline into site/ (warnings are errors: mkdocs.yml sets strict).
 docs: install

@@ -7,6 +7,23 @@ import pytest
 REPO = Path(__file__).resolve().parent.parent
 SHARED_DATA = Path(os.environ.get("TUNELAB_DATA", REPO.parent / "shared" / "data"))
 
+if os.environ.get("PYTEST_XDIST_WORKER"):  # `make test` runs two workers on the two cores: one thread each (and for
+    for name in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):  # the commands they start), not two workers x two threads
+        os.environ.setdefault(name, "1")
+
+
+@pytest.hookimpl(tryfirst=True)  # before pytest-xdist reads the groups
+def pytest_collection_modifyitems(config, items):
+    """With `-n 2 --dist loadgroup` (make test), a test file's tests stay on one worker, which builds the file's
+    shared fixtures once; the documents test_readme.py runs are independent of each other and spread out, and go
+    first: the longest jobs started first leave the shortest for the end, when one worker may wait for the other."""
+    def document(item) -> bool:
+        return item.path.name == "test_readme.py" and "[" in item.nodeid
+
+    items.sort(key=lambda item: not document(item))  # stable: every file keeps its order
+    for item in items:
+        item.add_marker(pytest.mark.xdist_group(item.nodeid if document(item) else item.nodeid.split("::")[0]))
+
 
 @pytest.fixture(scope="session")
 def tokenizer():
@@ -183,3 +200,4 @@ def conversations(n: int, seed: int = 0) -> list[dict]:
 def write_jsonl(path, rows):
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
     return path
+

@@ -97,6 +97,18 @@ def test_every_skipped_block_says_why():
             assert block.skip is None or len(block.skip.split()) >= 3, f"{document}:{block.line}: say why it is skipped"
 
 
+def test_documents_that_run_at_the_same_time_serve_on_ports_of_their_own():
+    """make test runs documents on two workers at once: two documents serving on one port would collide."""
+    owner: dict[int, str] = {}
+    for document in DOCUMENTS:
+        for block in blocks(document):
+            for line in ([] if block.skip else block.code.replace("\\\n", " ").splitlines()):
+                if line.strip().startswith("tunelab serve"):
+                    port = re.search(r"--port\s+(\d+)", line)
+                    port = int(port.group(1)) if port else 8000
+                    assert owner.setdefault(port, document) == document, f"{document} and {owner[port]} both serve on {port}"
+
+
 @pytest.mark.parametrize("document", DOCUMENTS)
 def test_documented_commands_run_in_order(document, workdir):
     env = {**os.environ, "PATH": f"{REPO / '.venv' / 'bin'}:{os.environ['PATH']}", "PYTHONUNBUFFERED": "1",
