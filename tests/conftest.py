@@ -200,4 +200,3 @@ def conversations(n: int, seed: int = 0) -> list[dict]:
 def write_jsonl(path, rows):
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
     return path
-

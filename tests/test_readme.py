@@ -64,15 +64,20 @@ def blocks(document: str) -> list[Block]:
                   m.group("skip")) for m in FENCE.finditer(text) if m.group("lang") in ("bash", "sh", "python")]
 
 
+def served_port(command: str) -> int:
+    """The port a `tunelab serve` command listens on (the server's default without --port)."""
+    port = re.search(r"--port\s+(\d+)", command)
+    return int(port.group(1)) if port else 8000
+
+
 def as_script(code: str) -> str:
     """The block as a bash script: `tunelab serve` lines in the background, each waited for."""
     out = []
     for line in code.replace("\\\n", " ").splitlines():
         command = line.split("#")[0].strip() if not line.lstrip().startswith("curl") else line.strip()
         if command.startswith("tunelab serve"):  # in the background, until the document's last block has run
-            port = re.search(r"--port\s+(\d+)", command)
             out += [f"{command.rstrip('&').strip()} >>\"$READMETEST_SERVERS.log\" 2>&1 & echo $! >> \"$READMETEST_SERVERS\"",
-                    f"ready $! {port.group(1) if port else 8000}"]
+                    f"ready $! {served_port(command)}"]
         elif command.startswith(("tunelab train ", "tunelab tune ")):
             out.append(f"{command} {QUICK}" + (" tune.n_trials=2" if command.startswith("tunelab tune ") else ""))
         elif command in ("make test", "make install"):
@@ -104,8 +109,7 @@ def test_documents_that_run_at_the_same_time_serve_on_ports_of_their_own():
         for block in blocks(document):
             for line in ([] if block.skip else block.code.replace("\\\n", " ").splitlines()):
                 if line.strip().startswith("tunelab serve"):
-                    port = re.search(r"--port\s+(\d+)", line)
-                    port = int(port.group(1)) if port else 8000
+                    port = served_port(line)
                     assert owner.setdefault(port, document) == document, f"{document} and {owner[port]} both serve on {port}"
 
 

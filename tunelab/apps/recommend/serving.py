@@ -69,11 +69,11 @@ class Recommender:
                      if rows else np.zeros((0, self.vectors.shape[1]), np.float32))
 
     def _append(self, ids: list[str], vectors: np.ndarray) -> None:
-        if self.sequence is not None and len(ids):  # an added item's vector is its text's projection alone
+        if self.sequence is not None:  # an added item's vector is its text's projection alone
             with torch.no_grad():
                 added = self.sequence.text(torch.as_tensor(vectors, dtype=torch.float32))
         with self.lock:
-            if self.sequence is not None and len(ids):
+            if self.sequence is not None:
                 self.table = torch.cat([self.table, added])
             for item in ids:
                 self.code[item] = len(self.ids)
