@@ -9,6 +9,7 @@ import subprocess
 import sys
 import threading
 import time
+import uuid
 from pathlib import Path
 
 import httpx
@@ -158,18 +159,23 @@ def _database_urls():
 
 @pytest.fixture(params=_database_urls())
 def database(request, tmp_path):
+    """A fresh database per test: a SQLite file, or a PostgreSQL schema of the test's own (the server may be shared
+    with other test runs at the same time; the URL's search_path keeps each run's tables apart)."""
     if request.param == "sqlite":
-        return f"sqlite:///{tmp_path / 'monitor.db'}"
+        yield f"sqlite:///{tmp_path / 'monitor.db'}"
+        return
+    schema = f"t_{os.getpid()}_{uuid.uuid4().hex[:8]}"
     try:
         engine = sa.create_engine(POSTGRES_URL, connect_args={"connect_timeout": 3})
         with engine.begin() as conn:
-            for table in reversed(store.metadata.sorted_tables):
-                conn.execute(sa.text(f"DROP TABLE IF EXISTS {table.name}"))
-        engine.dispose()
+            conn.execute(sa.text(f"CREATE SCHEMA {schema}"))
     except Exception as exc:  # noqa: BLE001
         pytest.skip(f"no PostgreSQL at {POSTGRES_URL.split('@')[-1]} ({type(exc).__name__}); "
                     "start one with scripts/test-services.sh or set TUNELAB_TEST_POSTGRES_URL")
-    return POSTGRES_URL
+    yield f"{POSTGRES_URL}{'&' if '?' in POSTGRES_URL else '?'}options=-csearch_path%3D{schema}"
+    with engine.begin() as conn:
+        conn.execute(sa.text(f"DROP SCHEMA {schema} CASCADE"))
+    engine.dispose()
 
 
 def test_every_prediction_is_logged_and_graceful_shutdown_loses_none(run_dir, database):
