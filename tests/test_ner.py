@@ -294,7 +294,7 @@ def test_minilm_learns_conll_entities_from_a_slice(tmp_path):
         files[split].write_text("\n\n".join(blocks) + "\n\n", encoding="utf-8")
     config = load_config({"name": "conll-slice", "runs_dir": str(tmp_path / "runs"), "task": {"name": "token_classification"},
                           "data": {k: str(v) for k, v in files.items()}, "model": {"name": "default", "max_length": 128},
-                          "train": {"max_steps": 150, "eval_every": 150, "trackers": []}})
+                          "train": {"max_steps": 100, "batch_size": 16, "eval_every": 100, "trackers": []}})
     result = train(config, quiet=True)
     test = evaluate(result.run_dir, "test", quiet=True).metrics
-    assert test["entity_f1"] >= 0.7, test["per_type"]  # 0.81 measured
+    assert test["entity_f1"] >= 0.6, test["per_type"]  # 0.71 measured (0.81 after 150 steps of 32)

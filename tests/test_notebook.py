@@ -14,7 +14,7 @@ def test_the_quickstart_notebook_runs(tmp_path, monkeypatch):
     # a few steps instead of a hundred: the test checks that the cells run, not what the training reaches
     first = notebook.cells[next(i for i, c in enumerate(notebook.cells) if c.cell_type == "code")]
     assert '"train.max_steps=100", "train.eval_every=25"' in first.source
-    first.source = first.source.replace('"train.max_steps=100", "train.eval_every=25"', '"train.max_steps=8", "train.eval_every=4"')
+    first.source = first.source.replace('"train.max_steps=100", "train.eval_every=25"', '"train.max_steps=2", "train.eval_every=2"')
     # the repository's examples and data, but its runs in a scratch folder
     for name in ("examples", "data"):
         (tmp_path / name).symlink_to(REPO / name)

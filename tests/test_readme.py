@@ -9,9 +9,10 @@ background and waited for (its /readyz), and stopped (SIGTERM) after the documen
 required and printed.
 
 `make demo` trains as documented (the int8 export and the monitor after it need its model); every other
-`tunelab train` or `tunelab tune` line gets `QUICK` appended (a few steps instead of a hundred, a search of two
-trials instead of four, a causal LM's evaluation generating four short answers): this test checks that the
-commands work as written, not what they reach (benchmarks/ measures that), and keeps the suite fast.
+`tunelab train` or `tunelab tune` line gets `QUICK` appended (two steps instead of a hundred, a search of two
+trials instead of four, a causal LM's evaluation generating two short answers), and an app's `build` gets
+`APP_QUICK` (the least training): this test checks that the commands work as written, not what they reach
+(benchmarks/ and the apps' own tests measure that), and keeps the suite fast.
 """
 
 from __future__ import annotations
@@ -35,7 +36,8 @@ DOCUMENTS = ["README.md", *sorted(str(p.relative_to(REPO)) for p in (REPO / "doc
 FENCE = re.compile(r"(?:<!--\s*readme-test:\s*skip\s+(?P<skip>[^>]*?)\s*-->\s*\n)?^(?P<indent>[ \t]*)```(?P<lang>[\w-]*)\n"
                    r"(?P<code>.*?)^(?P=indent)```", re.S | re.M)
 LINKED = ["examples", "data", "Makefile", "pyproject.toml", "scripts", "tunelab", ".venv"]
-QUICK = "train.max_steps=8 train.eval_every=4 evaluate.generate_examples=4 evaluate.max_new_tokens=16"
+QUICK = "train.max_steps=2 train.eval_every=2 evaluate.generate_examples=2 evaluate.max_new_tokens=8"
+APP_QUICK = {"support": "retriever.epochs=1", "recommend": "tower.epochs=0 sequence.epochs=2"}
 PRELUDE = r"""
 set -euo pipefail
 curl() { command curl --silent --show-error --fail-with-body --max-time 120 "$@"; }
@@ -80,6 +82,8 @@ def as_script(code: str) -> str:
                     f"ready $! {served_port(command)}"]
         elif command.startswith(("tunelab train ", "tunelab tune ")):
             out.append(f"{command} {QUICK}" + (" tune.n_trials=2" if command.startswith("tunelab tune ") else ""))
+        elif re.match(r"tunelab app (\w+) build ", command) and command.split()[2] in APP_QUICK:
+            out.append(f"{command} {APP_QUICK[command.split()[2]]}")
         elif command in ("make test", "make install"):
             out.append(f": {command} is this test suite / already done")
         else:

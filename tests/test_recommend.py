@@ -184,6 +184,20 @@ def test_init_reads_the_headers_and_build_writes_what_the_server_loads(built_rec
         init(tmp_path / "new", tmp_path / "x.csv", tmp_path / "y.csv")
 
 
+@pytest.mark.parametrize("app", ["recommend", "support", "finance"])
+def test_an_apps_build_command_takes_overrides_as_train_does(app, tmp_path):
+    """`tunelab app NAME build CFG KEY=VALUE`: the overrides reach the config loader, which names a bad key."""
+    from typer.testing import CliRunner
+
+    from tunelab.cli import app as cli
+    from tunelab.errors import ConfigError
+
+    config = tmp_path / f"{app}.yaml"
+    config.write_text(f"app: {app}\n", encoding="utf-8")
+    done = CliRunner().invoke(cli, ["app", app, "build", str(config), "no_such_key=1"])
+    assert isinstance(done.exception, ConfigError) and "no_such_key" in str(done.exception)
+
+
 def test_served_recommendations_for_users_histories_and_new_items(built_recommender, tmp_path):
     import httpx
 

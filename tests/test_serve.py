@@ -295,7 +295,8 @@ def test_graceful_shutdown_finishes_accepted_requests(predictor):
             got["r"] = httpx.post(f"{s.url}/v1/predict", json={"texts": ["fine", "bad"]}, timeout=30)
         t = threading.Thread(target=ask)
         t.start()
-        wait_until(lambda: calls, what="the request reaching the model")  # accepted, in the model
+        wait_until(lambda: ["fine", "bad"] in calls, what="the request reaching the model")  # accepted, in the model
+        # (not just any call: a warm-up at start-up calls the model too)
         server.server.should_exit = True  # what SIGTERM does
         t.join(30)
     assert got["r"].status_code == 200 and len(got["r"].json()["predictions"]) == 2

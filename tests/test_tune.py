@@ -118,6 +118,10 @@ def test_search_writes_trials_best_yaml_that_reproduces_the_best_and_a_report(ti
     assert final.steps == round(int(best["best_step"]) * 300 / 240)
     kept = [json.loads((config.run_dir / d / "model" / "tunelab.json").read_text()) for d in (f"trial-{best['number']}", "best")]
     assert kept[1].get("temperature") == kept[0].get("temperature")  # no validation left: the trial's temperature
+    from tunelab.monitor.profile import PROFILE_FILE
+
+    trial_model, best_model = (config.run_dir / d / "model" for d in (f"trial-{best['number']}", "best"))
+    assert not (trial_model / PROFILE_FILE).exists() and (best_model / PROFILE_FILE).is_file()  # what is served has one
 
 
 def test_median_pruner_stops_a_trailing_trial_early(tiny_config):

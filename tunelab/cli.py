@@ -261,13 +261,14 @@ def finance_init(folder: Path = typer.Argument(..., help="Folder to write financ
 
 @finance_app.command("build")
 def finance_build(config: Path = typer.Argument(..., help="The app's finance.yaml."),
+                  overrides: Optional[List[str]] = OVERRIDES,
                   retrain: bool = typer.Option(False, "--retrain", help="Train the models again (default: reuse a "
                                                "finished training, resume an interrupted one).")) -> None:
     """Train, export and evaluate the app's models; write its report."""
     from tunelab.apps.finance import load_finance_config
     from tunelab.apps.finance.build import build
 
-    result = build(load_finance_config(config), retrain=retrain)
+    result = build(load_finance_config(config, overrides or []), retrain=retrain)
     typer.echo(result.app_dir / "report.md")
 
 
@@ -300,13 +301,14 @@ def support_init(folder: Path = typer.Argument(..., help="Folder to write suppor
 
 @support_app.command("build")
 def support_build(config: Path = typer.Argument(..., help="The app's support.yaml."),
+                  overrides: Optional[List[str]] = OVERRIDES,
                   retrain: bool = typer.Option(False, "--retrain", help="Train the models again (default: reuse a "
                                                "finished training, resume an interrupted one).")) -> None:
     """Train the retriever (and the intent model), set the hand-off threshold, evaluate; write the report."""
     from tunelab.apps.support.build import build
     from tunelab.apps.support.config import load_support_config
 
-    config = load_support_config(config)
+    config = load_support_config(config, overrides or [])
     build(config, retrain=retrain)
     typer.echo(config.app_dir / "report.md")
 
@@ -327,13 +329,14 @@ def recommend_init(folder: Path = typer.Argument(..., help="Folder to write reco
 
 @recommend_app.command("build")
 def recommend_build(config: Path = typer.Argument(..., help="The app's recommend.yaml."),
+                    overrides: Optional[List[str]] = OVERRIDES,
                     retrain: bool = typer.Option(False, "--retrain", help="Train the item tower again (default: "
                                                  "reuse a finished training, resume an interrupted one).")) -> None:
     """Tune and measure the baselines, train the item tower, tune the user tower and the hybrid; write the report."""
     from tunelab.apps.recommend.build import build
     from tunelab.apps.recommend.config import load_recommend_config
 
-    config = load_recommend_config(config)
+    config = load_recommend_config(config, overrides or [])
     build(config, retrain=retrain)
     typer.echo(config.app_dir / "report.md")
 

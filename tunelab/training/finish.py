@@ -36,9 +36,9 @@ def finished(run_dir: Path) -> TrainResult | None:
     return TrainResult(**{**saved, "run_dir": run_dir, "model_dir": run_dir / "model"})
 
 
-def finish(run: Run, train_seconds: float, loop_seconds: float, seen: int) -> TrainResult:
+def finish(run: Run, train_seconds: float, loop_seconds: float, seen: int, profile: bool = True) -> TrainResult:
     """Complete the model folder and write result.json. `loop_seconds`: the training's own time (no evaluation,
-    no checkpoint), for the throughput."""
+    no checkpoint), for the throughput; `profile`: build the monitoring profile."""
     state, model_dir = run.state, run.run_dir / "model"
     if len(run.val_enc) == 0 or state.best_step is None:  # nothing to choose by: the last weights (or their average)
         if run.main:
@@ -46,7 +46,7 @@ def finish(run: Run, train_seconds: float, loop_seconds: float, seen: int) -> Tr
             with run.average.applied() if run.average is not None else nullcontext():
                 save_model_folder(run.unwrapped, run.tokenizer, model_dir, run.card)
     fitted = _calibrate(run) if run.main else {}
-    if run.main and getattr(run.task, "profiles", True):
+    if run.main and profile and getattr(run.task, "profiles", True):
         from tunelab.monitor.profile import build_profile
 
         try:  # what live traffic is compared with when served (monitor/)

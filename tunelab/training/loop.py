@@ -59,13 +59,14 @@ def _clear_run(run_dir: Path) -> None:
 
 
 def train(config: Config, resume: bool = False, overwrite: bool = False, quiet: bool = False,
-          on_evaluation: Callable[[int, float], None] | None = None) -> TrainResult:
+          on_evaluation: Callable[[int, float], None] | None = None, profile: bool = True) -> TrainResult:
     """Fine-tune `config.model` on the prepared data of `config` (see _train), holding the run folder's lock.
-    Ctrl-C and SIGTERM save a checkpoint and raise Interrupted."""
+    Ctrl-C and SIGTERM save a checkpoint and raise Interrupted. `profile=False` leaves out the monitoring profile
+    (a search's trials: measurements, not models to serve)."""
     _check_trackers_installed(config.train.trackers)
     with run_lock(config.run_dir, "train"), _tracker_environment(config.train.trackers, config.run_dir), \
             stop_on_signals():
-        return _train(config, resume, overwrite, quiet, on_evaluation)
+        return _train(config, resume, overwrite, quiet, on_evaluation, profile)
 
 
 @contextmanager
@@ -99,7 +100,7 @@ def _check_trackers_installed(trackers: list[str]) -> None:
 
 
 def _train(config: Config, resume: bool = False, overwrite: bool = False, quiet: bool = False,
-           on_evaluation: Callable[[int, float], None] | None = None) -> TrainResult:
+           on_evaluation: Callable[[int, float], None] | None = None, profile: bool = True) -> TrainResult:
     """Fine-tune `config.model` on the prepared data of `config`; write runs/<name>/model and checkpoints.
 
     `on_evaluation(step, value)` is called after each validation with the value of the train metric (the
@@ -176,7 +177,7 @@ def _train(config: Config, resume: bool = False, overwrite: bool = False, quiet:
         raise
     bar.close()
     train_seconds = time.perf_counter() - started
-    return finish(run, train_seconds, train_seconds - side_seconds, seen)
+    return finish(run, train_seconds, train_seconds - side_seconds, seen, profile)
 
 
 def _log_step(run, log, bar, losses: list[float], rate: float) -> None:

@@ -221,7 +221,8 @@ def run_trial(study, storage, trial, config: Config, params) -> str:
         raw.update(name=f"trial-{trial.number}", runs_dir=str(config.run_dir))
         trial_config = load_config(raw)
         resume = any((run_dir / "checkpoints").glob("step-*"))
-        result = train(trial_config, resume=resume, overwrite=not resume, quiet=True, on_evaluation=report)
+        result = train(trial_config, resume=resume, overwrite=not resume, quiet=True, on_evaluation=report,
+                       profile=False)  # a measurement: the model to serve is retrained (--retrain-best) with its profile
         progress["step"] = result.steps
         value = result.validation.get(metric)
         if value is None:
