@@ -45,7 +45,7 @@ def untuned(config) -> dict:
     """The text tower with the base MiniLM (exported to int8 the same way), its user tower tuned on validation."""
     from tunelab.apps.recommend.build import evaluate, prepare
     from tunelab.apps.recommend.towers import text_scorer
-    from tunelab.apps.support.retriever import Encoder, export_encoder
+    from tunelab.apps.encoder import Encoder, export_encoder
     from tunelab.hub import default_model_dir
 
     data = prepare(config)

@@ -67,7 +67,7 @@ def retrieval(config, faq, questions) -> dict:
     """Recall@1 and MRR@10 of BM25, the untuned MiniLM and the app's retriever, over both indexes."""
     from tunelab.apps.support.build import encoder_folder
     from tunelab.apps.support.matcher import build_index, ranking_metrics
-    from tunelab.apps.support.retriever import Encoder
+    from tunelab.apps.encoder import Encoder
     from tunelab.hub import default_model_dir
 
     position = {e: i for i, e in enumerate(faq.ids)}
@@ -155,12 +155,12 @@ def draw(rows: list[dict], shots: int, seed: int) -> list[tuple[str, str]]:
 def tunelab_fewshot(examples, test_texts, seed: int) -> tuple[np.ndarray, float]:
     from tunelab.apps.support.config import RetrieverConfig
     from tunelab.apps.support.fewshot import contrastive_pairs, fit_head, head_examples
-    from tunelab.apps.support.retriever import Encoder, train_retriever
+    from tunelab.apps.encoder import Encoder, train_encoder
 
     started = time.perf_counter()
     settings = RetrieverConfig(epochs=1, batch_size=32, max_length=64, seed=seed)
     folder = WORK / "fewshot" / f"seed{seed}"
-    train_retriever("default", contrastive_pairs(examples, 8, seed), folder, settings, quiet=True, retrain=True)
+    train_encoder("default", contrastive_pairs(examples, 8, seed), folder, settings, quiet=True, retrain=True)
     encoder = Encoder(folder, 64)
     texts, labels = head_examples(examples, {})
     head = fit_head(encoder.encode(texts), labels, seed=seed)

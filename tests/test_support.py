@@ -14,7 +14,7 @@ from servers import Server, headless_page
 from tunelab.apps.support.faq import read_faq, read_questions
 from tunelab.apps.support.fewshot import IntentHead, contrastive_pairs, fit_head, head_examples
 from tunelab.apps.support.matcher import FaqIndex, ranking_metrics, threshold_for_precision
-from tunelab.apps.support.retriever import no_duplicate_batches
+from tunelab.apps.encoder import no_duplicate_batches
 from tunelab.errors import ConfigError, DataError, TunelabError
 
 EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "support"
@@ -232,28 +232,28 @@ def test_build_again_reuses_the_retriever_and_redoes_the_index(built):
 
 
 def test_interrupted_retriever_training_resumes_from_its_last_epoch(built, tmp_path, monkeypatch):
-    from tunelab.apps.support import retriever
+    from tunelab.apps import encoder
     from tunelab.errors import Interrupted
     from tunelab.signals import Stopped
 
     path, config, _ = built
     pairs = [(f"question {i} about {e}", f"entry {e}", str(e)) for i in range(8) for e in range(4)]
     settings = config.retriever.model_copy(update={"epochs": 3, "batch_size": 4})
-    saved = retriever._checkpoint
+    saved = encoder._checkpoint
     calls = []
 
     def stop_after_first(*args):
         saved(*args)
         calls.append(args[3])
         raise Stopped(2)
-    monkeypatch.setattr(retriever, "_checkpoint", stop_after_first)
+    monkeypatch.setattr(encoder, "_checkpoint", stop_after_first)
     with pytest.raises(Interrupted, match="finished epochs are kept"):
-        retriever.train_retriever(settings.model, pairs, tmp_path / "r", settings, quiet=True)
+        encoder.train_encoder(settings.model, pairs, tmp_path / "r", settings, quiet=True)
     assert calls == [1] and (tmp_path / "r.checkpoint" / "state.pt").is_file() and not (tmp_path / "r").exists()
-    monkeypatch.setattr(retriever, "_checkpoint", lambda *args: (saved(*args), calls.append(args[3])))
-    done = retriever.train_retriever(settings.model, pairs, tmp_path / "r", settings, quiet=True)
+    monkeypatch.setattr(encoder, "_checkpoint", lambda *args: (saved(*args), calls.append(args[3])))
+    done = encoder.train_encoder(settings.model, pairs, tmp_path / "r", settings, quiet=True)
     assert calls == [1, 2, 3] and (tmp_path / "r" / "modules.json").is_file() and not (tmp_path / "r.checkpoint").exists()
-    whole = retriever.train_retriever(settings.model, pairs, tmp_path / "whole", settings, quiet=True)
+    whole = encoder.train_encoder(settings.model, pairs, tmp_path / "whole", settings, quiet=True)
     assert whole["steps"] == done["steps"] == sum(len(no_duplicate_batches([p[2] for p in pairs], 4, 42 + e)) for e in range(3))
     from safetensors.numpy import load_file  # resumed = uninterrupted: same batches, optimizer, schedule, dropout
 
@@ -271,7 +271,7 @@ def _app(config, tmp_path, monitor=True):
 
 def test_served_answers_hand_off_log_and_take_feedback(built, tmp_path):
     from tunelab.apps.support.matcher import Matcher
-    from tunelab.apps.support.retriever import Encoder
+    from tunelab.apps.encoder import Encoder
 
     path, config, report = built
     matcher = Matcher(Encoder(config.app_dir / "retriever-onnx-int8"), config.app_dir / "faq")

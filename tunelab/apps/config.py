@@ -5,9 +5,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pydantic import ValidationError
+from pydantic import Field, ValidationError
 
 from tunelab.errors import ConfigError
+from tunelab.settings import Section
 
 
 def read_app_config(path: str | Path, overrides, schema, paths: tuple[str, ...], files: tuple[str, ...]):
@@ -60,3 +61,19 @@ def new_config(folder: str | Path, name: str, options: dict[str, str | Path | No
         if path is not None and not Path(path).is_file():
             raise TunelabError(f"{option} {path} does not exist")
     return target
+
+
+class EncoderTraining(Section):
+    """Contrastive fine-tuning of a sentence encoder with in-batch negatives (apps/encoder.py)."""
+
+    model: str = Field("default", description="Base encoder: a folder or hub id of a sentence-transformers model "
+                       "with mean pooling; 'default' is the bundled MiniLM.")
+    epochs: int = Field(3, ge=0, description="Passes over the training questions; 0: the base encoder as it is.")
+    batch_size: int = Field(32, ge=2, description="Questions per step; each is scored against the others' entries "
+                            "(in-batch negatives): larger batches, harder negatives.")
+    learning_rate: float = Field(2e-5, gt=0, description="AdamW's peak learning rate (linear warm-up, then decay).")
+    warmup_ratio: float = Field(0.1, ge=0, lt=1, description="Share of the steps spent warming up.")
+    scale: float = Field(20.0, gt=0, description="Cosine similarities are multiplied by this before the softmax "
+                         "(the loss's and the confidence's).")
+    max_length: int = Field(128, ge=8, description="Tokens kept of a question or entry.")
+    seed: int = Field(42, description="Batch order and initialisation.")

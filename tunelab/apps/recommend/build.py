@@ -197,7 +197,7 @@ def _item_encoder(config, histories, texts, retrain: bool, quiet: bool, report: 
     """The item tower as served: trained (reused when there is one; an interrupted training resumes) or the base
     encoder, exported for the backend (int8 ONNX by default, checked against torch). -> an Encoder."""
     from tunelab.apps.recommend.towers import sequence_pairs
-    from tunelab.apps.support.retriever import Encoder, export_unless_current, train_retriever
+    from tunelab.apps.encoder import Encoder, export_unless_current, train_encoder
     from tunelab.hub import resolve_model
 
     t = config.tower
@@ -208,7 +208,7 @@ def _item_encoder(config, histories, texts, retrain: bool, quiet: bool, report: 
             pairs = sequence_pairs(histories, texts, t.max_pairs, config.seed)
             if not quiet:
                 print(f"text: fine-tuning {t.model} on {len(pairs)} consecutive-interaction pairs ({t.epochs} epochs)")
-            report["tower_training"] = train_retriever(t.model, pairs, source, t, quiet=quiet, retrain=retrain)
+            report["tower_training"] = train_encoder(t.model, pairs, source, t, quiet=quiet, retrain=retrain, name="item tower")
             fresh = True
     folder = encoder_folder(config)  # with backend torch: `source` itself
     if config.backend != "torch":

@@ -8,7 +8,7 @@ from typing import Literal
 
 from pydantic import Field, model_validator
 
-from tunelab.apps.support.config import EncoderTraining
+from tunelab.apps.config import EncoderTraining
 from tunelab.config import FolderName
 from tunelab.settings import Section
 

@@ -36,7 +36,7 @@ class Recommender:
     def __init__(self, config):
         import scipy.sparse as sp
 
-        from tunelab.apps.support.retriever import Encoder
+        from tunelab.apps.encoder import Encoder
         from tunelab.monitor.store import open_database
 
         folder = config.app_dir

@@ -2,8 +2,8 @@
 person with the candidate entries; the customer's intent beside it.
 
     config.py     the app's YAML (support.yaml): the FAQ and questions files, the retriever, hand-off settings
+                  (the retriever is the applications' encoder, tunelab/apps/encoder.py, fine-tuned on the questions)
     faq.py        read and check the FAQ and the customer questions; split the questions per entry
-    retriever.py  fine-tune the bi-encoder (in-batch negatives), export it to ONNX, run it
     matcher.py    the FAQ index, calibrated probabilities per entry, the hand-off threshold
     build.py      init (write a config for the user's files) and build (train, export, calibrate, evaluate)
     serving.py    the FAQ matcher as a served model (dynamic batching, the monitor's log and feedback)

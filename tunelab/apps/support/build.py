@@ -102,7 +102,7 @@ def build(config, retrain: bool = False, quiet: bool = False) -> dict:
     from tunelab.apps.runs import build_run
     from tunelab.apps.support.faq import read_faq, read_questions
     from tunelab.apps.support.fewshot import build_fewshot
-    from tunelab.apps.support.retriever import Encoder, train_retriever
+    from tunelab.apps.encoder import Encoder, train_encoder
 
     say = (lambda m: None) if quiet else (lambda m: print(m, flush=True))
     check_before_training(config)
@@ -124,7 +124,7 @@ def build(config, retrain: bool = False, quiet: bool = False) -> dict:
 
     def export(source: Path, name: str, texts: list[str], max_length: int, fresh: bool) -> Path:
         """The encoder at `source` as the backend runs it: app_dir/<name>-onnx[-int8] (exported when new), or itself."""
-        from tunelab.apps.support.retriever import export_unless_current
+        from tunelab.apps.encoder import export_unless_current
 
         if config.backend == "torch":
             return source
@@ -157,7 +157,7 @@ def build(config, retrain: bool = False, quiet: bool = False) -> dict:
             retrain = True  # questions may be among what it was trained on
         if retrain or not done:
             say(f"retriever: fine-tuning {r.model} on {len(questions.train)} questions ({r.epochs} epochs)")
-            report["retriever_training"] = train_retriever(r.model, pairs, trained, r, quiet, retrain)
+            report["retriever_training"] = train_encoder(r.model, pairs, trained, r, quiet, retrain, name="retriever")
             (trained / "trained_on.json").write_text(json.dumps({"sha256": recipe}))
             fresh = True
         source = trained

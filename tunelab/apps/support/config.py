@@ -8,6 +8,7 @@ from typing import Literal
 
 from pydantic import Field
 
+from tunelab.apps.config import EncoderTraining
 from tunelab.config import FolderName
 from tunelab.settings import Section
 
@@ -21,22 +22,6 @@ class FaqColumns(Section):
     answer: str = Field("answer", description="FAQ file: the answer given.")
     text: str = Field("text", description="Questions file: a customer's question.")
     entry: str = Field("faq_id", description="Questions file: the id of the FAQ entry that answers it.")
-
-
-class EncoderTraining(Section):
-    """Contrastive fine-tuning of a sentence encoder with in-batch negatives (retriever.py)."""
-
-    model: str = Field("default", description="Base encoder: a folder or hub id of a sentence-transformers model "
-                       "with mean pooling; 'default' is the bundled MiniLM.")
-    epochs: int = Field(3, ge=0, description="Passes over the training questions; 0: the base encoder as it is.")
-    batch_size: int = Field(32, ge=2, description="Questions per step; each is scored against the others' entries "
-                            "(in-batch negatives): larger batches, harder negatives.")
-    learning_rate: float = Field(2e-5, gt=0, description="AdamW's peak learning rate (linear warm-up, then decay).")
-    warmup_ratio: float = Field(0.1, ge=0, lt=1, description="Share of the steps spent warming up.")
-    scale: float = Field(20.0, gt=0, description="Cosine similarities are multiplied by this before the softmax "
-                         "(the loss's and the confidence's).")
-    max_length: int = Field(128, ge=8, description="Tokens kept of a question or entry.")
-    seed: int = Field(42, description="Batch order and initialisation.")
 
 
 class RetrieverConfig(EncoderTraining):

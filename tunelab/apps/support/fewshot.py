@@ -1,7 +1,7 @@
 """Few-shot and zero-shot intents: a handful of examples per intent, or only its description.
 
 SetFit's recipe (Tunstall et al., 2022) with the retriever's loss: the encoder is fine-tuned contrastively on pairs
-of examples of the same intent with in-batch negatives (retriever.py: the other pairs of the batch, all of other
+of examples of the same intent with in-batch negatives (apps/encoder.py: the other pairs of the batch, all of other
 intents, are the negatives), then a logistic-regression head (scikit-learn) is fitted on the embeddings. An intent's
 description (by default its name, "card_arrival" -> "card arrival") counts as one more example, so an intent with
 no examples at all is still recognised (zero-shot: by similarity to its description).
@@ -124,7 +124,7 @@ def build_fewshot(config, retrain: bool, quiet: bool, say, export) -> dict:
     """Fine-tune the intent encoder on the examples (unless one is trained: then only the head is refitted), export
     it (`export`: build.py's), fit the head; with intent_test, measure. -> what the report says of it."""
     from tunelab.apps.support.build import PARITY_TEXTS
-    from tunelab.apps.support.retriever import Encoder, train_retriever
+    from tunelab.apps.encoder import Encoder, train_encoder
     from tunelab.hub import resolve_model
 
     fs = config.few_shot
@@ -136,8 +136,8 @@ def build_fewshot(config, retrain: bool, quiet: bool, say, export) -> dict:
     fresh = False
     if fs.epochs and (retrain or not (folder / "modules.json").is_file()):
         say(f"intents: fine-tuning {fs.model} on {len(examples)} examples ({fs.epochs} epoch(s))")
-        entry["training"] = train_retriever(fs.model, contrastive_pairs(examples, fs.partners, fs.seed, descriptions),
-                                            folder, fs, quiet, retrain)
+        entry["training"] = train_encoder(fs.model, contrastive_pairs(examples, fs.partners, fs.seed, descriptions),
+                                          folder, fs, quiet, retrain, name="intent encoder")
         (folder / "intents.json").write_text(json.dumps(sorted({label for _, label in examples})))
         fresh = True
     source = folder if fs.epochs else Path(resolve_model(fs.model))

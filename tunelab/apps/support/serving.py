@@ -11,7 +11,7 @@ from tunelab.apps.support.build import FAQ, INTENT, command, encoder_folder
 def faq_model(config):
     """The ServedModel of the app's FAQ matcher (built by `tunelab app support build`)."""
     from tunelab.apps.support.matcher import Matcher
-    from tunelab.apps.support.retriever import Encoder
+    from tunelab.apps.encoder import Encoder
     from tunelab.errors import TunelabError
     from tunelab.models.predictor import Inference
     from tunelab.serve.models import ServedModel
@@ -53,7 +53,7 @@ def faq_model(config):
 def intent_model(config):
     """The ServedModel of the few-shot intent model: its encoder and logistic-regression head."""
     from tunelab.apps.support.fewshot import HEAD_FILE, IntentHead
-    from tunelab.apps.support.retriever import Encoder
+    from tunelab.apps.encoder import Encoder
     from tunelab.errors import TunelabError
     from tunelab.models.predictor import Inference
     from tunelab.serve.models import ServedModel

@@ -1,9 +1,11 @@
-"""The FAQ retriever's encoder: fine-tuned, exported to ONNX, and run.
+"""The applications' sentence encoder: fine-tuned contrastively, exported to ONNX, and run. The support app's FAQ
+retriever and few-shot intents and the recommender's item tower are each one.
 
-A bi-encoder (one encoder for customer questions and FAQ entries, compared by cosine) fine-tuned on (customer
-question, entry question) pairs with in-batch negatives: sentence-transformers' MultipleNegativesRankingLoss in a
+A bi-encoder (one encoder for both sides of a pair, compared by cosine; for the FAQ: customer question and entry
+question) fine-tuned on pairs with in-batch negatives: sentence-transformers' MultipleNegativesRankingLoss in a
 small loop of ours (its trainer needs the `datasets` package, which tunelab does not otherwise use). A batch never
-holds two questions of the same entry, whose shared positive would be scored as the other's negative.
+holds two pairs of the same group (two questions of one FAQ entry), whose shared positive would be scored as
+the other's negative.
 
 Training saves a checkpoint at each epoch's end (weights as safetensors, optimizer and schedule); Ctrl-C or
 SIGTERM stops it, and the next build resumes from the last finished epoch with the batches it would have had.
@@ -47,10 +49,11 @@ def no_duplicate_batches(groups: list, size: int, seed: int) -> list[list[int]]:
     return batches
 
 
-def train_retriever(base: str, pairs: list[tuple[str, str, str]], out: Path, settings, quiet: bool = False,
-                    retrain: bool = False) -> dict:
-    """Fine-tune `base` (a folder or hub id; 'default': the bundled MiniLM) on (question, entry text, entry id)
-    pairs; the sentence-transformers folder goes to `out`. -> {epochs, steps, seconds, last_loss}."""
+def train_encoder(base: str, pairs: list[tuple[str, str, str]], out: Path, settings, quiet: bool = False,
+                  retrain: bool = False, name: str = "encoder") -> dict:
+    """Fine-tune `base` (a folder or hub id; 'default': the bundled MiniLM) on (text, positive text, group) pairs;
+    the sentence-transformers folder goes to `out`; `name` is what the progress bar and messages call it.
+    -> {epochs, steps, pairs, seconds, last_loss}."""
     from sentence_transformers import SentenceTransformer
     from sentence_transformers.sentence_transformer.losses import MultipleNegativesRankingLoss
     from tqdm.auto import tqdm
@@ -81,7 +84,7 @@ def train_retriever(base: str, pairs: list[tuple[str, str, str]], out: Path, set
         first = int(state["epoch"])
         torch.set_rng_state(state["rng"])
     started, loss = time.perf_counter(), float("nan")
-    bar = tqdm(total=total, initial=sum(map(len, epochs[:first])), disable=quiet, desc="retriever", unit="step")
+    bar = tqdm(total=total, initial=sum(map(len, epochs[:first])), disable=quiet, desc=name, unit="step")
     try:
         with stop_on_signals():
             for epoch in range(first, settings.epochs):
@@ -99,7 +102,7 @@ def train_retriever(base: str, pairs: list[tuple[str, str, str]], out: Path, set
                     bar.set_postfix(loss=f"{loss:.3f}", epoch=epoch + 1)
                 _checkpoint(model, optimizer, schedule, epoch + 1, checkpoint)
     except Stopped as exc:
-        raise Interrupted(f"retriever training stopped; the finished epochs are kept in {checkpoint}.",
+        raise Interrupted(f"{name} training stopped; the finished epochs are kept in {checkpoint}.",
                           exc.signum) from None
     finally:
         bar.close()
@@ -160,8 +163,8 @@ def export_encoder(model_dir: Path, out: Path, quantize: str | None, texts: list
 
     pooling = json.loads((model_dir / "1_Pooling" / "config.json").read_text()) if (model_dir / "1_Pooling").is_dir() else {}
     if pooling and not (pooling.get("pooling_mode") == "mean" or pooling.get("pooling_mode_mean_tokens")):
-        raise TunelabError(f"{model_dir}: its pooling is not the mean of the tokens; the retriever exports mean-pooled "
-                           "encoders (set retriever.model to one, or app backend: torch)")
+        raise TunelabError(f"{model_dir}: its pooling is not the mean of the tokens; tunelab exports mean-pooled "
+                           "encoders (set the app's model to one, or its backend: torch)")
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     model = AutoModel.from_pretrained(model_dir).eval()
     names = ["input_ids", "attention_mask"]
@@ -184,7 +187,7 @@ def export_encoder(model_dir: Path, out: Path, quantize: str | None, texts: list
         parity = {"texts": len(texts), "min_cosine": round(float(cosine.min()), 5),
                   "mean_cosine": round(float(cosine.mean()), 5), "quantize": quantize}
         if parity["min_cosine"] < MIN_COSINE[quantize]:
-            raise TunelabError(f"the exported retriever's embeddings differ from the torch model's (cosine down to "
+            raise TunelabError(f"the exported encoder's embeddings differ from the torch model's (cosine down to "
                                f"{parity['min_cosine']} < {MIN_COSINE[quantize]} on {len(texts)} texts); nothing written. "
                                "Set the app's backend to torch")
         (tmp / ENCODER_FILE).write_text(json.dumps({"max_length": max_length, "quantize": quantize, "parity": parity}))
