@@ -237,3 +237,47 @@ def test_served_recommendations_for_users_histories_and_new_items(built_recommen
     with Server(create_app(settings=settings, app_config=config)) as s:  # added items are kept
         assert httpx.get(f"{s.url}/v1/recommend/stats").json()["catalogue"] == 41
 
+
+
+def test_tune_searches_the_recommenders_settings_each_trial_a_build(built_recommender):
+    """`tunelab tune recommend.yaml`: a grid over the sequence tower's width, each trial a build scored by the
+    served model's validation NDCG@10, the trained item tower reused, best.yaml a config that builds the best."""
+    import csv
+
+    from typer.testing import CliRunner
+
+    from tunelab.apps import app_search, load_app_config
+    from tunelab.apps.recommend.config import load_recommend_config
+    from tunelab.apps.recommend.tune import served_validation
+    from tunelab.cli import app as cli
+    from tunelab.errors import ConfigError, TunelabError
+    from tunelab.tuning.run import run_search
+
+    config, _ = built_recommender
+    path = config.source.parent / "search.yaml"  # the same app folder: trials start from its trained towers
+    path.write_text(config.source.read_text() + "tune:\n  sampler: grid\n  space:\n    sequence.dim: [8, 16]\n")
+    result = run_search(app_search(load_app_config(path)), quiet=True)
+    assert result.states == {"complete": 2}
+    rows = list(csv.DictReader(open(config.app_dir / "tune" / "trials.csv", encoding="utf-8")))
+    for row in rows:
+        trial = json.loads((config.app_dir / f"trial-{row['number']}" / "report.json").read_text())
+        assert float(row["value"]) == pytest.approx(served_validation(trial))
+        assert "tower_training" not in trial  # the app's trained item tower, reused
+        same = int(row["sequence.dim"]) == config.sequence.dim  # the app's own sequence tower, where it fits
+        assert trial["sequence_training"].get("reused", False) is same
+        assert json.loads((config.app_dir / f"trial-{row['number']}" / "sequence.json").read_text())["shape"]["dim"] == int(row["sequence.dim"])
+    best = max(rows, key=lambda r: float(r["value"]))
+    rebuilt = load_recommend_config(config.app_dir / "tune" / "best.yaml")
+    assert rebuilt.sequence.dim == int(best["sequence.dim"]) and rebuilt.name == "recommend-best" and rebuilt.tune is None
+    again = CliRunner().invoke(cli, ["tune", str(path)])  # the command: the study is done, nothing runs again
+    assert again.exit_code == 0 and "2 trials (2 complete); 0." in again.output, again.output
+    assert f"best: trial {best['number']}, validation ndcg_at_10" in again.output
+
+    path.write_text(config.source.read_text() + "tune:\n  space:\n    sequence.dimm: [8]\n")
+    with pytest.raises(ConfigError, match="'sequence.dimm' does not fit the recommender's config"):
+        app_search(load_app_config(path))
+    path.write_text(config.source.read_text() + "tune:\n  space:\n    interactions: [a.csv]\n")
+    with pytest.raises(ConfigError, match="interactions cannot be searched"):
+        app_search(load_app_config(path))
+    done = CliRunner().invoke(cli, ["tune", str(path), "--retrain-best"])
+    assert isinstance(done.exception, TunelabError) and "tunelab app NAME build" in str(done.exception)

@@ -192,16 +192,30 @@ def export(run: Path = RUN,
 @app.command()
 def tune(config: Path = CONFIG, overrides: Optional[List[str]] = OVERRIDES,
          retrain_best: bool = typer.Option(False, "--retrain-best", help="Then train the best config on train+validation and evaluate it on test.")) -> None:
-    """Hyperparameter search (the config's tune: section); run it again to continue, or on several workers at once."""
+    """Hyperparameter search (the config's tune: section; a training config, or the recommender app's, each trial a
+    build); run it again to continue, or on several workers at once."""
     from tunelab.tuning.objective import metric_of
     from tunelab.tuning.run import retrain_best as run_retrain, tune as run_tune
 
-    cfg = _load(config, overrides)
-    result = run_tune(cfg)
+    from tunelab.apps import app_search, is_app_config, load_app_config
+
+    if is_app_config(config):  # an application's own settings: each trial is a build
+        if retrain_best:
+            raise TunelabError("--retrain-best retrains a training config's best trial; an application's best "
+                               "is built with: tunelab app NAME build RUNS/NAME/tune/best.yaml")
+        from tunelab.tuning.run import run_search
+
+        search = app_search(load_app_config(config, overrides or []))
+        result = run_search(search)
+        metric = search.metric
+    else:
+        cfg = _load(config, overrides)
+        result, metric = run_tune(cfg), metric_of(cfg)
     states = ", ".join(f"{n} {state}" for state, n in sorted(result.states.items()))
-    typer.echo(f"tune: {sum(result.states.values())} trials ({states}); {result.steps} training steps, {result.seconds / 60:.1f} min")
+    typer.echo(f"tune: {sum(result.states.values())} trials ({states}); "
+               + (f"{result.steps} training steps, " if result.steps else "") + f"{result.seconds / 60:.1f} min")
     if result.best_trial is not None:
-        typer.echo(f"best: trial {result.best_trial}, validation {metric_of(cfg)} {result.best_value:.4f}; "
+        typer.echo(f"best: trial {result.best_trial}, validation {metric} {result.best_value:.4f}; "
                    f"config {result.best_config}")
     typer.echo(f"report: {result.study_dir / 'tune' / 'report.html'}")
     if retrain_best:

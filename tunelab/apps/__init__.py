@@ -22,10 +22,11 @@ from pathlib import Path
 
 from tunelab.errors import ConfigError
 
-APPS = {  # app name -> (config loader, routes module)
-    "finance": ("tunelab.apps.finance.config:load_finance_config", "tunelab.apps.finance.routes"),
-    "support": ("tunelab.apps.support.config:load_support_config", "tunelab.apps.support.routes"),
-    "recommend": ("tunelab.apps.recommend.config:load_recommend_config", "tunelab.apps.recommend.routes"),
+APPS = {  # app name -> (config loader, routes module, the search `tunelab tune` runs over its settings or None)
+    "finance": ("tunelab.apps.finance.config:load_finance_config", "tunelab.apps.finance.routes", None),
+    "support": ("tunelab.apps.support.config:load_support_config", "tunelab.apps.support.routes", None),
+    "recommend": ("tunelab.apps.recommend.config:load_recommend_config", "tunelab.apps.recommend.routes",
+                  "tunelab.apps.recommend.tune:search"),
 }
 
 
@@ -44,6 +45,27 @@ def load_app_config(path: str | Path, overrides: list[str] | tuple[str, ...] = (
         raise ConfigError(f"--app {path}: 'app:' must name an application ({', '.join(APPS)}), got {name!r}")
     module, _, function = APPS[name][0].partition(":")
     return getattr(importlib.import_module(module), function)(path, overrides)
+
+
+def is_app_config(path: str | Path) -> bool:
+    """Whether the YAML at `path` is an application's (it has an `app:` key); False when it cannot be read."""
+    from tunelab.config import read_yaml
+
+    try:
+        raw = read_yaml(Path(path).read_text(encoding="utf-8"))
+    except Exception:  # noqa: BLE001 -- the caller's own loader says what is wrong with the file
+        return False
+    return isinstance(raw, dict) and "app" in raw
+
+
+def app_search(config):
+    """The Search (tuning/run.py) over an application config's settings, from its `tune:` section."""
+    target = APPS[config.app][2]
+    if target is None:
+        raise ConfigError(f"{config.source}: the {config.app} app has no search of its own; tune its models' run "
+                          f"configs with tunelab tune RUN.yaml (they are ordinary tunelab runs)")
+    module, _, function = target.partition(":")
+    return getattr(importlib.import_module(module), function)(config)
 
 
 def app_routes(config):

@@ -8,8 +8,6 @@ import io
 import warnings
 from pathlib import Path
 
-import yaml
-
 from tunelab.files import write_text_atomic
 
 FIXED = ["number", "state", "value"]
@@ -36,26 +34,20 @@ def best_trial(study, direction: str):
     return (max if direction == "maximize" else min)(done, key=lambda t: t.value)  # ties: the earliest
 
 
-def write_outputs(study, config, tune_dir: Path) -> None:
-    """trials.csv (every trial) and best.yaml (a config that trains the best trial again)."""
-    from tunelab.tuning.objective import direction_of, trial_raw
-
+def write_outputs(study, search, tune_dir: Path) -> None:
+    """trials.csv (every trial) and best.yaml (a config that trains or builds the best trial again)."""
     header, rows = trial_rows(study)
     buf = io.StringIO()
     writer = csv.DictWriter(buf, fieldnames=header)
     writer.writeheader()
     writer.writerows({k: ("" if v is None else v) for k, v in row.items()} for row in rows)
     write_text_atomic(tune_dir / "trials.csv", buf.getvalue())
-    best = best_trial(study, direction_of(config))
+    best = best_trial(study, search.direction)
     if best is not None:
-        raw = trial_raw(config, best.params)
-        raw.update(name=f"{config.name}-best", runs_dir=str(config.runs_dir))
-        note = (f"# The best trial ({best.number}) of the search '{config.name}': validation "
-                f"{raw['train']['metric']} {best.value:.4f}.\n# Train it again with: tunelab train {tune_dir / 'best.yaml'}\n")
-        write_text_atomic(tune_dir / "best.yaml", note + yaml.safe_dump(raw, sort_keys=False, allow_unicode=True))
+        write_text_atomic(tune_dir / "best.yaml", search.best_yaml(best))
 
 
-def write_report(study, config, tune_dir: Path) -> Path:
+def write_report(study, search, tune_dir: Path) -> Path:
     """report.html: the trials table and optuna's plots (history, parameter importances, parallel coordinates)."""
     import matplotlib
 
@@ -64,7 +56,6 @@ def write_report(study, config, tune_dir: Path) -> Path:
     from optuna.visualization import matplotlib as plots
 
     from tunelab.html_report import figure, table
-    from tunelab.tuning.objective import direction_of, metric_of
 
     figures, notes = [], []
     for name, title, draw in [("history", "Optimization history", plots.plot_optimization_history),
@@ -85,15 +76,15 @@ def write_report(study, config, tune_dir: Path) -> Path:
             notes.append(f"{title}: not drawn ({str(exc).splitlines()[0] if str(exc) else type(exc).__name__})")
     header, rows = trial_rows(study)
     table = table(header[:-1], [[_cell(row.get(k)) for k in header[:-1]] for row in rows])
-    best = best_trial(study, direction_of(config))
-    summary = (f"Best: trial {best.number}, validation {metric_of(config)} {best.value:.4f}; config in best.yaml."
+    best = best_trial(study, search.direction)
+    summary = (f"Best: trial {best.number}, validation {search.metric} {best.value:.4f}; config in best.yaml."
                if best else "No trial has finished yet.")
-    page = f"""<!doctype html><html><head><meta charset="utf-8"><title>tunelab search: {html.escape(config.name)}</title>
+    page = f"""<!doctype html><html><head><meta charset="utf-8"><title>tunelab search: {html.escape(search.name)}</title>
 <style>body{{font-family:system-ui,sans-serif;max-width:1200px;margin:2em auto;padding:0 1em}}
 table{{border-collapse:collapse;margin:1em 0;font-size:90%}}td,th{{border:1px solid #ccc;padding:3px 8px}}
 img{{max-width:100%}}</style></head><body>
-<h1>Search {html.escape(config.name)}</h1>
-<p>{config.tune.sampler} sampler, {config.tune.pruner} pruner; {direction_of(config)} validation {html.escape(metric_of(config))}.
+<h1>Search {html.escape(search.name)}</h1>
+<p>{search.tune.sampler} sampler, {search.tune.pruner} pruner; {search.direction} validation {html.escape(search.metric)}.
 {html.escape(summary)}</p>
 {''.join(figure(p, t) for p, t in figures)}
 {''.join(f'<p>{html.escape(n)}</p>' for n in notes)}

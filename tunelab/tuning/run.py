@@ -19,9 +19,9 @@ import time
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
-
-from tunelab.config import Config, load_config, set_key
+from tunelab.config import Config, TuneConfig, load_config, set_key
 from tunelab.errors import ConfigError, Interrupted, TunelabError
 from tunelab.models.card import ModelCard
 from tunelab.runlock import RunInUse
@@ -43,8 +43,56 @@ class TuneResult:
     seconds: float  # training time over all trials
 
 
-def startup_trials(config: Config, n_trials: int) -> int:
-    given = config.tune.startup_trials
+@dataclass
+class Search:
+    """What a search needs of what it tunes: a training config's (search_of) or an application's (apps/*/tune.py)."""
+
+    name: str  # the study's name
+    tune: TuneConfig
+    folder: Path  # trials in folder/trial-<n>/, the study and its report in folder/tune/
+    metric: str  # the validation figure optimised
+    direction: str  # maximize or minimize
+    params: list[Param]  # the space, checked against the config
+    fixed: dict  # what must not change between the workers and restarts of one study (settings_of)
+    run: Callable  # run(number, values, report) -> (validation value or None, trial attributes); report(step, value)
+    best_yaml: Callable  # best_yaml(best FrozenTrial) -> the text of tune/best.yaml
+    base_method: str = "full"  # keys under method.<name>. act only in that method's trials
+    eval_every: int | None = None  # steps between reports (hyperband's smallest resource)
+
+
+def search_of(config: Config) -> Search:
+    """The search of a training config: each trial a training run, scored by its kept model on validation."""
+    params, metric = check_space(config), metric_of(config)
+
+    def run(number: int, values: dict, report) -> tuple[float | None, dict]:
+        from tunelab.training import train
+
+        run_dir = config.run_dir / f"trial-{number}"
+        raw = trial_raw(config, values)
+        raw.update(name=f"trial-{number}", runs_dir=str(config.run_dir))
+        resume = any((run_dir / "checkpoints").glob("step-*"))
+        result = train(load_config(raw), resume=resume, overwrite=not resume, quiet=True, on_evaluation=report,
+                       profile=False)  # a measurement: the model to serve is retrained (--retrain-best) with its profile
+        return result.validation.get(metric), {"steps": result.steps, "best_step": result.best_step}
+
+    def best_yaml(best) -> str:
+        import yaml
+
+        raw = trial_raw(config, best.params)
+        raw.update(name=f"{config.name}-best", runs_dir=str(config.runs_dir))
+        tune_dir = config.run_dir / "tune"
+        return (f"# The best trial ({best.number}) of the search '{config.name}': validation {metric} {best.value:.4f}.\n"
+                f"# Train it again with: tunelab train {tune_dir / 'best.yaml'}\n"
+                + yaml.safe_dump(raw, sort_keys=False, allow_unicode=True))
+
+    from tunelab.tuning.study import settings_of
+
+    return Search(config.name, config.tune, config.run_dir, metric, direction_of(config), params, settings_of(config),
+                  run, best_yaml, config.method.name, config.train.eval_every)
+
+
+def startup_trials(tune: TuneConfig, n_trials: int) -> int:
+    given = tune.startup_trials
     return given if given is not None else min(10, max(2, n_trials // 4))
 
 
@@ -74,69 +122,77 @@ def check_space(config: Config) -> list[Param]:
     return params
 
 
-def _sampler(config: Config, params, trial_number: int, n_trials: int):
+def _sampler(search: Search, trial_number: int, n_trials: int):
     import optuna
 
-    seed = config.tune.seed * 100_003 + trial_number  # per trial, not per worker: workers never draw alike
-    if config.tune.sampler == "tpe":
-        conditional = any(p.method for p in params)  # group: model method-specific keys apart
+    seed = search.tune.seed * 100_003 + trial_number  # per trial, not per worker: workers never draw alike
+    if search.tune.sampler == "tpe":
+        conditional = any(p.method for p in search.params)  # group: model method-specific keys apart
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            return optuna.samplers.TPESampler(seed=seed, n_startup_trials=startup_trials(config, n_trials),
+            return optuna.samplers.TPESampler(seed=seed, n_startup_trials=startup_trials(search.tune, n_trials),
                                               multivariate=True, group=conditional, constant_liar=True)
     return optuna.samplers.RandomSampler(seed=seed)  # grid trials come with every value fixed
 
 
-def _pruner(config: Config, n_trials: int):
+def _pruner(search: Search, n_trials: int):
     import optuna
 
-    if config.tune.pruner == "median":
-        return optuna.pruners.MedianPruner(n_startup_trials=startup_trials(config, n_trials))
-    if config.tune.pruner == "hyperband":
-        return optuna.pruners.HyperbandPruner(min_resource=config.train.eval_every or 1)
+    if search.tune.pruner == "median":
+        return optuna.pruners.MedianPruner(n_startup_trials=startup_trials(search.tune, n_trials))
+    if search.tune.pruner == "hyperband":
+        return optuna.pruners.HyperbandPruner(min_resource=search.eval_every or 1)
     return optuna.pruners.NopPruner()
 
 
-def _slots(config: Config, params) -> list[dict]:
-    if config.tune.sampler != "grid":
-        return [{} for _ in range(config.tune.n_trials or 20)]
+def _grid(search: Search) -> list[dict]:
     try:
-        points = sampling.grid(params, config.method.name)
+        return sampling.grid(search.params, search.base_method)
     except ValueError as exc:
         raise ConfigError(f"tune.space: {exc}") from None
-    return points[: config.tune.n_trials] if config.tune.n_trials else points
+
+
+def _slots(search: Search) -> list[dict]:
+    if search.tune.sampler != "grid":
+        return [{} for _ in range(search.tune.n_trials or 20)]
+    points = _grid(search)
+    return points[: search.tune.n_trials] if search.tune.n_trials else points
 
 
 def tune(config: Config, quiet: bool = False) -> TuneResult:
     """Run trials of the study `config.name` until its queue is empty (or tune.timeout_minutes has passed)."""
+    if not quiet and config.tune.pruner != "none" and config.train.eval_every is None:
+        print("tune: note: train.eval_every is not set, so a trial reports once per epoch and the pruner has "
+              "little to act on", file=sys.stderr, flush=True)
+    return run_search(search_of(config), quiet)
+
+
+def run_search(search: Search, quiet: bool = False) -> TuneResult:
+    """Run trials of `search` until its queue is empty (or tune.timeout_minutes has passed)."""
     import optuna
     from tqdm.auto import tqdm
 
     from tunelab.tuning.report import write_outputs, write_report
-    from tunelab.tuning.study import Heartbeat, open_storage, open_study, requeue_stale, settings_of
+    from tunelab.tuning.study import Heartbeat, open_storage, open_study, requeue_stale
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     say = (lambda m: None) if quiet else (lambda m: print(m, file=sys.stderr, flush=True))
-    params = check_space(config)
-    if config.tune.pruner != "none" and config.train.eval_every is None:
-        say("tune: note: train.eval_every is not set, so a trial reports once per epoch and the pruner has "
-            "little to act on")
-    tune_dir = config.run_dir / "tune"
+    tune_dir = search.folder / "tune"
     tune_dir.mkdir(parents=True, exist_ok=True)
-    slots = _slots(config, params)
-    if config.tune.sampler == "grid" and config.tune.n_trials and len(slots) == config.tune.n_trials:
-        size = len(sampling.grid(params, config.method.name))
+    slots = _slots(search)
+    if search.tune.sampler == "grid" and search.tune.n_trials and len(slots) == search.tune.n_trials:
+        size = len(_grid(search))
         if size > len(slots):
             say(f"tune: the grid has {size} configurations; tune.n_trials = {len(slots)} runs the first {len(slots)} "
                 "(set tune.n_trials: null for all)")
-    storage = open_storage(config.tune.storage, tune_dir)
-    study = open_study(config.name, storage, direction_of(config), settings_of(config), slots)
+    storage = open_storage(search.tune.storage, tune_dir)
+    study = open_study(search.name, storage, search.direction, search.fixed, slots)
     n_total = len(study.get_trials(deepcopy=False))
-    study.pruner = _pruner(config, n_total)
+    study.pruner = _pruner(search, n_total)
     finished = sum(t.state.is_finished() for t in study.get_trials(deepcopy=False))
-    say(f"tune: study '{config.name}' ({config.tune.sampler} sampler, {config.tune.pruner} pruner, "
-        f"{direction_of(config)} validation {metric_of(config)}): {finished} of {n_total} trials done")
-    deadline = time.time() + 60 * config.tune.timeout_minutes if config.tune.timeout_minutes else math.inf
+    say(f"tune: study '{search.name}' ({search.tune.sampler} sampler, {search.tune.pruner} pruner, "
+        f"{search.direction} validation {search.metric}): {finished} of {n_total} trials done")
+    deadline = time.time() + 60 * search.tune.timeout_minutes if search.tune.timeout_minutes else math.inf
     heartbeat = Heartbeat(storage)
     bar = tqdm(total=n_total, initial=finished, unit="trial", desc="tune", disable=quiet, dynamic_ncols=True)
     try:
@@ -146,27 +202,27 @@ def tune(config: Config, quiet: bool = False) -> TuneResult:
                 if back and not quiet:
                     bar.write(f"tune: trial(s) {', '.join(map(str, back))} lost their worker; they continue from "
                               "their checkpoints", file=sys.stderr)
-                trial = _next_trial(study, storage, config, params, n_total)
+                trial = _next_trial(study, storage, search, n_total)
                 if trial is None:
                     break
                 heartbeat.trial_id = trial._trial_id
                 trial.set_user_attr("rss_mb_at_start", _rss_mb())
-                line = run_trial(study, storage, trial, config, params)
+                line = run_trial(study, storage, trial, search)
                 heartbeat.trial_id = None
                 _release_memory()
-                write_outputs(study, config, tune_dir)
+                write_outputs(study, search, tune_dir)
                 bar.update(1)
                 if not quiet:
                     bar.write(line, file=sys.stderr)
     finally:
         heartbeat.stop()
         bar.close()
-    write_outputs(study, config, tune_dir)
-    write_report(study, config, tune_dir)
-    return summarise(study, config)
+    write_outputs(study, search, tune_dir)
+    write_report(study, search, tune_dir)
+    return summarise(study, search)
 
 
-def _next_trial(study, storage, config, params, n_total):
+def _next_trial(study, storage, search: Search, n_total: int):
     import optuna
 
     from tunelab.tuning.study import take_trial
@@ -174,21 +230,19 @@ def _next_trial(study, storage, config, params, n_total):
     taken = take_trial(study, storage)
     if taken is None:
         return None
-    study.sampler = _sampler(config, params, taken.number, n_total)  # seeded by the trial's number
+    study.sampler = _sampler(search, taken.number, n_total)  # seeded by the trial's number
     return optuna.trial.Trial(study, taken._trial_id)
 
 
-def run_trial(study, storage, trial, config: Config, params) -> str:
-    """Train one trial; tell the study how it ended; return a one-line summary."""
+def run_trial(study, storage, trial, search: Search) -> str:
+    """Run one trial; tell the study how it ended; return a one-line summary."""
     import optuna
     from optuna.trial import TrialState
-
-    from tunelab.training import train
 
     from tunelab.tuning.study import put_back
 
     started = time.perf_counter()
-    metric = metric_of(config)
+    metric = search.metric
     progress = {"step": 0}
     shown = ""
 
@@ -207,9 +261,9 @@ def run_trial(study, storage, trial, config: Config, params) -> str:
             return  # a worker that was thought dead finished it first
         study.tell(trial, value, state=state, skip_if_finished=True)
 
-    run_dir = config.run_dir / f"trial-{trial.number}"
+    run_dir = search.folder / f"trial-{trial.number}"
     try:
-        values = sampling.suggest(trial, params, config.method.name)
+        values = sampling.suggest(trial, search.params, search.base_method)
         shown = ", ".join(f"{k.split('.')[-1] if k != 'method.name' else 'method'}={_short(v)}" for k, v in values.items())
         same = _same_config_done(study, trial, values)
         if same is not None:  # a config already measured (random draws repeat on small choice sets)
@@ -217,19 +271,13 @@ def run_trial(study, storage, trial, config: Config, params) -> str:
             trial.set_user_attr("steps", 0)
             study.tell(trial, same.value, skip_if_finished=True)
             return f"trial {trial.number}: {shown}: same config as trial {same.number}: {metric} {same.value:.4f}"
-        raw = trial_raw(config, values)
-        raw.update(name=f"trial-{trial.number}", runs_dir=str(config.run_dir))
-        trial_config = load_config(raw)
-        resume = any((run_dir / "checkpoints").glob("step-*"))
-        result = train(trial_config, resume=resume, overwrite=not resume, quiet=True, on_evaluation=report,
-                       profile=False)  # a measurement: the model to serve is retrained (--retrain-best) with its profile
-        progress["step"] = result.steps
-        value = result.validation.get(metric)
+        value, attrs = search.run(trial.number, values, report)
+        progress["step"] = attrs.pop("steps", progress["step"])
         if value is None:
             finish(TrialState.FAIL, reason=f"no validation {metric}: the validation split is empty")
             return f"trial {trial.number}: {shown}: failed: no validation split"
-        finish(TrialState.COMPLETE, value, best_step=result.best_step)
-        return f"trial {trial.number}: {shown}: {metric} {value:.4f} ({progress['step']} steps)"
+        finish(TrialState.COMPLETE, value, **attrs)
+        return f"trial {trial.number}: {shown}: {metric} {value:.4f}" + (f" ({progress['step']} steps)" if progress["step"] else "")
     except optuna.TrialPruned:
         finish(TrialState.PRUNED)
         return f"trial {trial.number}: {shown}: pruned at step {progress['step']}"
@@ -283,16 +331,16 @@ def _release_memory() -> None:
         pass
 
 
-def summarise(study, config: Config) -> TuneResult:
+def summarise(study, search: Search) -> TuneResult:
     from tunelab.tuning.report import best_trial
 
     trials = study.get_trials(deepcopy=False)
     states: dict = {}
     for t in trials:
         states[t.state.name.lower()] = states.get(t.state.name.lower(), 0) + 1
-    best = best_trial(study, direction_of(config))
-    best_yaml = config.run_dir / "tune" / "best.yaml"
-    return TuneResult(config.run_dir, best.number if best else None, best.value if best else None,
+    best = best_trial(study, search.direction)
+    best_yaml = search.folder / "tune" / "best.yaml"
+    return TuneResult(search.folder, best.number if best else None, best.value if best else None,
                       best_yaml if best_yaml.exists() else None, states,
                       sum(int(t.user_attrs.get("steps", 0)) for t in trials),
                       sum(float(t.user_attrs.get("seconds", 0)) for t in trials))
@@ -321,7 +369,7 @@ def retrain_best(config: Config, quiet: bool = False) -> RetrainResult:
         study = optuna.load_study(study_name=config.name, storage=open_storage(config.tune.storage, config.run_dir / "tune"))
     except KeyError:
         raise TunelabError(f"no study '{config.name}' yet; run tunelab tune first") from None
-    best = summarise(study, config).best_trial
+    best = summarise(study, search_of(config)).best_trial
     if best is None:
         raise TunelabError(f"the study '{config.name}' has no finished trial yet")
     trial = study.trials[best]

@@ -9,7 +9,7 @@ from typing import Literal
 from pydantic import Field, model_validator
 
 from tunelab.apps.config import EncoderTraining
-from tunelab.config import FolderName
+from tunelab.config import FolderName, TuneConfig
 from tunelab.settings import Section
 
 
@@ -96,6 +96,9 @@ class RecommendConfig(Section):
         "with it): ONNX int8 (the build exports it), fp32 ONNX, or torch.")
     database: str | None = Field(None, description="SQLAlchemy URL where items added through the API are kept; "
                                  "default: sqlite:///<runs_dir>/<name>/recommend.db.")
+    tune: TuneConfig | None = Field(None, description="A search over this config's keys with `tunelab tune` (e.g. "
+                                    "sequence.dim: [64, 128]): each trial a build in <runs_dir>/<name>/trial-<n>/, "
+                                    "scored by the served model's validation NDCG@10; none: no search.")
     source: Path | None = Field(None, exclude=True, description="The file this config was read from (set by the loader).")
 
     @property
