@@ -45,3 +45,17 @@ def test_short_rows_are_not_padded_to_a_long_one():
     batches = eval_batches(lengths, 32, call_tokens=32)
     assert [len(b) for b in batches] == [1, 31]  # not one batch of 32 x 60 tokens
     assert eval_batches(lengths, 32, call_tokens=10**6)[0].size == 32  # a call dearer than any padding: one batch
+
+
+def test_training_batches_group_by_length_for_encoders_not_for_causal_lms():
+    """train.group_by_length left out: the task decides. A causal LM's batches mix lengths (like-length
+    conversations are often near-copies); grouped batches of an encoder are each of one length band."""
+    from tunelab.tasks.causal_lm.task import CausalLMTask
+    from tunelab.tasks.classification import ClassificationTask
+    from tunelab.training.data import epoch_batches, groups_by_length
+
+    assert groups_by_length(None, CausalLMTask) is False and groups_by_length(True, CausalLMTask) is True
+    assert groups_by_length(None, ClassificationTask) is True and groups_by_length(False, ClassificationTask) is False
+    lengths = np.repeat(np.arange(10, 42), 8)  # 32 lengths, 8 rows each: grouped, each batch one length
+    spread = lambda grouped: max(np.ptp(lengths[b]) for b in epoch_batches(lengths, 8, 0, 0, grouped))  # noqa: E731
+    assert spread(True) == 0 and spread(groups_by_length(None, CausalLMTask)) > 10

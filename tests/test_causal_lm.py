@@ -284,7 +284,7 @@ def llm_run(tmp_path_factory, tiny_llama_dir):
            "data": {k: str(v) for k, v in files.items()}, "model": {"name": str(tiny_llama_dir), "max_length": 64},
            "method": {"name": "lora"}, "evaluate": {"generate_examples": 40, "max_new_tokens": 10},
            "train": {"learning_rate": 1e-2, "batch_size": 16, "max_steps": 60, "eval_every": 30, "trackers": [],
-                     "precision": "fp32"}}
+                     "precision": "fp32", "group_by_length": True}}  # the settings these checks were sized on
     return train(load_config(raw), quiet=True).run_dir
 
 

@@ -21,3 +21,9 @@ def epoch_batches(lengths: np.ndarray, batch_size: int, seed: int, epoch: int, g
     if group_by_length:
         batches = [batches[i] for i in rng.permutation(len(batches))]
     return batches
+
+
+def groups_by_length(setting: bool | None, task) -> bool:
+    """train.group_by_length, or where it is none the task's default (on, but off for causal LMs: like-length
+    conversations are often near-copies of each other, and a batch of them teaches as much as one)."""
+    return setting if setting is not None else getattr(task, "groups_by_length", True)

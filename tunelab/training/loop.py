@@ -26,7 +26,7 @@ from tunelab.hub import quiet_transformers
 from tunelab.runlock import run_lock
 from tunelab.signals import step_in_progress, stop_on_signals
 from tunelab.training.checkpoint import checkpoints, load_checkpoint, save_checkpoint
-from tunelab.training.data import epoch_batches
+from tunelab.training.data import epoch_batches, groups_by_length
 from tunelab.training.finish import FINISHED, TrainResult, finished, finish
 from tunelab.training.setup import planned_steps, setup
 from tunelab.training.step import forward_backward, update
@@ -139,9 +139,10 @@ def _train(config: Config, resume: bool = False, overwrite: bool = False, quiet:
     run.model.train()
     started, seen, side_seconds = time.perf_counter(), 0, 0.0  # side: evaluation + checkpoint time
     losses: list[float] = []
+    grouped = groups_by_length(cfg.group_by_length, run.task)
     try:
         while state.step < run.total_steps and not state.stopped_early:
-            batches = epoch_batches(run.train_enc.lengths, cfg.batch_size, cfg.seed, state.epoch, cfg.group_by_length)
+            batches = epoch_batches(run.train_enc.lengths, cfg.batch_size, cfg.seed, state.epoch, grouped)
             while state.batch_in_epoch < len(batches) and state.step < run.total_steps and not state.stopped_early:
                 rows = batches[state.batch_in_epoch]
                 # a stop signal waits for the step, its evaluation and checkpoint: the checkpoint it leaves is at a

@@ -35,6 +35,7 @@ class CausalLMTask:
     pair = False
     reports_calibration = False
     profiles = False  # no monitoring profile of label rates and embeddings: the answers are text
+    groups_by_length = False  # batches of like-length conversations are often near-copies (train.group_by_length)
     generates = True  # answered by generation (models/generate.py, serve/openai_api.py), not by a Predictor
     input_columns = ("messages",)
     split_columns = ("messages",)
