@@ -33,6 +33,7 @@ def search(config):
     from tunelab.apps.recommend.build import ENCODER, build
     from tunelab.apps.recommend.config import RecommendConfig
     from tunelab.search_space import parse_space
+    from tunelab.tuning import space as sampling
     from tunelab.tuning.run import Search
 
     tune: TuneConfig | None = config.tune
@@ -59,8 +60,6 @@ def search(config):
             raise _explain(exc, str(config.source), RecommendConfig) from None
         out.source = config.source
         return out
-
-    from tunelab.tuning import space as sampling
 
     for p in params:
         if p.key.split(".")[0] in UNSEARCHABLE or p.method:
