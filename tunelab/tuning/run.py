@@ -85,9 +85,13 @@ def search_of(config: Config) -> Search:
                 f"# Train it again with: tunelab train {tune_dir / 'best.yaml'}\n"
                 + yaml.safe_dump(raw, sort_keys=False, allow_unicode=True))
 
+    import yaml
+
+    from tunelab.config import dump_config
     from tunelab.tuning.study import settings_of
 
-    return Search(config.name, config.tune, config.run_dir, metric, direction_of(config), params, settings_of(config),
+    fixed = settings_of(yaml.safe_load(dump_config(config)))
+    return Search(config.name, config.tune, config.run_dir, metric, direction_of(config), params, fixed,
                   run, best_yaml, config.method.name, config.train.eval_every)
 
 

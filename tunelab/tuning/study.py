@@ -146,13 +146,13 @@ class Heartbeat:
         self._stop.set()
 
 
-def settings_of(config) -> dict:
-    """What must not change between the workers and restarts of one study: the whole config but the tune
-    section's budget and storage, flattened to dotted keys."""
-    from tunelab.config import dump_config, flat_keys
-    import yaml
+def settings_of(raw: dict) -> dict:
+    """What must not change between the workers and restarts of one study: the whole config (as a raw dict, its
+    tune: section included) but the tune section's budget and storage and where the runs go, flattened to dotted
+    keys."""
+    from tunelab.config import flat_keys
 
-    raw = yaml.safe_load(dump_config(config))
+    raw = {**raw, "tune": dict(raw.get("tune") or {})}
     for key in ("n_trials", "timeout_minutes", "storage"):
         raw["tune"].pop(key, None)
     for key in ("name", "runs_dir", "serve"):

@@ -9,12 +9,13 @@ trained item tower when no searched key changes what it is trained on.
 
 from __future__ import annotations
 
+import copy
 import json
 import shutil
 
 from pydantic import ValidationError
 
-from tunelab.config import TuneConfig, _explain, flat_keys, set_key
+from tunelab.config import TuneConfig, _explain, set_key
 from tunelab.errors import ConfigError
 
 # keys acting after the item tower is trained: a trial searching only these starts from the app's trained tower
@@ -35,6 +36,7 @@ def search(config):
     from tunelab.search_space import parse_space
     from tunelab.tuning import space as sampling
     from tunelab.tuning.run import Search
+    from tunelab.tuning.study import settings_of
 
     tune: TuneConfig | None = config.tune
     if tune is None:
@@ -50,7 +52,7 @@ def search(config):
     base = json.loads(config.model_dump_json(exclude={"tune"}))
 
     def trial_config(values: dict, **fields) -> RecommendConfig:
-        raw = json.loads(json.dumps(base))
+        raw = copy.deepcopy(base)
         for key, value in values.items():
             set_key(raw, key, value)
         raw.update(fields)
@@ -86,9 +88,7 @@ def search(config):
                 f"{best.value:.4f}.\n# Build it with: tunelab app recommend build {folder / 'tune' / 'best.yaml'}\n"
                 + yaml.safe_dump(raw, sort_keys=False, allow_unicode=True))
 
-    fixed = {k: json.dumps(v) for k, v in flat_keys(base).items() if k not in ("name", "runs_dir")}
-    fixed.update({f"tune.{k}": json.dumps(v) for k, v in tune.model_dump(mode="json").items()
-                  if k not in ("n_trials", "timeout_minutes", "storage")})
+    fixed = settings_of({**base, "tune": tune.model_dump(mode="json")})
     return Search(config.name, tune, folder, "ndcg_at_10", "maximize", params, fixed, run, best_yaml)
 
 
