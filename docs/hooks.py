@@ -82,9 +82,14 @@ def config_reference() -> str:
         nested = []
         for name, field in model.model_fields.items():
             annotation = field.annotation
+            optional = [a for a in typing.get_args(annotation) if a is not type(None)]
+            if len(optional) == 1 and type(None) in typing.get_args(annotation):  # `Section | None`: optional section
+                annotation = optional[0]
             if isinstance(annotation, type) and issubclass(annotation, BaseModel):
                 nested.append((annotation, f"{path}.{name}" if path else name))
-                lines.append(f"| `{name}` | section | | {_cell(field.description)} (see below) |")
+                kind = "section" if annotation is field.annotation else "section or null"
+                lines.append(f"| `{name}` | {kind} | {_cell(_default(field)) if kind != 'section' else ''} | "
+                             f"{_cell(field.description)} (see below) |")
                 continue
             lines.append(f"| `{name}` | {_cell(_type(annotation))} | {_cell(_default(field))} | {_cell(field.description)} |")
         lines.append("")

@@ -371,3 +371,60 @@ def test_balanced_class_weights():
 def test_unknown_metric_is_a_clear_error(tiny_config):
     with pytest.raises(TunelabError, match="train.metric: 'f2' is not a validation metric here; choose one of: accuracy"):
         train(tiny_config(metric="f2", max_steps=2, eval_every=1), quiet=True)
+
+
+def test_model_layers_keeps_the_bottom_layers_with_their_pretrained_weights(tiny_config, tiny_model_dir):
+    from transformers import AutoModelForSequenceClassification
+
+    from tunelab.models.predictor import Predictor
+
+    pretrained = load_file(tiny_model_dir / "model.safetensors")
+    full = train(tiny_config(name="full-depth", max_steps=1, learning_rate=1e-12), quiet=True)
+    shallow = train(tiny_config(name="shallow", max_steps=1, learning_rate=1e-12, model={"layers": 1}), quiet=True)
+    saved = weights(shallow.run_dir)
+    assert not [k for k in saved if ".layer.1." in k] and [k for k in saved if ".layer.0." in k]
+    for key in [k for k in saved if ".layer.0." in k]:  # the kept layer starts from the checkpoint's own
+        assert torch.allclose(saved[key], pretrained[key.removeprefix("bert.")], atol=1e-6), key
+    plain = AutoModelForSequenceClassification.from_pretrained(shallow.model_dir)  # plain transformers, 1 layer
+    assert plain.config.num_hidden_layers == 1 and len(plain.bert.encoder.layer) == 1
+    assert len(weights(full.run_dir)) > len(saved)
+    # an adapter method rebuilds its base from the card: the same single layer under the saved LoRA weights
+    lora = train(tiny_config(name="shallow-lora", max_steps=4, model={"layers": 1}, method={"name": "lora"}), quiet=True)
+    assert json.loads((lora.model_dir / "tunelab.json").read_text())["layers"] == 1
+    assert len(Predictor(lora.model_dir).model.base_model.model.bert.encoder.layer) == 1
+    with pytest.raises(TunelabError, match="model.layers: 3 is more than the 2 layers of"):
+        train(tiny_config(name="too-deep", max_steps=1, model={"layers": 3}), quiet=True)
+
+
+def test_distillation_pulls_a_shallower_student_towards_its_teacher(tiny_config, tmp_path):
+    import shutil
+
+    import pyarrow.parquet as pq
+
+    from tunelab.errors import ConfigError
+    from tunelab.models.predictor import Predictor
+
+    teacher = train(tiny_config(name="teacher", max_steps=60), quiet=True)
+    # one evaluation (the kept model is the last) and no calibration after it (a fitted temperature would move
+    # both students' probabilities again)
+    student = dict(max_steps=60, eval_every=60, model={"layers": 1}, learning_rate=3e-3, task={"calibrate": False})
+    plain = train(tiny_config(name="plain", **student), quiet=True)
+    distilled = train(tiny_config(name="distilled", distill={"teacher": str(teacher.run_dir), "weight": 1.0,
+                                                            "temperature": 1.0}, **student), quiet=True)
+    assert json.loads((distilled.model_dir / "tunelab.json").read_text())["distilled_from"] == str(teacher.model_dir.resolve())
+    validation = pq.read_table(distilled.run_dir / "data" / "validation.parquet", columns=["text"])["text"].to_pylist()
+
+    def kl_to_teacher(run):
+        p = np.clip(Predictor(teacher.run_dir).probabilities(validation), 1e-9, 1)
+        q = np.clip(Predictor(run.run_dir).probabilities(validation), 1e-9, 1)
+        return float((p * np.log(p / q)).sum(1).mean())
+    assert kl_to_teacher(distilled) < 0.5 * kl_to_teacher(plain)
+    # a teacher with other labels (here: the same ones in another order) is refused, as is one that is not there
+    other = tmp_path / "other-teacher"
+    shutil.copytree(teacher.model_dir, other)
+    card = json.loads((other / "tunelab.json").read_text())
+    (other / "tunelab.json").write_text(json.dumps({**card, "labels": card["labels"][::-1]}))
+    with pytest.raises(ConfigError, match="the teacher must have the same labels in the same order"):
+        train(tiny_config(name="wrong-teacher", distill={"teacher": str(other)}, **student), quiet=True)
+    with pytest.raises(TunelabError, match="no trained model here"):
+        train(tiny_config(name="no-teacher", distill={"teacher": str(tmp_path / "nowhere")}, **student), quiet=True)

@@ -97,6 +97,10 @@ class ModelConfig(Section):
     trust_remote_code: bool = Field(False, description="Allow model code from the hub (off: only transformers' own code runs).")
     attention: Literal["auto", "eager", "sdpa"] = Field(
         "auto", description="Attention kernel. 'auto': eager on CPU (its bf16 backward measured ~1.8x faster than SDPA's there), SDPA on GPU.")
+    layers: int | None = Field(
+        None, ge=1, description="Keep only the checkpoint's first N transformer layers (the rest are left out before "
+        "fine-tuning): a shallower model that trains and predicts faster in proportion, at some accuracy. "
+        "none: every layer.")
 
 
 class TaskConfig(Section):
@@ -124,6 +128,21 @@ class TaskConfig(Section):
         True, description="Single-label: after training, fit a temperature on validation (softmax(logits / T), "
         "minimum log-loss) and fold it into the saved head, so every score the model gives is calibrated; labels "
         "never change. Multi-label models keep their validation-chosen threshold instead.")
+
+
+class DistillConfig(Section):
+    """Knowledge distillation (Hinton et al., 2015): learn a trained teacher's softened probabilities too.
+
+    Besides the labels, the model learns to give the teacher's probabilities at a temperature: the way to keep a
+    deeper model's accuracy in a shallower, faster one (model.layers)."""
+
+    teacher: str = Field(description="The teacher: a trained run or model folder of the same task and labels, with the "
+                         "same tokenizer (e.g. the full-depth model the student replaces).")
+    weight: float = Field(0.5, ge=0, le=1, description="The share of the loss that matches the teacher's probabilities; "
+                          "the rest is the labels' cross-entropy.")
+    temperature: float = Field(2.0, gt=0, description="Both models' logits are divided by this before they are matched "
+                               "(the matching loss is scaled by its square): softer probabilities carry more of what "
+                               "the teacher ranks below its first choice.")
 
 
 class TrainConfig(Section):
@@ -205,6 +224,8 @@ class TrainConfig(Section):
     trackers: list[Literal["tensorboard", "mlflow", "wandb"]] = Field(
         ["tensorboard"], description="Experiment trackers (via accelerate). W&B runs offline unless WANDB_MODE says otherwise.")
     seed: int = Field(42, description="Seed of initialisation, dropout and data order.")
+    distill: DistillConfig | None = Field(None, description="Learn from a trained teacher model's probabilities as well "
+                                          "as from the labels (single-label classification); none: the labels only.")
 
 
 class EvaluateConfig(Section):

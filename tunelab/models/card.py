@@ -34,6 +34,7 @@ class ModelCard:
     base_revision: str | None = None
     trust_remote_code: bool = False
     attention: str | None = None
+    layers: int | None = None  # the base's first N layers only (model.layers)
     clean: dict = field(default_factory=dict)  # the text cleaning of the data stage, applied again at prediction
     parameters: dict = field(default_factory=dict)  # trainable / total counts
     saved_bytes: int = 0
@@ -42,6 +43,7 @@ class ModelCard:
     validation: dict = field(default_factory=dict)  # the kept model's validation metrics
     exported_from: str | None = None  # an export folder: the run it came from
     merged_from: dict | None = None  # a merged folder: {run, method}
+    distilled_from: str | None = None  # train.distill: the teacher's model folder
     onnx: dict | None = None  # an ONNX folder: {opset, quantize, inputs, ...}
     extra: dict = field(default_factory=dict)  # keys this version does not know, kept as they were
     version: int = CARD_VERSION

@@ -45,4 +45,4 @@ def build_base(card: ModelCard):
 
     quiet_transformers()
     return task_of(card).build_model(resolve_model(card.base_model, card.base_revision), None, card.base_revision,
-                                     card.trust_remote_code, card.attention)
+                                     card.trust_remote_code, card.attention, card.layers)

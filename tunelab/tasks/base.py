@@ -48,7 +48,7 @@ class Task(Protocol):
     def example_targets(self, enc: Encoded): ...  # the targets per example, as collector.add takes them
 
     # ---- model and training
-    def build_model(self, source: str, dropout, revision, trust_remote_code: bool, attention): ...
+    def build_model(self, source: str, dropout, revision, trust_remote_code: bool, attention, layers): ...
     def batch_targets(self, enc: Encoded, rows: np.ndarray, width: int) -> torch.Tensor: ...
     # the training forward pass: (logits, targets) as loss_sum takes them (most tasks: model_logits below)
     def forward(self, model, batch: dict, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]: ...
@@ -100,3 +100,35 @@ HEADLINE_KEYS = ("loss", "perplexity", "accuracy", "macro_f1", "subset_accuracy"
 def headline(metrics: dict) -> dict:
     """The few numbers shown in progress lines, metrics.jsonl and the trackers."""
     return {k: metrics[k] for k in HEADLINE_KEYS if k in metrics}
+
+
+DROPOUT_KEYS = ("hidden_dropout_prob", "attention_probs_dropout_prob", "classifier_dropout", "dropout",
+                "attention_dropout", "resid_pdrop", "embd_pdrop", "attn_pdrop")
+
+
+def pretrained_config(source: str, revision: str | None, trust_remote_code: bool, dropout: float | None = None,
+                      layers: int | None = None):
+    """The checkpoint's transformers config, with every dropout rate it names set to `dropout` (None: the
+    checkpoint's) and, with `layers`, only its first `layers` transformer layers: from_pretrained then loads those
+    and leaves the rest out (a shallower model, faster in proportion; the bottom layers carry most of what
+    fine-tuning needs, Sajjad et al., "On the effect of dropping layers of pre-trained transformer models", 2023)."""
+    from transformers import AutoConfig
+
+    from tunelab.errors import ConfigError
+
+    config = AutoConfig.from_pretrained(source, revision=revision, trust_remote_code=trust_remote_code)
+    if dropout is not None:
+        for key in DROPOUT_KEYS:
+            if hasattr(config, key):
+                setattr(config, key, dropout)
+    if layers is not None:
+        depth = getattr(config, "num_hidden_layers", None)
+        if not isinstance(depth, int):
+            raise ConfigError(f"model.layers: {source} does not say how many layers it has (no num_hidden_layers in "
+                              "its config); leave model.layers out")
+        if layers > depth:
+            raise ConfigError(f"model.layers: {layers} is more than the {depth} layers of {source}")
+        config.num_hidden_layers = layers
+        if isinstance(getattr(config, "layer_types", None), list):  # per-layer kinds (sliding window or full)
+            config.layer_types = config.layer_types[:layers]
+    return config

@@ -50,6 +50,7 @@ class Run:
     weights: torch.Tensor | None = None  # class weights of the loss
     lazy: LazyRows | None = None
     average: WeightAverage | None = None
+    teacher: torch.Tensor | None = None  # train.distill: the teacher's logits for every training row
     state: LoopState = field(default_factory=LoopState)
     body_group: int = 0  # the optimizer group whose rate is logged
     say: object = print
@@ -122,6 +123,10 @@ def setup(config: Config, quiet: bool, clear_run) -> Run:
     # the model before the data: a model that cannot be had (offline, wrong id) fails in seconds, not after them
     source = resolve_model(config.model.name, config.model.revision)
     tokenizer = load_tokenizer(source, config.model.revision, config.model.trust_remote_code)
+    if cfg.distill is not None:  # likewise a teacher that is not there, before --overwrite clears anything
+        from tunelab.models.predictor import find_model_dir
+
+        find_model_dir(cfg.distill.teacher)
     _fresh_accelerator_state()
     no_accelerator = not (torch.cuda.is_available() or torch.backends.mps.is_available())
     accelerator = Accelerator(
@@ -159,7 +164,8 @@ def setup(config: Config, quiet: bool, clear_run) -> Run:
     attention = config.model.attention
     if attention == "auto":
         attention = "eager" if accelerator.device.type == "cpu" else "sdpa"
-    model = task.build_model(source, cfg.dropout, config.model.revision, config.model.trust_remote_code, attention)
+    model = task.build_model(source, cfg.dropout, config.model.revision, config.model.trust_remote_code, attention,
+                             config.model.layers)
     model = apply_method(model, config.method)
     if cfg.activation_checkpointing:
         if config.method.name == "prefix":  # the prefix rides in the attention cache, which a recompute would extend twice
@@ -184,7 +190,7 @@ def setup(config: Config, quiet: bool, clear_run) -> Run:
     card = ModelCard(**{"task_options": dict(prepared.task_options), **task.card_fields()},
                      max_length=config.model.max_length, base_model=_portable_base(config.model.name),
                      method=_method_meta(config.method), threshold=config.task.multi_label_threshold or 0.5,
-                     base_revision=config.model.revision,
+                     base_revision=config.model.revision, layers=config.model.layers,
                      trust_remote_code=config.model.trust_remote_code, clean=cleaning_settings(config.data),
                      parameters=parameters, run=config.name)
     run = Run(config, accelerator, task, tokenizer, train_enc, val_enc, model, accelerator.unwrap_model(model), optimizer,
@@ -193,6 +199,14 @@ def setup(config: Config, quiet: bool, clear_run) -> Run:
               # kill before its end would otherwise leave nothing to resume from
               cfg.checkpoint_every or min(eval_every, CHECKPOINT_AT_LEAST_EVERY),
               weights.to(accelerator.device) if weights is not None else None, lazy, average, say=say)
+    if cfg.distill is not None:
+        from tunelab.training.distill import teacher_logits
+
+        run.teacher, teacher_dir = teacher_logits(cfg.distill.teacher, task, tokenizer, train_enc, run.pad_id,
+                                                  run.with_types)
+        run.card.distilled_from = str(teacher_dir.resolve())
+        say(f"train: distilling from {run.card.distilled_from} (weight {cfg.distill.weight}, temperature "
+            f"{cfg.distill.temperature})")
     # the rate logged: the body's top rate (with layer-wise decay the lower layers' are smaller, the head's may differ)
     run.body_group = min(range(len(optimizer.param_groups)),
                          key=lambda i: abs(optimizer.param_groups[i]["initial_lr"] - config.learning_rate))

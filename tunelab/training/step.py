@@ -16,6 +16,7 @@ import torch
 
 from tunelab.errors import TunelabError
 from tunelab.tasks.encoding import collate
+from tunelab.training.distill import distill_loss_sum
 from tunelab.training.optim import clip_inside_step
 from tunelab.training.setup import Run
 
@@ -35,6 +36,9 @@ def forward_backward(run: Run, rows: np.ndarray) -> float:
         with acc.no_sync(run.model) if k < len(micro) - 1 else nullcontext():
             logits, wanted = task.forward(run.model, batch, targets)
             loss_sum = task.loss_sum(logits, wanted, run.weights, cfg.label_smoothing)
+            if run.teacher is not None:
+                matched = distill_loss_sum(logits, run.teacher[part].to(logits.device), cfg.distill.temperature)
+                loss_sum = (1 - cfg.distill.weight) * loss_sum + cfg.distill.weight * matched
             acc.backward(loss_sum * world / max(terms, 1))
         step_loss += loss_sum.detach()
     loss = float(acc.reduce(step_loss, "sum")) / max(terms, 1)

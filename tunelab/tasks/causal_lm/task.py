@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 
 from tunelab.errors import TunelabError
-from tunelab.tasks.base import data_stage
+from tunelab.tasks.base import data_stage, pretrained_config
 from tunelab.tasks.causal_lm.chat import IGNORE, encode_conversation, load_template, with_system
 from tunelab.tasks.encoding import Encoded, collate, eval_batches, token_targets
 
@@ -116,13 +116,10 @@ class CausalLMTask:
 
     # ------------------------------------------------------------ model and training
     def build_model(self, source: str, dropout: float | None = None, revision: str | None = None,
-                    trust_remote_code: bool = False, attention: str | None = None):
-        from transformers import AutoConfig, AutoModelForCausalLM
+                    trust_remote_code: bool = False, attention: str | None = None, layers: int | None = None):
+        from transformers import AutoModelForCausalLM
 
-        from tunelab.tasks.classification import set_dropout
-
-        config = AutoConfig.from_pretrained(source, revision=revision, trust_remote_code=trust_remote_code)
-        set_dropout(config, dropout)
+        config = pretrained_config(source, revision, trust_remote_code, dropout, layers)
         kwargs = {"attn_implementation": attention} if attention else {}
         return AutoModelForCausalLM.from_pretrained(source, config=config, revision=revision, dtype=torch.float32,
                                                     trust_remote_code=trust_remote_code, **kwargs)

@@ -11,7 +11,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from tunelab.tasks.base import data_stage, model_logits
+from tunelab.tasks.base import data_stage, model_logits, pretrained_config
 from tunelab.tasks.encoding import Encoded, encode_texts
 
 
@@ -98,21 +98,20 @@ class ClassificationTask:
 
     # ------------------------------------------------------------ model
     def build_model(self, source: str, dropout: float | None = None, revision: str | None = None,
-                    trust_remote_code: bool = False, attention: str | None = None):
+                    trust_remote_code: bool = False, attention: str | None = None, layers: int | None = None):
         """A transformers sequence-classification model whose config carries the label names."""
-        from transformers import AutoConfig, AutoModelForSequenceClassification
+        from transformers import AutoModelForSequenceClassification
 
-        config = AutoConfig.from_pretrained(source, revision=revision, trust_remote_code=trust_remote_code)
-        self.configure(config, dropout)
+        config = pretrained_config(source, revision, trust_remote_code, dropout, layers)
+        self.configure(config)
         return AutoModelForSequenceClassification.from_pretrained(
             source, config=config, revision=revision, trust_remote_code=trust_remote_code, attn_implementation=attention)
 
-    def configure(self, config, dropout: float | None = None) -> None:
+    def configure(self, config) -> None:
         config.num_labels = self.num_labels
         config.id2label = dict(enumerate(self.labels))
         config.label2id = {lab: i for i, lab in enumerate(self.labels)}
         config.problem_type = "multi_label_classification" if self.multi_label else "single_label_classification"
-        set_dropout(config, dropout)
 
     # ------------------------------------------------------------ training
     def batch_targets(self, enc: Encoded, rows: np.ndarray, width: int) -> torch.Tensor:
@@ -249,15 +248,3 @@ class ClassificationTask:
         if self.multi_label:
             return tuple((probs >= threshold).astype(int)), float(0.5 + np.abs(probs - 0.5).mean())
         return int(probs.argmax()), float(probs.max())
-
-
-DROPOUT_KEYS = ("hidden_dropout_prob", "attention_probs_dropout_prob", "classifier_dropout", "dropout",
-                "attention_dropout", "resid_pdrop", "embd_pdrop", "attn_pdrop")
-
-
-def set_dropout(config, dropout: float | None) -> None:
-    """Every dropout rate the architecture's config names, set to `dropout` (None: the checkpoint's)."""
-    if dropout is not None:
-        for key in DROPOUT_KEYS:
-            if hasattr(config, key):
-                setattr(config, key, dropout)

@@ -15,8 +15,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from tunelab.tasks.classification import set_dropout
-from tunelab.tasks.base import data_stage, model_logits
+from tunelab.tasks.base import data_stage, model_logits, pretrained_config
 from tunelab.tasks.encoding import Encoded, token_targets
 from tunelab.tasks.ner.align import IGNORE, encode_words
 from tunelab.tasks.ner.spans import char_entities, entities
@@ -105,14 +104,13 @@ class TokenClassificationTask:
 
     # ------------------------------------------------------------ model
     def build_model(self, source: str, dropout: float | None = None, revision: str | None = None,
-                    trust_remote_code: bool = False, attention: str | None = None):
-        from transformers import AutoConfig, AutoModelForTokenClassification
+                    trust_remote_code: bool = False, attention: str | None = None, layers: int | None = None):
+        from transformers import AutoModelForTokenClassification
 
-        config = AutoConfig.from_pretrained(source, revision=revision, trust_remote_code=trust_remote_code)
+        config = pretrained_config(source, revision, trust_remote_code, dropout, layers)
         config.num_labels = self.num_labels
         config.id2label = dict(enumerate(self.labels))
         config.label2id = {tag: i for i, tag in enumerate(self.labels)}
-        set_dropout(config, dropout)
         return AutoModelForTokenClassification.from_pretrained(
             source, config=config, revision=revision, trust_remote_code=trust_remote_code, attn_implementation=attention)
 
