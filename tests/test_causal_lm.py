@@ -604,6 +604,60 @@ def test_several_lora_runs_over_one_base_answer_each_as_alone_in_mixed_batches(l
     assert got == [alone["first"], alone["second"], alone["first"]]
 
 
+def test_a_prompt_tuned_run_is_served_with_its_virtual_tokens_as_peft_reads_them(llm_config, monkeypatch):
+    """Prompts of different lengths join one batch; each one's next-token logits are those of peft's own forward
+    (virtual tokens first) on it alone, and its greedy answer the one peft's generate() gives."""
+    import asyncio
+
+    from tunelab.models.generate import GenerationSettings, Generator
+    from tunelab.serve.generation import Engine, Request, stream_tokens
+    from tunelab.serve.models import load_generative
+    from tunelab.training import train
+
+    config = llm_config(method={"name": "prompt"}, max_steps=20, eval_every=20, learning_rate=3e-2)
+    train(config, quiet=True)
+    served = load_generative("prompted", config.run_dir)
+    assert served.info["virtual_tokens"] > 0
+    questions = [[{"role": "user", "content": q}] for q in ("what colour is the sea number 2",
+                                                             "tell me please what colour is the coal number 77")]
+    generator = Generator(config.run_dir)
+    alone = [generator.answer(q, GenerationSettings(max_new_tokens=8)) for q in questions]
+    prompts = [served.tokenizer(served.prompt(q), add_special_tokens=False)["input_ids"] for q in questions]
+    with torch.inference_mode():
+        expected = [generator.model(input_ids=torch.tensor([ids])).logits[0, -1] for ids in prompts]
+    first: dict = {}
+    sample = Request.sample
+
+    def recording(self, logits):
+        first.setdefault(tuple(self.prompt), logits.clone())
+        return sample(self, logits)
+    monkeypatch.setattr(Request, "sample", recording)
+
+    async def ask(engine, ids):
+        args = {"prompt": ids, "max_new_tokens": 8, "eos": served.info["eos"]}
+        return served.tokenizer.decode([t async for t, _ in stream_tokens(engine, args) if t is not None],
+                                       skip_special_tokens=True).strip()
+
+    async def all_of(engine):
+        return await asyncio.gather(*(ask(engine, ids) for ids in prompts))
+    served.engine.start()
+    try:
+        got = asyncio.run(all_of(served.engine))
+    finally:
+        served.engine.stop()
+    assert got == alone
+    for ids, logits in zip(prompts, expected):
+        assert torch.allclose(first[tuple(ids)], logits, atol=1e-4)
+    first.clear()
+    plain = Engine(served.engine.model)  # the same base without the virtual tokens: other logits
+    plain.start()
+    try:
+        asyncio.run(all_of(plain))
+    finally:
+        plain.stop()
+    assert all(float((first[tuple(ids)] - logits).abs().max()) > 1e-3 for ids, logits in zip(prompts, expected))
+
+
 def test_a_lora_run_merges_into_a_plain_causal_lm_and_the_classifier_commands_say_what_to_use(llm_run):
     from transformers import AutoModelForCausalLM
 

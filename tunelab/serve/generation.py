@@ -7,6 +7,7 @@ which on a CPU was measured slower than one `generate()` over the same 8 prompts
 each row left-padded to the longest: joining pads the shorter side on the left, leaving drops rows, and
 columns that became padding for every row are trimmed. Each row keeps its own positions (passed as position_ids),
 so padding never shifts what a row sees; a greedy answer is the one `generate()` gives alone (tested).
+A prompt-tuned model's learned virtual tokens are read in front of every prompt, as embeddings, when it joins.
 """
 
 from __future__ import annotations
@@ -60,9 +61,10 @@ class Request:
 class Engine:
     """The decoding thread of one causal LM. `submit` is thread-safe; `stop` finishes the running requests first."""
 
-    def __init__(self, model, max_batch: int = 16, adapters: bool = False):
+    def __init__(self, model, max_batch: int = 16, adapters: bool = False, virtual: torch.Tensor | None = None):
         self.model = model.eval()
         self.adapters = adapters  # a peft model with several LoRA adapters: each row runs with its own (mixed batch)
+        self.virtual = virtual  # [tokens, hidden]: a prompt-tuned model's virtual tokens, put before every prompt
         self.max_batch = max_batch
         self.pending: queue.Queue[Request] = queue.Queue()
         self.thread = threading.Thread(target=self._run, name="tunelab-generate", daemon=True)
@@ -141,9 +143,11 @@ class Engine:
             pass
         return [r for r in taken if not r.cancelled]
 
-    def _forward(self, ids: torch.Tensor, mask: torch.Tensor, positions: torch.Tensor, cache, rows: list[Request]):
+    def _forward(self, ids: torch.Tensor, mask: torch.Tensor, positions: torch.Tensor, cache, rows: list[Request],
+                 embeds: torch.Tensor | None = None):
         per_row = {"adapter_names": [r.adapter or BASE for r in rows]} if self.adapters else {}
-        out = self.model(input_ids=ids, attention_mask=mask, position_ids=positions, cache=cache, use_cache=True,
+        inputs = {"inputs_embeds": embeds} if embeds is not None else {"input_ids": ids}
+        out = self.model(**inputs, attention_mask=mask, position_ids=positions, cache=cache, use_cache=True,
                          logits_to_keep=1, **per_row)  # the next token's logits only (a prompt's would be [width, vocab])
         return out.logits[:, -1], cache
 
@@ -151,17 +155,23 @@ class Engine:
         """Read the new prompts (together, left-padded), emit their first tokens, and add them to the batch."""
         from transformers.cache_utils import DynamicCache
 
-        width = max(len(r.prompt) for r in new)
+        virtual = 0 if self.virtual is None else len(self.virtual)
+        width = virtual + max(len(r.prompt) for r in new)
         ids = torch.zeros((len(new), width), dtype=torch.long)
         mask = torch.zeros((len(new), width), dtype=torch.long)
         for i, r in enumerate(new):
             ids[i, width - len(r.prompt):] = torch.tensor(r.prompt)
-            mask[i, width - len(r.prompt):] = 1
+            mask[i, width - len(r.prompt) - virtual:] = 1
         positions = (mask.cumsum(1) - 1).clamp(min=0)
+        embeds = None
+        if virtual:
+            embeds = self.model.get_input_embeddings()(ids)
+            for i, r in enumerate(new):
+                embeds[i, width - len(r.prompt) - virtual:width - len(r.prompt)] = self.virtual
         try:
             # plain full layers, whatever the model: a sliding-window layer keeps counters that joining and trimming
             # rows would not update (transformers' mask still applies the window)
-            logits, cache = self._forward(ids, mask, positions, DynamicCache(), new)
+            logits, cache = self._forward(ids, mask, positions, DynamicCache(), new, embeds)
         except Exception as exc:  # noqa: BLE001 -- only the new requests fail; the running ones go on
             self._fail(new, f"error: {type(exc).__name__}: {exc}")
             return

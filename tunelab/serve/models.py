@@ -64,20 +64,28 @@ def _generative_model(name: str, folder: Path, card, task, tokenizer, model, eng
 def load_generative(name: str, path, max_queue: int = 64) -> ServedModel:
     """A causal LM for the OpenAI-compatible routes: LoRA/IA3 merged into the weights (one plain model runs the
     batched decoding), its tokenizer and chat template, and its decoding engine (started with the server)."""
+    import torch
+
     from tunelab.methods import METHODS
     from tunelab.models.generate import Generator
     from tunelab.serve.generation import Engine
 
     generator = Generator(path)
     card_method = generator.card.method_name
-    model = generator.model
+    model, virtual = generator.model, None
     if METHODS[card_method].SAVES == "peft":
-        if not getattr(METHODS[card_method], "MERGEABLE", False):
-            raise TunelabError(f"{path}: a causal LM trained with '{card_method}' cannot be served yet (its virtual "
-                               "tokens live in peft's own generate); `tunelab generate` answers with it")
-        model = model.merge_and_unload()
-    return _generative_model(name, generator.model_dir, generator.card, generator.task, generator.tokenizer, model,
-                             Engine(model), max_queue)
+        if getattr(METHODS[card_method], "MERGEABLE", False):
+            model = model.merge_and_unload()
+        else:  # prompt tuning: its learned virtual tokens, read before each prompt by the engine, over the plain base
+            with torch.inference_mode():
+                virtual = model.get_prompt(batch_size=1)[0].detach().clone()
+            model = model.get_base_model()
+    served = _generative_model(name, generator.model_dir, generator.card, generator.task, generator.tokenizer, model,
+                               Engine(model, virtual=virtual), max_queue)
+    if virtual is not None:  # they take positions of the context like prompt tokens
+        served.info["virtual_tokens"] = len(virtual)
+        served.info["max_position_embeddings"] -= len(virtual)
+    return served
 
 
 def load_generative_adapters(base: str, adapters: dict[str, str | Path], max_queue: int = 64) -> dict[str, ServedModel]:
