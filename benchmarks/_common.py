@@ -8,6 +8,7 @@ import platform
 import signal
 import socket
 import subprocess
+import tempfile
 import sys
 import time
 from datetime import datetime, timezone
@@ -171,13 +172,15 @@ def start_server(cmd: list[str], ready_path: str, env: dict | None = None) -> tu
     import httpx
 
     port = free_port()
+    log = tempfile.TemporaryFile("w+")  # not a pipe: a server logging every request would fill it and stall
     proc = subprocess.Popen([*cmd, "--port", str(port)], cwd=HERE, env={**os.environ, **(env or {})},
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+                            stdout=subprocess.DEVNULL, stderr=log, text=True)
     url = f"http://127.0.0.1:{port}"
     deadline = time.time() + 300
     while time.time() < deadline:
         if proc.poll() is not None:
-            raise RuntimeError(proc.stderr.read()[-3000:])
+            log.seek(0)
+            raise RuntimeError(log.read()[-3000:])
         try:
             if httpx.get(url + ready_path, timeout=2).status_code == 200:
                 return proc, url

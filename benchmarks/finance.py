@@ -2,6 +2,8 @@
 
     .venv/bin/python benchmarks/finance.py           # about 20 minutes on 2 cores (the sentiment training: 8 of them)
     .venv/bin/python benchmarks/finance.py --sweep   # how the alert defaults were chosen (development seeds), 2 minutes
+    .venv/bin/python benchmarks/finance.py --shallow # the same with a 3-layer sentiment model distilled from the
+                                                     # shipped one (finance_depth.py): results/finance_shallow.json
 
 1. Build: the shipped example's sentiment model (examples/fpb_50agree.yaml: Financial PhraseBank 50agree, split
    80/10/10 with seed 42, the classification benchmark's run) trained, exported to int8 ONNX and evaluated:
@@ -52,18 +54,23 @@ SCENARIOS = {"": (0.6, 20.0), "mild_": (0.5, 15.0)}  # key prefix -> (episode sh
 CLIENTS = 4
 
 
-def configs() -> Path:
-    """The benchmark's copy of the example: its own runs folder, a synthetic watchlist, a fresh database."""
-    folder = WORK / "finance"
+def configs(shallow: bool = False) -> Path:
+    """The benchmark's copy of the example: its own runs folder, a synthetic watchlist, a fresh database
+    (`shallow`: the sentiment model cut to 3 layers and distilled from the shipped one, as finance_depth.py does)."""
+    folder = WORK / ("finance-shallow" if shallow else "finance")
     folder.mkdir(parents=True, exist_ok=True)
     sentiment = yaml.safe_load((REPO / "examples" / "fpb_50agree.yaml").read_text())
     sentiment["runs_dir"] = str(WORK / "runs")
     sentiment["data"]["train"] = str(need_data("financial_phrasebank", "sentences_50agree", "all.csv"))
+    if shallow:
+        sentiment["name"] = "fpb-50agree-depth3-distilled"
+        sentiment["model"]["layers"] = 3
+        sentiment.setdefault("train", {})["distill"] = {"teacher": str(WORK / "runs" / "fpb-50agree")}
     (folder / "sentiment.yaml").write_text(yaml.safe_dump(sentiment))
     rows = ["name,aliases,ticker,sector"] + [f"Company {chr(65 + i)},,CO{chr(65 + i)},Sector {i % 4}" for i in range(COMPANIES)]
     (folder / "watchlist.csv").write_text("\n".join(rows) + "\n")
-    app = {"app": "finance", "name": "finance-bench", "runs_dir": str(WORK / "runs"), "sentiment": "sentiment.yaml",
-           "watchlist": "watchlist.csv"}
+    app = {"app": "finance", "name": "finance-bench-shallow" if shallow else "finance-bench", "runs_dir": str(WORK / "runs"),
+           "sentiment": "sentiment.yaml", "watchlist": "watchlist.csv"}
     (folder / "finance.yaml").write_text(yaml.safe_dump(app))
     return folder / "finance.yaml"
 
@@ -238,11 +245,11 @@ def restart_test(config_path: Path, cmd: list[str]) -> dict:
             "restart_stored_unacknowledged_items": len(stored - acknowledged)}
 
 
-def main() -> None:
+def main(shallow: bool = False) -> None:
     from tunelab.apps.finance import load_finance_config
     from tunelab.apps.finance.build import build
 
-    config_path = configs()
+    config_path = configs(shallow)
     config = load_finance_config(config_path)
     report = build(config).report  # `tunelab app finance build` on the same config trains it the same way, faster
     sentiment = report["sentiment"]
@@ -272,7 +279,7 @@ def main() -> None:
     figures["model_alone_per_second"] = model_alone(run_dir / "export" / "onnx-int8", [i["text"] for i in items])
     figures["ingest_vs_model_alone"] = round(figures["ingest_per_second"] / figures["model_alone_per_second"], 3)
     figures.update(restart_test(with_database(config_path, "restart"), cmd))
-    write_results("finance", figures)
+    write_results("finance_shallow" if shallow else "finance", figures)
 
 
 def sweep() -> None:
@@ -312,4 +319,4 @@ def sweep() -> None:
 
 
 if __name__ == "__main__":
-    sweep() if "--sweep" in sys.argv else main()
+    sweep() if "--sweep" in sys.argv else main(shallow="--shallow" in sys.argv)

@@ -2,15 +2,21 @@
 first token, memory.
 
 On the demo LLM run (examples/demo_llm.yaml: LoRA on the default LLM, SmolLM2-135M-Instruct, trained here if
-absent), the user questions of data/demo/llm_test.jsonl, greedy, at most 64 new tokens each:
+absent), the user questions of data/demo/llm_test.jsonl after the run's system prompt (sent by the clients, so
+that every server reads the same prompt), greedy, at most 64 new tokens each:
   sequential   in-process, the same merged model, one `model.generate()` per question, one after the other
   c1           `tunelab serve` (continuous batching), one streaming client: time to first token, tokens/s
   c8           the same server, 8 streaming clients at once over the questions twice over: total tokens/s
+  peers        `transformers serve` (transformers' own OpenAI-compatible server, its [serving] extra) on the run's
+               merged folder (`tunelab export RUN --merge`), fp32 on the CPU, the same c1 and c8 clients: as it
+               starts by default (one generate() per request) and with `--continuous-batching`
 ROUNDS interleaved rounds; medians. Figures (results/llm.json): serve_c8_tokens_per_second_ratio_vs_sequential
-(target >= 3), serve_c1_ttft_ms_p50, serve_c1_tokens_per_second, serve_c8_tokens_per_second,
-sequential_tokens_per_second, serve_peak_rss_mb.
+(target >= 3), serve_c8_tokens_per_second_ratio_vs_transformers_serve (target >= 2, against the faster of its two
+modes), serve_c1_ttft_ms_p50, serve_c1_tokens_per_second, serve_c8_tokens_per_second, sequential_tokens_per_second,
+transformers_serve_*, answers_identical_vs_transformers_serve (greedy answers to the questions, the same text from
+both servers: the comparison is of the same work), serve_peak_rss_mb.
 
-    .venv/bin/python benchmarks/llm.py          # about 6 minutes on 2 cores (the demo training included)
+    .venv/bin/python benchmarks/llm.py          # about 20 minutes on 2 cores (the demo training included)
 """
 
 from __future__ import annotations
@@ -20,10 +26,14 @@ import statistics
 import sys
 import threading
 import time
+from pathlib import Path
+
+import yaml
 
 from _common import REPO, WORK, start_server, status_mb, stop_server, write_results
 
 ROUNDS, NEW_TOKENS, CLIENTS = 3, 64, 8
+SYSTEM_PROMPT = yaml.safe_load((REPO / "examples" / "demo_llm.yaml").read_text())["task"]["system_prompt"]
 
 
 def demo_run():
@@ -62,12 +72,15 @@ def sequential(run_dir, asked: list[str]) -> dict:
 
 
 def ask(url: str, question: str) -> dict:
-    """One streamed chat completion: time to first content, completion tokens, total time."""
+    """One streamed chat completion: time to first content, completion tokens (the server's usage chunk), the
+    answer, total time."""
     import httpx
 
-    body = {"messages": [{"role": "user", "content": question}], "temperature": 0, "max_tokens": NEW_TOKENS,
+    # the run's system prompt, sent: tunelab would add it, `transformers serve` would put its template's default
+    messages = [{"role": "system", "content": SYSTEM_PROMPT}, {"role": "user", "content": question}]
+    body = {"messages": messages, "temperature": 0, "max_tokens": NEW_TOKENS,
             "stream": True, "stream_options": {"include_usage": True}}
-    started, first, used = time.perf_counter(), None, 0
+    started, first, used, text = time.perf_counter(), None, 0, []
     with httpx.stream("POST", url + "/v1/chat/completions", json=body, timeout=300) as r:
         r.raise_for_status()
         for line in r.iter_lines():
@@ -76,9 +89,10 @@ def ask(url: str, question: str) -> dict:
             event = json.loads(line[6:])
             if event.get("usage"):
                 used = event["usage"]["completion_tokens"]
-            elif first is None and event["choices"] and event["choices"][0]["delta"].get("content"):
-                first = time.perf_counter() - started
-    return {"ttft": first, "tokens": used, "seconds": time.perf_counter() - started}
+            elif event["choices"] and event["choices"][0]["delta"].get("content"):
+                first = first or time.perf_counter() - started
+                text.append(event["choices"][0]["delta"]["content"])
+    return {"ttft": first, "tokens": used, "text": "".join(text), "seconds": time.perf_counter() - started}
 
 
 def one_client(url: str, asked: list[str]) -> dict:
@@ -113,35 +127,84 @@ def many_clients(url: str, asked: list[str]) -> dict:
             "ttft_ms_p50": 1000 * statistics.median(a["ttft"] for a in answers if a["ttft"] is not None)}
 
 
+def merged_folder(run_dir):
+    """The run as a plain transformers folder (LoRA merged), which `transformers serve` loads."""
+    from tunelab.export import merge_run
+
+    folder = run_dir / "export" / "merged"
+    if not (folder / "config.json").exists():
+        merge_run(run_dir)
+    return folder
+
+
+PEERS = {"transformers_serve": [], "transformers_serve_cb": ["--continuous-batching"]}  # key -> its flags
+
+
+def start_peer(folder, flags: list[str]):
+    """`transformers serve` on the merged folder, fp32 on the CPU. Started for its own measurement and stopped
+    after it: with --continuous-batching it keeps a process busy (and ~14 GB of cache) even when idle."""
+    return start_server([str(Path(sys.executable).parent / "transformers"), "serve", str(folder), "--host", "127.0.0.1",
+                         "--device", "cpu", "--dtype", "float32", "--log-level", "warning", *flags], "/health",
+                        {"HF_HUB_OFFLINE": "1"})
+
+
+def measure(url: str, asked: list[str], key: str) -> dict:
+    c1, c8 = one_client(url, asked), many_clients(url, asked)
+    return {f"{key}_c1_tps": c1["tokens_per_second"], f"{key}_c1_ttft": c1["ttft_ms_p50"],
+            f"{key}_c8_tps": c8["tokens_per_second"], f"{key}_c8_ttft": c8["ttft_ms_p50"]}
+
+
 def main() -> None:
     run_dir = demo_run()
     asked = questions()
+    folder = merged_folder(run_dir)
     proc, url = start_server([sys.executable, "-m", "tunelab", "serve", str(run_dir), "--no-monitor"], "/readyz")
-    rounds = []
+    rounds, answers = [], {}
     try:
         ask(url, asked[0])  # warm-up
+        answers["tunelab"] = [ask(url, q)["text"] for q in asked[:4]]
         for r in range(ROUNDS):
-            seq = sequential(run_dir, asked)
-            c1 = one_client(url, asked)
-            c8 = many_clients(url, asked)
-            rounds.append({"sequential": seq["tokens_per_second"], "c1_tps": c1["tokens_per_second"],
-                           "c1_ttft": c1["ttft_ms_p50"], "c8_tps": c8["tokens_per_second"], "c8_ttft": c8["ttft_ms_p50"]})
-            print(f"round {r + 1}: {rounds[-1]}", file=sys.stderr, flush=True)
+            row = {"sequential": sequential(run_dir, asked)["tokens_per_second"], **measure(url, asked, "tunelab")}
+            for key, flags in PEERS.items():
+                peer, peer_url = start_peer(folder, flags)
+                try:
+                    ask(peer_url, asked[0])  # warm-up
+                    if r == 0:
+                        answers[key] = [ask(peer_url, q)["text"] for q in asked[:4]]
+                    row.update(measure(peer_url, asked, key))
+                finally:
+                    stop_server(peer)
+            rounds.append(row)
+            print(f"round {r + 1}: {row}", file=sys.stderr, flush=True)
         peak = status_mb("VmHWM", proc.pid)
     finally:
         stop_server(proc)
 
+    for key in PEERS:
+        for ours, theirs in zip(answers["tunelab"], answers[key]):
+            if ours != theirs:
+                print(f"answers differ ({key}):\n  tunelab: {ours!r}\n  {key}: {theirs!r}", file=sys.stderr)
+
     def med(key):
         return round(statistics.median(x[key] for x in rounds), 2)
-    write_results("llm", {
+    peer = max(PEERS, key=lambda k: med(f"{k}_c8_tps"))
+    figures = {
         "serve_model": "examples/demo_llm.yaml (LoRA merged into SmolLM2-135M-Instruct), fp32",
         "questions": len(asked), "max_new_tokens": NEW_TOKENS, "rounds": ROUNDS,
         "sequential_tokens_per_second": med("sequential"),
-        "serve_c1_tokens_per_second": med("c1_tps"), "serve_c1_ttft_ms_p50": med("c1_ttft"),
-        "serve_c8_tokens_per_second": med("c8_tps"), "serve_c8_ttft_ms_p50": med("c8_ttft"),
-        "serve_c8_tokens_per_second_ratio_vs_sequential": round(med("c8_tps") / med("sequential"), 2),
+        "serve_c1_tokens_per_second": med("tunelab_c1_tps"), "serve_c1_ttft_ms_p50": med("tunelab_c1_ttft"),
+        "serve_c8_tokens_per_second": med("tunelab_c8_tps"), "serve_c8_ttft_ms_p50": med("tunelab_c8_ttft"),
+        "serve_c8_tokens_per_second_ratio_vs_sequential": round(med("tunelab_c8_tps") / med("sequential"), 2),
+        "serve_c8_tokens_per_second_ratio_vs_transformers_serve": round(med("tunelab_c8_tps") / med(f"{peer}_c8_tps"), 2),
+        "transformers_serve_compared_mode": " ".join(["transformers serve", *PEERS[peer]]),
+        "answers_identical_vs_transformers_serve": sum(a == b for k in PEERS for a, b in zip(answers["tunelab"], answers[k])),
+        "answers_compared": len(PEERS) * len(answers["tunelab"]),
         "serve_peak_rss_mb": round(peak, 1),
-    })
+    }
+    for key in PEERS:
+        figures.update({f"{key}_c1_tokens_per_second": med(f"{key}_c1_tps"), f"{key}_c1_ttft_ms_p50": med(f"{key}_c1_ttft"),
+                        f"{key}_c8_tokens_per_second": med(f"{key}_c8_tps"), f"{key}_c8_ttft_ms_p50": med(f"{key}_c8_ttft")})
+    write_results("llm", figures)
 
 
 if __name__ == "__main__":

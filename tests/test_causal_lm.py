@@ -235,6 +235,19 @@ def test_every_method_trains_a_causal_lm_that_reloads_and_answers(llm_config, me
     assert isinstance(Generator(config.run_dir).answer("what colour is the sea number 2", GenerationSettings(max_new_tokens=3)), str)
 
 
+def test_a_causal_lm_keeps_its_first_layers_with_their_weights_and_its_per_layer_kinds(tiny_llama_dir):
+    from transformers import AutoModelForCausalLM
+
+    from tunelab.tasks.causal_lm.task import CausalLMTask
+
+    whole = AutoModelForCausalLM.from_pretrained(tiny_llama_dir)
+    cut = CausalLMTask().build_model(str(tiny_llama_dir), layers=1)
+    assert len(cut.model.layers) == 1 and cut.config.num_hidden_layers == 1
+    assert len(getattr(cut.config, "layer_types", None) or [None]) == 1  # per-layer kinds cut with the layers
+    assert torch.equal(cut.model.layers[0].mlp.up_proj.weight, whole.model.layers[0].mlp.up_proj.weight)
+    assert cut(input_ids=torch.tensor([[5, 17, 33]])).logits.shape[-1] == whole.config.vocab_size
+
+
 @pytest.mark.parametrize("method, message", [("head", "'head' trains a new task head"),
                                              ("prefix", "'prefix' does not generate with a causal LM")])
 def test_methods_that_do_not_fit_a_causal_lm_are_refused_when_the_config_is_read(llm_config, method, message):

@@ -1,9 +1,10 @@
 """Continuous batching for a causal LM: one thread decodes every running request together, one token per step;
 a new request joins at the next step (after its prompt is read), a finished one leaves at once.
 
-Why our own loop: transformers' continuous batching (`init_continuous_batching`) runs paged attention in Python,
-which on a CPU was measured slower than one `generate()` over the same 8 prompts padded together (5.3 s against
-2.3 s, SmolLM2-135M, 2 cores). Here the running requests share one KV cache of transformers' own `DynamicCache`,
+Why our own loop: it decodes rows of several LoRA adapters in one batch (peft's mixed batches) and prompt-tuned
+models. transformers' own continuous batching (`transformers serve --continuous-batching`, 5.25: paged attention,
+chunked prefill) measured 1.1x this loop's tokens/s at 8 clients on a 2-core CPU (BENCHMARKS.md, benchmarks/llm.py):
+decoding on it is the lead for speed. Here the running requests share one KV cache of transformers' `DynamicCache`,
 each row left-padded to the longest: joining pads the shorter side on the left, leaving drops rows, and
 columns that became padding for every row are trimmed. Each row keeps its own positions (passed as position_ids),
 so padding never shifts what a row sees; a greedy answer is the one `generate()` gives alone (tested).
