@@ -123,7 +123,11 @@ def setup(config: Config, quiet: bool, clear_run) -> Run:
     # the model before the data: a model that cannot be had (offline, wrong id) fails in seconds, not after them
     source = resolve_model(config.model.name, config.model.revision)
     tokenizer = load_tokenizer(source, config.model.revision, config.model.trust_remote_code)
-    if cfg.distill is not None:  # likewise a teacher that is not there, before --overwrite clears anything
+    if config.model.layers is not None:  # likewise more layers than the checkpoint has
+        from tunelab.tasks.base import pretrained_config
+
+        pretrained_config(source, config.model.revision, config.model.trust_remote_code, layers=config.model.layers)
+    if cfg.distill is not None:  # and a teacher that is not there, before --overwrite clears anything
         from tunelab.models.predictor import find_model_dir
 
         find_model_dir(cfg.distill.teacher)
