@@ -7,6 +7,7 @@ at one client, SST-2 validation sentences; medians of the rounds' p50):
   demo_int8_nomonitor  the same with --no-monitor
   demo_int8_ffn_fp32   the demo exported with --ffn-down-fp32 (the slower, closer variant the export falls back to)
   sst2_int8            the full-SST-2 run of classification.py (benchmarks/work/runs/sst2), exported the same way
+                       (left out when that run is not there)
 And without any server, on the demo's int8 folder: the ONNX Runtime call alone (`model_only`) and the whole
 predictor call (tokenise + ONNX + answer: `predictor`), one sentence at a time.
 
@@ -21,7 +22,7 @@ import time
 
 import numpy as np
 
-from _common import REPO, WORK, need_data, split_texts, start_server, stop_server, write_results
+from _common import REPO, WORK, need_data, start_server, stop_server, write_results
 
 ROUNDS, REQUESTS = 5, 400
 
@@ -65,21 +66,27 @@ def main() -> None:
     from tunelab.export import export_onnx
     from tunelab.serve.loadgen import bench
 
-    need_data("sst2", "validation.csv")
+    import csv
+
+    validation = need_data("sst2", "validation.csv")
     demo = _demo_run()
     export_onnx(demo, quantize="int8", quiet=True)
     export_onnx(demo, demo / "export" / "onnx-int8-ffn", quantize="int8", ffn_down_fp32=True, quiet=True)
     sst2 = WORK / "runs" / "sst2"
-    if not (sst2 / "export" / "onnx-int8" / "model.onnx").exists():
-        export_onnx(sst2, quantize="int8", quiet=True)
-    texts, _ = split_texts(sst2, "validation")
+    if (sst2 / "model").exists():
+        if not (sst2 / "export" / "onnx-int8" / "model.onnx").exists():
+            export_onnx(sst2, quantize="int8", quiet=True)
+    else:
+        print(f"{sst2}: no SST-2 run (benchmarks/classification.py trains it); its server is left out", flush=True)
+    with open(validation, newline="", encoding="utf-8") as f:
+        texts = [row["text"] for row in csv.DictReader(f)]
     figures = {f"demo_int8_{k}": v for k, v in _in_process(demo / "export" / "onnx-int8", texts).items()}
     serve = [sys.executable, "-m", "tunelab", "serve"]
     servers = {"demo_int8": [*serve, f"m={demo / 'export' / 'onnx-int8'}"],
                "demo_int8_nomonitor": [*serve, f"m={demo / 'export' / 'onnx-int8'}", "--no-monitor"],
                "demo_int8_ffn_fp32": [*serve, f"m={demo / 'export' / 'onnx-int8-ffn'}", "--monitor-db",
                                       f"sqlite:///{WORK / 'latency-ffn.db'}"],
-               "sst2_int8": [*serve, f"m={sst2 / 'export' / 'onnx-int8'}"]}
+               **({"sst2_int8": [*serve, f"m={sst2 / 'export' / 'onnx-int8'}"]} if (sst2 / "model").exists() else {})}
     started, rounds = {}, {name: [] for name in servers}
     try:
         for name, cmd in servers.items():
