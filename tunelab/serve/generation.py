@@ -3,7 +3,7 @@ a new request joins at the next step (after its prompt is read), a finished one 
 
 Why our own loop: it decodes rows of several LoRA adapters in one batch (peft's mixed batches) and prompt-tuned
 models. transformers' own continuous batching (`transformers serve --continuous-batching`, 5.25: paged attention,
-chunked prefill) measured 1.1x this loop's tokens/s at 8 clients on a 2-core CPU (BENCHMARKS.md, benchmarks/llm.py):
+chunked prefill) measured level with this server at 8 clients on a 2-core CPU (BENCHMARKS.md, benchmarks/llm.py):
 decoding on it is the lead for speed. Here the running requests share one KV cache of transformers' `DynamicCache`,
 each row left-padded to the longest: joining pads the shorter side on the left, leaving drops rows, and
 columns that became padding for every row are trimmed. Each row keeps its own positions (passed as position_ids),

@@ -224,29 +224,29 @@ def add_routes(app, state: dict, authorised, choose, api_error, metrics) -> None
 
         async def run(index: int, args: dict):
             async def on_piece(piece: str):
-                await chunks.put(chunk(index, piece))
+                chunks.put_nowait(chunk(index, piece))
             try:
                 done = await answer(model, args, stops, started, on_piece)
-                await chunks.put(chunk(index, None, done.finish_reason))
+                chunks.put_nowait(chunk(index, None, done.finish_reason))
                 return done
             except Exception as exc:  # noqa: BLE001 -- a stream cannot change its status any more: say it in-band
-                await chunks.put(_sse({"error": {"code": "generation_failed", "message": str(getattr(exc, "message", exc))}}))
+                chunks.put_nowait(_sse({"error": {"code": "generation_failed", "message": str(getattr(exc, "message", exc))}}))
                 return Answer("", "error", 0, None, time.perf_counter() - started)
+            finally:
+                chunks.put_nowait(None)  # this answer is over
 
         if chat:
             for i in range(len(requests)):
                 yield chunk(i, None, first=True)
         tasks = [asyncio.create_task(run(i, r)) for i, r in enumerate(requests)]
         try:
-            pending = set(tasks)
-            while pending or not chunks.empty():
-                getter = asyncio.create_task(chunks.get())
-                done, _ = await asyncio.wait({getter, *pending}, return_when=asyncio.FIRST_COMPLETED)
-                pending -= done
-                if getter in done:
-                    yield getter.result()
+            running = len(tasks)
+            while running:  # one awaited get per chunk: no task or wait set per token
+                item = await chunks.get()
+                if item is None:
+                    running -= 1
                 else:
-                    getter.cancel()
+                    yield item
             answers = [t.result() for t in tasks]
             try:
                 await _logged(log(name, chat, digits, prompt, prompt_ids, answers))
