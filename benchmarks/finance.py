@@ -45,7 +45,7 @@ from pathlib import Path
 import httpx
 import yaml
 
-from _common import REPO, WORK, machine, need_data, split_texts, start_server, write_results
+from _common import WORK, split_texts, start_server, write_results
 
 T0 = 1767225600  # 2026-01-01T00:00:00Z
 DAYS, COMPANIES, RATE, EPISODES = 30, 20, 10.0, 10
@@ -57,20 +57,15 @@ CLIENTS = 4
 def configs(shallow: bool = False) -> Path:
     """The benchmark's copy of the example: its own runs folder, a synthetic watchlist, a fresh database
     (`shallow`: the sentiment model cut to 3 layers and distilled from the shipped one, as finance_depth.py does)."""
+    from finance_depth import sentiment_config  # one definition of each run, so both benchmarks share the runs
+
     folder = WORK / ("finance-shallow" if shallow else "finance")
     folder.mkdir(parents=True, exist_ok=True)
-    sentiment = yaml.safe_load((REPO / "examples" / "fpb_50agree.yaml").read_text())
-    sentiment["runs_dir"] = str(WORK / "runs")
-    sentiment["data"]["train"] = str(need_data("financial_phrasebank", "sentences_50agree", "all.csv"))
-    if shallow:
-        sentiment["name"] = "fpb-50agree-depth3-distilled"
-        sentiment["model"]["layers"] = 3
-        sentiment.setdefault("train", {})["distill"] = {"teacher": str(WORK / "runs" / "fpb-50agree")}
-    (folder / "sentiment.yaml").write_text(yaml.safe_dump(sentiment))
+    sentiment = sentiment_config("depth3_distilled" if shallow else "depth6")
     rows = ["name,aliases,ticker,sector"] + [f"Company {chr(65 + i)},,CO{chr(65 + i)},Sector {i % 4}" for i in range(COMPANIES)]
     (folder / "watchlist.csv").write_text("\n".join(rows) + "\n")
     app = {"app": "finance", "name": "finance-bench-shallow" if shallow else "finance-bench", "runs_dir": str(WORK / "runs"),
-           "sentiment": "sentiment.yaml", "watchlist": "watchlist.csv"}
+           "sentiment": str(sentiment), "watchlist": "watchlist.csv"}
     (folder / "finance.yaml").write_text(yaml.safe_dump(app))
     return folder / "finance.yaml"
 

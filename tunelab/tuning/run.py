@@ -62,6 +62,11 @@ class Search:
 
 def search_of(config: Config) -> Search:
     """The search of a training config: each trial a training run, scored by its kept model on validation."""
+    import yaml
+
+    from tunelab.config import dump_config
+    from tunelab.tuning.study import settings_of
+
     params, metric = check_space(config), metric_of(config)
 
     def run(number: int, values: dict, report) -> tuple[float | None, dict]:
@@ -76,19 +81,12 @@ def search_of(config: Config) -> Search:
         return result.validation.get(metric), {"steps": result.steps, "best_step": result.best_step}
 
     def best_yaml(best) -> str:
-        import yaml
-
         raw = trial_raw(config, best.params)
         raw.update(name=f"{config.name}-best", runs_dir=str(config.runs_dir))
         tune_dir = config.run_dir / "tune"
         return (f"# The best trial ({best.number}) of the search '{config.name}': validation {metric} {best.value:.4f}.\n"
                 f"# Train it again with: tunelab train {tune_dir / 'best.yaml'}\n"
                 + yaml.safe_dump(raw, sort_keys=False, allow_unicode=True))
-
-    import yaml
-
-    from tunelab.config import dump_config
-    from tunelab.tuning.study import settings_of
 
     fixed = settings_of(yaml.safe_load(dump_config(config)))
     return Search(config.name, config.tune, config.run_dir, metric, direction_of(config), params, fixed,
@@ -118,12 +116,18 @@ def check_space(config: Config) -> list[Param]:
         if p.method:
             set_key(raw, "method.name", p.method)
         set_key(raw, p.key, sampling.example_value(p))
-        try:
-            load_config(raw)
-        except ConfigError as exc:
-            detail = str(exc).split("\n", 1)[-1].strip()
-            raise ConfigError(f"tune.space: key {p.key!r} does not fit the config: {detail}") from None
+        check_fits(p.key, lambda: load_config(raw), "the config")
     return params
+
+
+def check_fits(key: str, validate: Callable, what: str) -> None:
+    """Call `validate` (it builds a config holding `key`'s example value); a ConfigError it raises is said of the
+    key: tune.space: key '...' does not fit <what>: <the loader's reason>."""
+    try:
+        validate()
+    except ConfigError as exc:
+        detail = str(exc).split("\n", 1)[-1].strip()
+        raise ConfigError(f"tune.space: key {key!r} does not fit {what}: {detail}") from None
 
 
 def _sampler(search: Search, trial_number: int, n_trials: int):

@@ -35,7 +35,7 @@ def search(config):
     from tunelab.apps.recommend.config import RecommendConfig
     from tunelab.search_space import parse_space
     from tunelab.tuning import space as sampling
-    from tunelab.tuning.run import Search
+    from tunelab.tuning.run import Search, check_fits
     from tunelab.tuning.study import settings_of
 
     tune: TuneConfig | None = config.tune
@@ -66,11 +66,7 @@ def search(config):
     for p in params:
         if p.key.split(".")[0] in UNSEARCHABLE or p.method:
             raise ConfigError(f"tune.space: {p.key} cannot be searched in a recommender")
-        try:
-            trial_config({p.key: sampling.example_value(p)})
-        except ConfigError as exc:
-            detail = str(exc).split("\n", 1)[-1].strip()
-            raise ConfigError(f"tune.space: key {p.key!r} does not fit the recommender's config: {detail}") from None
+        check_fits(p.key, lambda: trial_config({p.key: sampling.example_value(p)}), "the recommender's config")
     reuse_tower = all(p.key.startswith(AFTER_THE_ITEM_TOWER) for p in params)
     folder = config.app_dir
 
