@@ -5,6 +5,8 @@ at one client, SST-2 validation sentences; medians of the rounds' p50):
   demo_int8            the demo run (examples/demo.yaml), `tunelab export --format onnx --quantize int8` as a user
                        gets it, `tunelab serve` with its defaults (monitor on)
   demo_int8_nomonitor  the same with --no-monitor
+  demo_int8_one_thread the same with `threads: 1`: a lone request on one thread (the server's default gives it
+                       every core when that measured faster at load time: OnnxModel._faster_for_one)
   demo_int8_ffn_fp32   the demo exported with --ffn-down-fp32 (the slower, closer variant the export falls back to)
   sst2_int8            the full-SST-2 run of classification.py (benchmarks/work/runs/sst2), exported the same way
                        (left out when that run is not there)
@@ -82,8 +84,12 @@ def main() -> None:
         texts = [row["text"] for row in csv.DictReader(f)]
     figures = {f"demo_int8_{k}": v for k, v in _in_process(demo / "export" / "onnx-int8", texts).items()}
     serve = [sys.executable, "-m", "tunelab", "serve"]
+    one_thread = WORK / "serve-one-thread.yaml"  # every call on one thread: how lone requests ran before
+    one_thread.write_text("threads: 1\n")
     servers = {"demo_int8": [*serve, f"m={demo / 'export' / 'onnx-int8'}"],
                "demo_int8_nomonitor": [*serve, f"m={demo / 'export' / 'onnx-int8'}", "--no-monitor"],
+               "demo_int8_one_thread": [*serve, f"m={demo / 'export' / 'onnx-int8'}", "--config", str(one_thread),
+                                        "--monitor-db", f"sqlite:///{WORK / 'latency-one-thread.db'}"],
                "demo_int8_ffn_fp32": [*serve, f"m={demo / 'export' / 'onnx-int8-ffn'}", "--monitor-db",
                                       f"sqlite:///{WORK / 'latency-ffn.db'}"],
                **({"sst2_int8": [*serve, f"m={sst2 / 'export' / 'onnx-int8'}"]} if (sst2 / "model").exists() else {})}

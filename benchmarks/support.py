@@ -13,8 +13,10 @@ test messages (a bank's customers asking a web-apps FAQ) should all be handed of
 (intent + retrieval + threshold, ONNX int8, monitor on), POST /v1/support/answer on loopback, one client
 (p50 of 400 sequential requests over the test questions) and 32 concurrent clients (answers per second).
 
-    .venv/bin/python benchmarks/support.py              # about 15 minutes on 2 cores (Banking77 training: 6)
+    .venv/bin/python benchmarks/support.py              # about 30 minutes on 2 cores (Banking77 training: 6, re-ranker: 12)
     .venv/bin/python benchmarks/support.py --fewshot    # the few-shot intents against SetFit: about 90 minutes
+    .venv/bin/python benchmarks/support.py --reranker   # the re-ranker's figures only (the rest kept)
+    .venv/bin/python benchmarks/support.py --latency    # the answer latency only, after a build reusing the models
 
 Few-shot (--fewshot): 8 examples per Banking77 intent drawn from train (seeds 42, 43, 44; the same draw for both),
 all 3,080 test messages. tunelab (fewshot.py): the default MiniLM fine-tuned for one epoch on pairs of examples of
@@ -26,7 +28,11 @@ logistic-regression head), seed as drawn. Torch fp32 for both, max length 64.
 Figures (results/support.json): stackfaq_recall_at_1, stackfaq_mrr_at_10, their BM25 and untuned counterparts
 and stackfaq_recall_at_1_gain_vs_bm25_points (targets: recall@1 >= 0.90, gain >= 10 points),
 stackfaq_coverage_at_95_precision (>= 0.80), banking77_test_accuracy, answer_c1_p50_ms (<= 20),
-answer_c32_per_second, out_of_scope_handoff_rate; with --fewshot: banking77_8shot_accuracy,
+answer_c32_per_second, out_of_scope_handoff_rate; then the same app with the cross-encoder re-ranker
+(`reranker: {}`: MiniLM pair classifier on each training question with its entry and its 3 hardest wrong entries,
+re-ranking the retriever's best 5, blended with the retriever at the weight chosen on validation): the same figures
+with the suffix _reranked, reranked_* and reranker_alone_* ranking figures over both indexes, and the answer
+latency with the re-ranker used (weight 1; suffix _reranker_on); with --fewshot: banking77_8shot_accuracy,
 banking77_8shot_accuracy_setfit, banking77_8shot_delta_vs_setfit_points (target >= +2).
 """
 
@@ -83,6 +89,32 @@ def retrieval(config, faq, questions) -> dict:
         for name, encoder in encoders.items():
             index = build_index(encoder, faq, phrasings)
             figures = ranking_metrics(index.scores(encoder.encode(queries)), targets)
+            out.update({f"{name}_{index_name}_{k}": round(v, 4) for k, v in figures.items()})
+    return out
+
+
+def reranked(config, faq, questions) -> dict:
+    """Recall@1 and MRR@10 over both indexes of the retriever's candidates ordered by the re-ranker alone
+    (`reranker_alone_*`) and blended with the retriever at the weight the build chose (`reranked_*`)."""
+    from tunelab.apps.support.build import encoder_folder
+    from tunelab.apps.support.matcher import build_index, ranking_metrics
+    from tunelab.apps.support.rerank import Reranker, blend, entry_text, model_folder
+    from tunelab.apps.encoder import Encoder
+
+    position = {e: i for i, e in enumerate(faq.ids)}
+    queries = [t for t, _ in questions.test]
+    targets = np.array([position[e] for _, e in questions.test])
+    fitted = json.loads((config.app_dir / "faq" / "calibration.json").read_text())["reranker"]
+    encoder = Encoder(encoder_folder(config))
+    reranker = Reranker(model_folder(config), fitted["candidates"],
+                        [entry_text(q, a) for q, a in zip(faq.questions, faq.answers)], fitted["weight"])
+    out = {"reranker_weight": fitted["weight"]}
+    for index_name, phrasings in (("questions_only", []), ("with_training_questions", questions.train)):
+        scores = build_index(encoder, faq, phrasings).scores(encoder.encode(queries))
+        best, odds = reranker.odds(queries, scores)
+        for name, logits in (("reranker_alone", blend(scores, best, odds, 0.0, 1.0)),
+                             ("reranked", blend(scores, best, odds, config.retriever.scale, fitted["weight"]))):
+            figures = ranking_metrics(logits, targets)
             out.update({f"{name}_{index_name}_{k}": round(v, 4) for k, v in figures.items()})
     return out
 
@@ -223,17 +255,25 @@ def main() -> None:
     intents.write_text((REPO / "examples" / "banking77.yaml").read_text() + f"runs_dir: {runs}\n")
     config_path.write_text(CONFIG.read_text().replace("runs_dir: ../../runs", f"runs_dir: {runs}")
                            .replace("intents: ../banking77.yaml", f"intents: {intents}"))
-    started = time.perf_counter()
-    subprocess.run([TUNELAB, "app", "support", "build", str(config_path)], check=True, cwd=REPO)
-    build_seconds = time.perf_counter() - started
     config = load_support_config(config_path)
-    report = json.loads((config.app_dir / "report.json").read_text())
     c = config.columns
     faq = read_faq(config.faq, c.faq_id, c.question, c.answer)
     questions = read_questions(config.questions, faq, c.text, c.entry, {"train": 0.7, "validation": 0.1, "test": 0.2},
                                config.seed)
-    figures = retrieval(config, faq, questions)
     banking = [r["text"] for r in csv.DictReader(open(need_data("banking77", "test.csv"), encoding="utf-8"))][:500]
+    if "--latency" in sys.argv:  # the answer latency only, of the app as the trained models build it again
+        subprocess.run([TUNELAB, "app", "support", "build", str(config_path)], check=True, cwd=REPO)
+        write_results("support", {**read_results("support"), **latency(config_path, [t for t, _ in questions.test] * 2)})
+        return
+    if "--reranker" in sys.argv:  # the re-ranker's figures only, beside the others already measured
+        kept = {k: v for k, v in read_results("support").items() if "rerank" not in k}
+        write_results("support", {**kept, **with_reranker(config_path, faq, questions, banking)})
+        return
+    started = time.perf_counter()
+    subprocess.run([TUNELAB, "app", "support", "build", str(config_path)], check=True, cwd=REPO)
+    build_seconds = time.perf_counter() - started
+    report = json.loads((config.app_dir / "report.json").read_text())
+    figures = retrieval(config, faq, questions)
     test = report["test"]
     results = {
         "machine": machine(),
@@ -253,8 +293,39 @@ def main() -> None:
         **figures,
     }
     results.update(latency(config_path, [t for t, _ in questions.test] * 2))
+    results.update(with_reranker(config_path, faq, questions, banking))
     keep = {k: v for k, v in read_results("support").items() if k.startswith("banking77_8shot")}  # --fewshot's
     write_results("support", {**results, **keep})
+
+
+def with_reranker(config_path: Path, faq, questions, banking: list[str]) -> dict:
+    """The same app with the cross-encoder re-ranker (the retriever reused, the re-ranker trained on its hard
+    negatives): its figures, and the answer latency with the re-ranker used (weight 1, the trained one reused)."""
+    from tunelab.apps.support.config import load_support_config
+
+    plain = config_path.read_text().split("reranker:")[0]
+    config_path.write_text(plain + "reranker:\n  candidates: 5\n")
+    started = time.perf_counter()
+    subprocess.run([TUNELAB, "app", "support", "build", str(config_path)], check=True, cwd=REPO)
+    config = load_support_config(config_path)
+    report = json.loads((config.app_dir / "report.json").read_text())
+    test = report["test"]
+    results = {
+        "reranker_build_seconds": round(time.perf_counter() - started, 1),
+        "reranker_candidates": config.reranker.candidates,
+        "reranker_validation_mrr_at_10_by_weight": report["reranker_fit"]["validation_mrr_at_10"],
+        "stackfaq_recall_at_1_reranked": test["recall_at_1"], "stackfaq_mrr_at_10_reranked": round(test["mrr_at_10"], 4),
+        "stackfaq_coverage_at_95_precision_reranked": test["coverage"],
+        "stackfaq_precision_at_threshold_reranked": test["precision"],
+        "stackfaq_ece_reranked": round(test["ece"], 4),
+        **reranked(config, faq, questions),
+        **{f"{k}_reranked": v for k, v in out_of_scope(config, banking).items()},
+    }
+    config_path.write_text(plain + "reranker:\n  candidates: 5\n  weight: 1\n")
+    subprocess.run([TUNELAB, "app", "support", "build", str(config_path)], check=True, cwd=REPO)
+    results.update({f"{k}_reranker_on": v for k, v in latency(config_path, [t for t, _ in questions.test] * 2).items()})
+    config_path.write_text(plain)
+    return results
 
 
 if __name__ == "__main__":

@@ -70,6 +70,40 @@ def test_parallel_onnx_calls_give_each_row_its_own_result(runs):
     assert list(together.lengths) == [int(a.lengths[0]) for a in alone]
 
 
+def test_a_lone_call_runs_on_the_session_measured_faster_and_one_at_a_time_on_every_core(runs, monkeypatch):
+    import time as clock
+
+    from tunelab.models import predictor as module
+
+    out = runs["full"] / "export" / "onnx-lone"
+    export_onnx(runs["full"], out=out, quiet=True)
+    made = []
+
+    class Timed:  # a session whose calls take a set time, and say which session ran
+        def __init__(self, threads, seconds):
+            self.threads, self.seconds = threads, seconds
+
+        def run(self, names, inputs):
+            clock.sleep(self.seconds)
+            made.append(self.threads)
+            return [np.zeros((1, 2), np.float32)]
+
+    for one, wide, chosen in ((0.002, 0.0005, 2), (0.0005, 0.002, 1)):
+        model = module.OnnxModel(out / "model.onnx", threads=2)
+        model.session = Timed(1, one)
+        monkeypatch.setattr(model, "_session", lambda threads: Timed(threads, wide))
+        batch = {name: torch.ones((1, 4), dtype=torch.long) for name in model.inputs}
+        made.clear()
+        model.outputs(batch, lone=True)
+        assert made[-1] == chosen and made.count(1) >= 30 and made.count(2) >= 30  # timed both, ran on the faster
+        if chosen == 2:
+            with module.WIDE:  # another model's lone call holds every core: this one takes a single thread
+                model.outputs(batch, lone=True)
+            assert made[-1] == 1
+            model.outputs(batch)  # one of several batches: always the one-thread session
+            assert made[-1] == 1
+
+
 def test_int8_export_reports_agreement_and_refuses_below_the_floor(runs, monkeypatch):
     parity = export_onnx(runs["full"], quantize="int8", quiet=True).parity
     out = runs["full"] / "export" / "onnx-int8"

@@ -2,6 +2,7 @@
 and the whole app built (tiny BERT retriever and intent model: trained, exported to int8 ONNX, calibrated) and
 served; one build with the real MiniLM on the demo FAQ."""
 
+import csv
 import json
 import shutil
 from pathlib import Path
@@ -340,6 +341,80 @@ def test_generated_answers_are_written_from_the_best_entries_and_logged(built, t
         assert not plain["generated"] and plain["answer"] == answer_of[plain["faq_id"]]
         shown = httpx.get(f"{s.url}/v1/support/conversations/g").json()["exchanges"]
         assert shown[0]["answer"] == a["answer"] and shown[0]["generated"] is True
+
+
+def test_hard_negatives_are_the_retrievers_best_wrong_entries():
+    from tunelab.apps.support.rerank import MATCH, OTHER, hard_negative_pairs
+
+    scores = np.array([[0.9, 0.8, 0.1, 0.7], [0.2, 0.3, 0.95, 0.1]])
+    pairs = hard_negative_pairs([("q0", "b"), ("q1", "c")], scores, {"a": 0, "b": 1, "c": 2, "d": 3},
+                                ["A", "B", "C", "D"], 2)
+    assert pairs == [("q0", "B", MATCH), ("q0", "A", OTHER), ("q0", "D", OTHER),  # b itself ranked second: skipped
+                     ("q1", "C", MATCH), ("q1", "B", OTHER), ("q1", "A", OTHER)]
+
+
+def test_reranked_logits_blend_the_candidates_and_keep_the_rest_below_in_retriever_order():
+    from tunelab.apps.support.matcher import ranking_metrics, softmax
+    from tunelab.apps.support.rerank import Reranker, blend, choose_weight
+
+    class Pairs:  # a pair classifier that believes entry "E2" answers every question
+        labels = ["match", "other"]
+
+        def probabilities(self, texts, pairs):
+            return np.array([[0.9, 0.1] if p == "E2" else [0.2, 0.8] for p in pairs])
+
+    reranker = Reranker.__new__(Reranker)
+    reranker.predictor, reranker.match, reranker.candidates = Pairs(), 0, 3
+    reranker.entries = [f"E{i}" for i in range(6)]
+    scores = np.array([[0.9, 0.8, 0.7, 0.6, 0.5, 0.4], [0.1, 0.2, 0.3, 0.9, 0.8, 0.7]])
+    best, odds = reranker.odds(["q0", "q1"], scores)
+    assert best.tolist() == [[0, 1, 2], [3, 4, 5]] and odds[0].tolist() == pytest.approx([np.log(0.25)] * 2 + [np.log(9)])
+    alone = blend(scores, best, odds, 0.0, 1.0)  # the re-ranker alone
+    assert alone[0].argmax() == 2 and alone[1, 2] < alone[1, 5] - 100  # E2 not among q1's candidates: far below
+    assert list(np.argsort(-alone[1], kind="stable")) == [3, 4, 5, 2, 1, 0]  # below the candidates: retriever order
+    probs = softmax(alone)
+    assert probs[0, 2] == pytest.approx(9 / (9 + 0.25 + 0.25)) and probs[0, 3:].sum() < 1e-12
+    assert ranking_metrics(probs, np.array([2, 2])) == {"recall_at_1": 0.5, "recall_at_3": 0.5, "recall_at_10": 1.0,
+                                                         "mrr_at_10": pytest.approx((1 + 1 / 4) / 2)}
+    retriever = blend(scores, best, odds, 20.0, 0.0)
+    assert (retriever[0, :3] == 20 * scores[0, :3]).all()  # weight 0: the retriever's own logits
+    assert choose_weight(scores, best, odds, 20.0, np.array([2, 3]))["weight"] > 0  # E2 right for q0: the re-ranker helps
+    fit = choose_weight(scores, best, odds, 20.0, np.array([0, 3]))  # the retriever was right: it only hurts
+    assert fit["weight"] == 0 and fit["validation_mrr_at_10"]["0.0"] == 1.0
+    assert choose_weight(scores, best, odds, 20.0, np.array([0, 3]), fixed=1.5)["weight"] == 1.5
+
+
+def test_build_with_a_reranker_trains_it_on_hard_negatives_and_serves_its_confidence(tmp_path, tiny_model_dir):
+    from tunelab.apps.support.build import build, init
+    from tunelab.apps.support.config import load_support_config
+    from tunelab.apps.support.serving import faq_model
+
+    path = init(tmp_path / "app", EXAMPLE / "faq.csv", EXAMPLE / "questions.csv")
+    path.write_text(path.read_text().replace("epochs: 3", f"epochs: 1\n  model: {tiny_model_dir}\n  learning_rate: 0.001")
+                    + f"reranker:\n  model: {tiny_model_dir}\n  epochs: 1\n  max_length: 48\n  candidates: 4\n")
+    config = load_support_config(path)
+    report = build(config, quiet=True)
+    with open(config.app_dir / "reranker-pairs" / "train.csv", encoding="utf-8") as f:
+        labels = [row["label"] for row in csv.DictReader(f)]
+    assert len(labels) == report["reranker"]["pairs"]["train"] == 48 * (1 + 3)  # each question: its entry, 3 wrong
+    assert labels.count("match") == 48
+    assert report["reranker"]["export_parity"]["quantize"] == "int8"
+    fitted = json.loads((config.app_dir / "faq" / "calibration.json").read_text())["reranker"]
+    assert fitted == {"candidates": 4, "weight": report["reranker_fit"]["weight"]}
+    assert "re-ranked by a cross-encoder" in (config.app_dir / "report.md").read_text()
+    weights = config.app_dir / "reranker" / "model" / "model.safetensors"
+    before = weights.stat().st_mtime_ns
+    used = config.model_copy(update={"reranker": config.reranker.model_copy(update={"weight": 2.0})})
+    again = build(used, quiet=True)  # a fixed weight: the trained re-ranker is reused, the matcher fitted again
+    assert weights.stat().st_mtime_ns == before and again["reranker_fit"]["weight"] == 2.0
+    model = faq_model(used)
+    assert model.info["task"] == "faq_retrieval"
+    out = model.infer(["I forgot my password", "do you deliver to Norway"], None, False)
+    assert ((out.probs > 1e-6).sum(axis=1) <= 4).all()  # probability only for the re-ranked candidates
+    assert np.allclose(out.probs.sum(axis=1), 1, atol=1e-5)
+    plain = config.model_copy(update={"reranker": None})
+    with pytest.raises(TunelabError, match="built with a re-ranker and the config has none"):
+        faq_model(plain)
 
 
 def test_support_config_errors_are_one_line(tmp_path):

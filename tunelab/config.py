@@ -369,7 +369,7 @@ class ServeConfig(Section):
     host: str = Field("127.0.0.1", description="Interface to listen on (0.0.0.0: every interface).")
     port: int = Field(8000, ge=0, le=65535, description="TCP port (0: any free port).")
     precision: Literal["fp32", "bf16"] = Field("fp32", description="torch backend: fp32, or bf16 autocast (ONNX folders run as exported).")
-    threads: int | None = Field(None, ge=1, description="Threads for the model (torch: threads of each call; ONNX: one-thread calls run at once); none: the cores.")
+    threads: int | None = Field(None, ge=1, description="Threads for the model (torch: threads of each call; ONNX: one-thread calls run at once, and a lone call on this many threads when that measured faster at the first one); none: the cores.")
     max_batch_size: int = Field(32, ge=1, description="Most texts in one model call (from one or several requests).")
     max_wait_ms: float = Field(
         0.0, ge=0, description="How long a batch waits for more texts after its first one. 0: no wait -- a batch is "

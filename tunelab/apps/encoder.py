@@ -232,7 +232,8 @@ class Encoder:
         batches = [[texts[i] for i in order[s:s + batch_size]] for s in range(0, len(order), batch_size)]
         tokenized = (self.tokenizer(b, padding=True, truncation=True, max_length=self.max_length, return_tensors="pt")
                      for b in batches)
-        parts = [out[0].numpy() for out in self.onnx.outputs_many(tokenized)]
+        outputs = self.onnx.outputs_many(tokenized) if len(batches) != 1 else [self.onnx.outputs(next(tokenized), lone=True)]
+        parts = [out[0].numpy() for out in outputs]
         if not parts:
             return np.zeros((0, 0), np.float32)
         embeddings = np.empty((len(texts), parts[0].shape[1]), np.float32)

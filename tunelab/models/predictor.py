@@ -8,6 +8,8 @@ from collections.abc import Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+import threading
+import time
 
 import numpy as np
 import torch
@@ -44,35 +46,75 @@ CALL_TOKENS = {"onnx": 32, "fp32": 64, "bf16": 256}
 BF16_WIDTH_STEP = 16
 
 
+WIDE = threading.Lock()  # held by the one lone ONNX call that runs on every core (OnnxModel.outputs)
+
+
 class OnnxModel:
     """An exported ONNX classifier behind the same call as the torch model: padded batch -> logits.
 
-    Each call runs on one thread, and up to `calls` (the cores, or `threads`) calls run at once on one
-    session (ONNX Runtime's run() is thread-safe). Measured on this 2-core CPU with MiniLM int8
-    (BENCHMARKS.md, "Serving"): one text takes 2.8 ms on one thread against 3.6 ms on two, whose per-operator
-    hand-offs cost more than they split; and two one-thread calls at once do 1.3-1.5x the texts per second of
-    one two-thread call at batches of 8-16. One session: the weights are held once.
+    Several batches: each call runs on one thread, and up to `calls` (the cores, or `threads`) calls run at once on
+    one session (ONNX Runtime's run() is thread-safe): on a 2-core CPU with MiniLM int8 two one-thread calls at once
+    did 1.3-1.5x the texts per second of one two-thread call at batches of 8-16 (BENCHMARKS.md, "Serving").
+    A lone batch (one request at low load) may run faster on every core, or slower: one sentence took 2.2 ms on two
+    threads against 3.1 ms on one on the AMD machine, 3.6 against 2.8 ms on the Intel one, whose per-operator
+    hand-offs cost more than they split. So the first lone call times both on a short input and keeps the faster
+    for lone calls (the second session, holding the weights a second time, only when it is the faster). One lone
+    call at a time in the process takes every core (WIDE): two models answering one request together (the support
+    app's FAQ and intent models) would otherwise ask for twice the cores there are.
     """
 
     def __init__(self, path: Path, threads: int | None = None):
-        import onnxruntime as ort
-
-        options = ort.SessionOptions()
-        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        options.intra_op_num_threads = 1
-        options.inter_op_num_threads = 1
-        self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        self.path = Path(path)
+        self.session = self._session(1)
         self.inputs = [i.name for i in self.session.get_inputs()]
         self.calls = threads or torch.get_num_threads()
         self.pool = ThreadPoolExecutor(self.calls, thread_name_prefix="onnx") if self.calls > 1 else None
         self.has_embedding = len(self.session.get_outputs()) > 1  # exports before 0.4 give logits only
+        self.lone_session = None if self.calls > 1 else self.session  # chosen at the first lone call
+        self.lone_lock = threading.Lock()
+
+    def _session(self, threads: int):
+        import onnxruntime as ort
+
+        options = ort.SessionOptions()
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        options.intra_op_num_threads = threads
+        options.inter_op_num_threads = 1
+        return ort.InferenceSession(str(self.path), options, providers=["CPUExecutionProvider"])
+
+    def _faster_for_one(self):
+        """The session a lone call runs on: the one-thread session or one with a thread per call slot, whichever
+        answers a 16-token input faster (median of 30 interleaved calls each, after 3 to warm up)."""
+        wide = self._session(self.calls)
+        sample = {name: np.ones((1, 16), dtype=np.int64) if name != "token_type_ids" else np.zeros((1, 16), dtype=np.int64)
+                  for name in self.inputs}
+        times: dict = {id(self.session): [], id(wide): []}
+        for _ in range(3):
+            self.session.run(None, sample), wide.run(None, sample)
+        for _ in range(30):
+            for session in (self.session, wide):
+                started = time.perf_counter()
+                session.run(None, sample)
+                times[id(session)].append(time.perf_counter() - started)
+        return wide if np.median(times[id(wide)]) < np.median(times[id(self.session)]) else self.session
 
     def logits(self, batch: dict) -> torch.Tensor:
         return self.outputs(batch)[0]
 
-    def outputs(self, batch: dict) -> tuple[torch.Tensor, np.ndarray | None]:
-        """(logits, mean-pooled embeddings or None)."""
-        out = self.session.run(None, {k: batch[k].numpy() for k in self.inputs})
+    def outputs(self, batch: dict, lone: bool = False) -> tuple[torch.Tensor, np.ndarray | None]:
+        """(logits, mean-pooled embeddings or None). `lone`: nothing else runs beside this call."""
+        inputs = {k: batch[k].numpy() for k in self.inputs}
+        if lone:
+            with self.lone_lock:
+                if self.lone_session is None:
+                    self.lone_session = self._faster_for_one()
+            if self.lone_session is not self.session and WIDE.acquire(blocking=False):
+                try:
+                    out = self.lone_session.run(None, inputs)
+                finally:
+                    WIDE.release()
+                return torch.from_numpy(out[0]), (out[1] if len(out) > 1 else None)
+        out = self.session.run(None, inputs)
         return torch.from_numpy(out[0]), (out[1] if len(out) > 1 else None)
 
     def outputs_many(self, batches: Iterable[dict]) -> Iterator[tuple[torch.Tensor, np.ndarray | None]]:
@@ -159,7 +201,7 @@ class Predictor:
             batches = eval_batches(enc.lengths, most, self.call_tokens)
             padded = [collate(enc, rows, self.pad_id, self.with_types) for rows in batches]
             # one batch (a lone request) runs here: a hand-off to the pool would only add its latency
-            results = self.onnx.outputs_many(padded) if len(batches) > 1 else map(self.onnx.outputs, padded)
+            results = self.onnx.outputs_many(padded) if len(batches) > 1 else [self.onnx.outputs(padded[0], lone=True)]
             for rows, batch, (logits, pooled) in zip(batches, padded, results):
                 scores = row_scores(self.task.probabilities(logits).numpy(), enc.lengths[rows], batch["input_ids"].shape[1])
                 for row, value in zip(rows, scores):

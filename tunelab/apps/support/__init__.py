@@ -5,6 +5,7 @@ person with the candidate entries; the customer's intent beside it.
                   (the retriever is the applications' encoder, tunelab/apps/encoder.py, fine-tuned on the questions)
     faq.py        read and check the FAQ and the customer questions; split the questions per entry
     matcher.py    the FAQ index, calibrated probabilities per entry, the hand-off threshold
+    rerank.py     the optional cross-encoder re-ranker: hard-negative pairs, its tunelab run, the blended logits
     build.py      init (write a config for the user's files) and build (train, export, calibrate, evaluate)
     serving.py    the FAQ matcher as a served model (dynamic batching, the monitor's log and feedback)
     exchanges.py  the conversations table (the monitor's database)

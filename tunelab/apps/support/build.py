@@ -167,7 +167,16 @@ def build(config, retrain: bool = False, quiet: bool = False) -> dict:
         source = Path(resolve_model(r.model))
     texts = ([t for t, _ in questions.validation] + faq.questions)[:PARITY_TEXTS]
     encoder = Encoder(export(source, "retriever", texts, r.max_length, fresh), r.max_length)
-    report.update(fit_matcher(config, encoder, faq, questions, say))
+    index = make_index(config, encoder, faq, questions, say)
+    reranker = None
+    if config.reranker is not None:
+        from tunelab.apps.support.rerank import Reranker, entry_text, model_folder, train_reranker
+
+        report["reranker"] = train_reranker(config, faq, lambda t: index.scores(encoder.encode(t)), questions,
+                                            retrain, quiet, say)
+        reranker = Reranker(model_folder(config), config.reranker.candidates,
+                            [entry_text(q, a) for q, a in zip(faq.questions, faq.answers)])
+    report.update(fit_matcher(config, encoder, index, faq, questions, say, reranker))
     (app_dir / "report.json").write_text(json.dumps(report, indent=2, default=str), encoding="utf-8")
     (app_dir / "report.md").write_text(_markdown(report, config), encoding="utf-8")
     return report
@@ -202,49 +211,76 @@ def check_before_training(config) -> None:
         raise ConfigError(f"{config.generator}: the generator must be a causal_lm run (task.name: causal_lm)")
 
 
-def fit_matcher(config, encoder, faq, questions, say) -> dict:
-    """Index the FAQ, fit the temperature and the hand-off threshold on validation, measure on test; the matcher's
-    folder (app_dir/faq) is written. -> the figures."""
-    from tunelab.apps.support.matcher import (
-        answered, build_index, choose_search, ranking_metrics, softmax, threshold_for_precision, write_matcher)
-    from tunelab.tasks.calibration import fit_temperature
-    from tunelab.tasks.classification.metrics import calibration
+def make_index(config, encoder, faq, questions, say):
+    """The FAQ's index: each entry's question and (retriever.index_questions) its training phrasings, searched
+    exactly or through a FAISS graph as retriever.search says."""
+    from tunelab.apps.support.matcher import build_index, choose_search
 
-    started = time.perf_counter()
     r = config.retriever
     index = build_index(encoder, faq, questions.train if r.index_questions else [])
     search = choose_search(r, len(index.vectors))
     if search == "faiss":
-        index = index.with_graph(r.candidates)
-    elif len(index.vectors) > r.exact_up_to:
+        return index.with_graph(r.candidates)
+    if len(index.vectors) > r.exact_up_to:
         say(f"faq: {len(index.vectors)} index vectors searched exactly; pip install 'tunelab[ann]' for FAISS")
+    return index
+
+
+def fit_matcher(config, encoder, index, faq, questions, say, reranker=None) -> dict:
+    """Fit the temperature and the hand-off threshold on validation, measure on test; the matcher's folder
+    (app_dir/faq) is written. -> the figures."""
+    from tunelab.apps.support.matcher import answered, ranking_metrics, softmax, threshold_for_precision, write_matcher
+    from tunelab.apps.support.rerank import FAR, blend, choose_weight
+    from tunelab.tasks.calibration import fit_temperature
+    from tunelab.tasks.classification.metrics import calibration
+
+    started = time.perf_counter()
     position = {entry: i for i, entry in enumerate(faq.ids)}
-    scale = r.scale
-    figures: dict = {"index_vectors": len(index.vectors), "search": search}
-    splits = {}
+    scale = config.retriever.scale
+    figures: dict = {"index_vectors": len(index.vectors), "search": "exact" if index.graph is None else "faiss"}
+    scored = {}  # split -> retriever scores, re-ranker (candidates, log-odds) or None, targets
     for split in ("validation", "test"):
         rows = getattr(questions, split)
         if rows:
-            logits = scale * index.scores(encoder.encode([t for t, _ in rows]))
-            splits[split] = (logits, np.array([position[e] for _, e in rows]))
-    logits, targets = splits["validation"]
-    temperature = fit_temperature(logits, targets)
-    probs = softmax(logits / temperature)
-    confidence, correct = probs.max(axis=1), probs.argmax(axis=1) == targets
+            texts = [t for t, _ in rows]
+            scores = index.scores(encoder.encode(texts))
+            scored[split] = (scores, reranker and reranker.odds(texts, scores), np.array([position[e] for _, e in rows]))
+    weight = 0.0
+    if reranker is not None:
+        scores, (best, odds), targets = scored["validation"]
+        figures["reranker_fit"] = choose_weight(scores, best, odds, scale, targets, config.reranker.weight)
+        weight = reranker.weight = figures["reranker_fit"]["weight"]
+        say(f"reranker: weight {weight}" + (" (the validation questions are ranked no better than by the retriever "
+                                            "alone: not used)" if not weight else ""))
+    splits = {split: (blend(scores, *reranked, scale, weight) if weight else scale * scores, scores.max(axis=1), targets)
+              for split, (scores, reranked, targets) in scored.items()}
+
+    def judged(split: str, threshold: float, min_similarity: float):
+        logits, similarity, targets = splits[split]
+        probs = softmax(logits / temperature)
+        confidence, correct = probs.max(axis=1), probs.argmax(axis=1) == targets
+        given = (confidence >= threshold) & (similarity >= min_similarity)
+        return logits, probs, confidence, correct, given
+
+    logits, similarity, targets = splits["validation"]
+    # with a re-ranker, a question whose entry is not among the candidates says nothing of the temperature
+    among = logits[np.arange(len(targets)), targets] > logits.max(axis=1) - FAR / 2
+    temperature = fit_temperature(logits[among], targets[among]) if among.any() else 1.0
+    _, probs, confidence, correct, _ = judged("validation", 1.0, -1.0)
     chosen = threshold_for_precision(confidence, correct, config.target_precision)
-    min_similarity = (float(np.quantile(logits.max(axis=1) / scale, config.out_of_scope_quantile))
+    min_similarity = (float(np.quantile(similarity, config.out_of_scope_quantile))
                       if config.out_of_scope_quantile > 0 else -1.0)  # 0: no floor (a cosine is never below -1)
-    given = (confidence >= chosen["threshold"]) & (logits.max(axis=1) / scale >= min_similarity)
+    *_, correct, given = judged("validation", chosen["threshold"], min_similarity)
     figures["validation"] = {**ranking_metrics(probs, targets), **answered(given, correct)}
     calibration_fit = {"scale": scale, "temperature": temperature, "threshold": chosen["threshold"],
                        "min_similarity": min_similarity, "target_precision": config.target_precision,
                        "validation": figures["validation"]}
+    if reranker is not None:
+        calibration_fit["reranker"] = {"candidates": reranker.candidates, "weight": weight}
     write_matcher(config.app_dir / "faq", faq, index, calibration_fit)
     if "test" in splits:
-        logits, targets = splits["test"]
-        probs = softmax(logits / temperature)
-        confidence, correct = probs.max(axis=1), probs.argmax(axis=1) == targets
-        given = (confidence >= chosen["threshold"]) & (logits.max(axis=1) / scale >= min_similarity)
+        logits, probs, confidence, correct, given = judged("test", chosen["threshold"], min_similarity)
+        targets = splits["test"][2]
         figures["test"] = {**ranking_metrics(probs, targets), **answered(given, correct),
                            "ece": calibration(confidence, correct, 10)[0],
                            "ece_uncalibrated": calibration(softmax(logits).max(axis=1), correct, 10)[0]}
@@ -269,6 +305,15 @@ def _markdown(report: dict, config) -> str:
              f"The retriever ranks every entry for each held-out question; the hand-off threshold is the lowest "
              f"confidence whose validation answers were right {config.target_precision:.0%} of the time, and the test "
              "figures show what it gives on unseen questions.", ""]
+    reranker = report.get("reranker")
+    if reranker:
+        lines += [f"The retriever's {reranker['candidates']} best entries are re-ranked by a cross-encoder "
+                  f"(`{reranker['run']}`), trained on {reranker['pairs']['train']} pairs: each training question with "
+                  f"its entry and the {reranker['negatives']} wrong entries the retriever ranked highest. A "
+                  "candidate's logit is the retriever's plus a weight times the re-ranker's log-odds (validation "
+                  f"MRR@10 by weight: {report['reranker_fit']['validation_mrr_at_10']}): {report['reranker_fit']['weight']}"
+                  + (" (no better than the retriever alone: the re-ranker is not used)."
+                     if not report["reranker_fit"]["weight"] else "."), ""]
     for split in ("validation", "test"):
         if split in report:
             lines += [f"## FAQ matching, {split}", ""] + [f"- {k}: {f(v)}" for k, v in report[split].items()] + [""]

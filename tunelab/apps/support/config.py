@@ -37,6 +37,28 @@ class RetrieverConfig(EncoderTraining):
                             "of them scores as the farthest of them (its confidence can only be lower).")
 
 
+class RerankerConfig(Section):
+    """The optional cross-encoder that re-ranks the retriever's best entries (rerank.py): a tunelab sentence-pair
+    classification run trained on each training question with its entry and its hardest wrong ones."""
+
+    model: str = Field("default", description="Base encoder: a folder or hub id; 'default' is the bundled MiniLM.")
+    candidates: int = Field(5, ge=2, description="The retriever's best entries re-ranked per question; the others "
+                            "rank below them and get no probability.")
+    negatives: int = Field(3, ge=1, description="Wrong entries paired with each training question: those the "
+                           "retriever ranks highest.")
+    weight: float | None = Field(None, ge=0, description="A candidate's logit is the retriever's plus this times the "
+                                 "re-ranker's log-odds; none: the weight that ranks the validation questions best "
+                                 "(0, the re-ranker unused, when none beats the retriever alone).")
+    epochs: float = Field(2.0, gt=0, description="Passes over the training pairs (small data gets more, up to "
+                          "train.min_steps, as in any tunelab run).")
+    batch_size: int = Field(16, ge=1, description="Pairs per step.")
+    learning_rate: float | None = Field(None, gt=0, description="Peak learning rate; none: tunelab's default for "
+                                        "full fine-tuning.")
+    max_length: int = Field(128, ge=16, description="Tokens of a question and entry together; the entry's answer is "
+                            "cut first.")
+    seed: int = Field(42, description="Initialisation and batch order.")
+
+
 class GenerationConfig(Section):
     """Answers written by a causal LM from the retrieved FAQ entries (retrieval-augmented generation)."""
 
@@ -76,6 +98,9 @@ class SupportConfig(Section):
                                  "report (entries with fewer than 3 questions are trained on only).")
     seed: int = Field(42, description="The split of the questions.")
     retriever: RetrieverConfig = Field(default_factory=RetrieverConfig, description="FAQ matching.")
+    reranker: RerankerConfig | None = Field(None, description="Optional cross-encoder re-ranker of the retriever's "
+                                            "best entries (`reranker: {}` for the defaults); the confidence is then "
+                                            "its calibrated probability.")
     intents: Path | None = Field(None, description="Optional tunelab run config (YAML) of an intent classifier: each "
                                  "answer then names the customer's intent.")
     intent_examples: Path | None = Field(None, description="Or a few-shot intent model: a file of a handful of "

@@ -5,7 +5,8 @@ score for a question is the best cosine among them: exact search (numpy, a matri
 `exact_up_to` vectors, beyond that an HNSW graph (FAISS, when installed) that reads the `candidates` nearest vectors;
 an entry with none among them scores as the farthest of them (calibration and threshold are fitted on the same
 search, so they account for what it misses).
-Probabilities are softmax(scale * score / T) over the entries, with T fitted on validation (tasks/calibration.py),
+Probabilities are softmax(scale * score / T) over the entries (with a re-ranker, rerank.py: over the retriever's
+best candidates, their logits blended with the re-ranker's), with T fitted on validation (tasks/calibration.py),
 so that the top probability is a confidence a threshold can be set on: the lowest threshold whose answers on
 validation are right at least `target_precision` of the time. That confidence is relative (one entry against
 the others), so a question the FAQ does not cover at all can still single one entry out: a second rule hands off
@@ -140,10 +141,11 @@ def ranking_metrics(probs: np.ndarray, targets: np.ndarray) -> dict:
 
 
 class Matcher:
-    """Customer questions -> probabilities per FAQ entry, from an encoder and the folder build() wrote."""
+    """Customer questions -> probabilities per FAQ entry, from an encoder, the folder build() wrote and the
+    re-ranker, when the app has one."""
 
-    def __init__(self, encoder, folder: Path):
-        self.encoder, self.folder = encoder, Path(folder)
+    def __init__(self, encoder, folder: Path, reranker=None):
+        self.encoder, self.folder, self.reranker = encoder, Path(folder), reranker
         self.index = FaqIndex.load(self.folder)
         faq = json.loads((self.folder / FAQ_FILE).read_text(encoding="utf-8"))
         self.ids, self.questions, self.answers = faq["ids"], faq["questions"], faq["answers"]
@@ -152,9 +154,10 @@ class Matcher:
         self.threshold, self.min_similarity = calibration["threshold"], calibration["min_similarity"]
         self.validation = calibration.get("validation", {})
 
-    def calibrated(self, scores: np.ndarray) -> np.ndarray:
-        """Index scores (questions, entries) -> probabilities per entry."""
-        return softmax(self.scale * scores / self.temperature).astype(np.float32)
+    def calibrated(self, texts: list[str], scores: np.ndarray) -> np.ndarray:
+        """Questions and their index scores (questions, entries) -> probabilities per entry."""
+        logits = self.scale * scores if self.reranker is None else self.reranker.logits(texts, scores, self.scale)
+        return softmax(logits / self.temperature).astype(np.float32)
 
     def hands_off(self, confidence: float, similarity: float) -> bool:
         """Whether a question goes to a person: not sure enough which entry, or unlike every question the FAQ

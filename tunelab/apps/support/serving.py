@@ -22,14 +22,14 @@ def faq_model(config):
         raise TunelabError(f"{config.app_dir / 'faq'} is missing: build the app first "
                            f"({command(config)})")
     encoder = Encoder(folder, config.retriever.max_length)
-    matcher = Matcher(encoder, config.app_dir / "faq")
+    matcher = Matcher(encoder, config.app_dir / "faq", reranker_of(config))
     task = ClassificationTask(list(matcher.ids))
 
     def infer(texts: list[str], pairs=None, embeddings: bool = True) -> Inference:
         vectors = encoder.encode(texts)
         scores = matcher.index.scores(vectors)
         lengths, unknown = encoder.token_counts(texts)
-        return Inference(matcher.calibrated(scores), vectors if embeddings else None, lengths, unknown,
+        return Inference(matcher.calibrated(texts, scores), vectors if embeddings else None, lengths, unknown,
                          contexts=[float(s) for s in scores.max(axis=1)])
 
     def decide(probs, top_k: int | None = None, contexts=None) -> list[dict]:
@@ -48,6 +48,26 @@ def faq_model(config):
             "max_length": encoder.max_length, "pair": False,
             "metrics": {"accuracy": matcher.validation.get("recall_at_1")} if matcher.validation else {}}
     return ServedModel(FAQ, infer, decide, encoder.tokenizer, encoder.max_length, False, info, None, 0.5, task)
+
+
+def reranker_of(config):
+    """The app's re-ranker as the build calibrated it, or None (also when the config asks for one the build has not
+    made yet: the matcher's calibration says what it was fitted with)."""
+    import json
+
+    from tunelab.apps.support.matcher import CALIBRATION_FILE, FAQ_FILE
+    from tunelab.apps.support.rerank import Reranker, entry_text, model_folder
+    from tunelab.errors import TunelabError
+
+    fitted = json.loads((config.app_dir / "faq" / CALIBRATION_FILE).read_text()).get("reranker")
+    if (fitted is None) != (config.reranker is None):
+        raise TunelabError(f"the app was built {'without' if fitted is None else 'with'} a re-ranker and the config "
+                           f"{'asks for one' if fitted is None else 'has none'}: build it again ({command(config)})")
+    if fitted is None or not fitted["weight"]:  # weight 0: the build found it no help on validation
+        return None
+    faq = json.loads((config.app_dir / "faq" / FAQ_FILE).read_text(encoding="utf-8"))
+    return Reranker(model_folder(config), fitted["candidates"],
+                    [entry_text(q, a) for q, a in zip(faq["questions"], faq["answers"])], fitted["weight"])
 
 
 def intent_model(config):
