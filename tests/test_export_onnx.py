@@ -70,7 +70,7 @@ def test_parallel_onnx_calls_give_each_row_its_own_result(runs):
     assert list(together.lengths) == [int(a.lengths[0]) for a in alone]
 
 
-def test_a_lone_call_runs_on_the_session_measured_faster_and_one_at_a_time_on_every_core(runs, monkeypatch):
+def test_a_lone_call_runs_on_every_core_when_measured_faster_and_the_cores_are_not_shared(runs, monkeypatch):
     import time as clock
 
     from tunelab.models import predictor as module
@@ -89,6 +89,7 @@ def test_a_lone_call_runs_on_the_session_measured_faster_and_one_at_a_time_on_ev
             return [np.zeros((1, 2), np.float32)]
 
     for one, wide, chosen in ((0.002, 0.0005, 2), (0.0005, 0.002, 1)):
+        monkeypatch.setattr(module._Calls, "overlapped_at", float("-inf"))  # no calls ran at once lately
         model = module.OnnxModel(out / "model.onnx", threads=2)
         model.session = Timed(1, one)
         monkeypatch.setattr(model, "_session", lambda threads: Timed(threads, wide))
@@ -102,6 +103,16 @@ def test_a_lone_call_runs_on_the_session_measured_faster_and_one_at_a_time_on_ev
             assert made[-1] == 1
             model.outputs(batch)  # one of several batches: always the one-thread session
             assert made[-1] == 1
+            model.outputs(batch, lone=True)
+            assert made[-1] == 2
+            with module._Calls.lock:
+                module._Calls.running += 1  # another model's call is running: the cores are shared from now on
+            try:
+                model.outputs(batch, lone=True)
+            finally:
+                module._Calls.leave()
+            model.outputs(batch, lone=True)  # alone again, but calls ran side by side less than SHARED_FOR_S ago
+            assert made[-2:] == [1, 1] and module._Calls.running == 0
 
 
 def test_int8_export_reports_agreement_and_refuses_below_the_floor(runs, monkeypatch):

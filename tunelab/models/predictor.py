@@ -47,6 +47,30 @@ BF16_WIDTH_STEP = 16
 
 
 WIDE = threading.Lock()  # held by the one lone ONNX call that runs on every core (OnnxModel.outputs)
+SHARED_FOR_S = 10.0  # after two ONNX calls ran at once, lone calls stay on one thread this long
+
+
+class _Calls:
+    """ONNX calls running in this process, and when two last ran at once."""
+
+    lock = threading.Lock()
+    running = 0
+    overlapped_at = float("-inf")
+
+    @classmethod
+    def enter(cls) -> bool:
+        """Count a call in -> whether the cores have been its alone for SHARED_FOR_S."""
+        with cls.lock:
+            cls.running += 1
+            now = time.monotonic()
+            if cls.running > 1:
+                cls.overlapped_at = now
+            return now - cls.overlapped_at > SHARED_FOR_S
+
+    @classmethod
+    def leave(cls) -> None:
+        with cls.lock:
+            cls.running -= 1
 
 
 class OnnxModel:
@@ -58,9 +82,12 @@ class OnnxModel:
     A lone batch (one request at low load) may run faster on every core, or slower: one sentence took 2.2 ms on two
     threads against 3.1 ms on one on the AMD machine, 3.6 against 2.8 ms on the Intel one, whose per-operator
     hand-offs cost more than they split. So the first lone call times both on a short input and keeps the faster
-    for lone calls (the second session, holding the weights a second time, only when it is the faster). One lone
-    call at a time in the process takes every core (WIDE): two models answering one request together (the support
-    app's FAQ and intent models) would otherwise ask for twice the cores there are.
+    for lone calls (the second session, holding the weights a second time, only when it is the faster). A lone call
+    takes every core only while no other ONNX call in the process has run beside one in the last SHARED_FOR_S
+    seconds, and one at a time (WIDE): two models answering each request together (the support app's FAQ and
+    intent models) would otherwise ask for more threads than there are cores, and a call split over threads waits
+    at every operator for its slowest one (measured: the support app's answer at one client, 7.45 ms with both
+    calls on one thread each, 15.66 ms with one of them on two).
     """
 
     def __init__(self, path: Path, threads: int | None = None):
@@ -104,17 +131,21 @@ class OnnxModel:
     def outputs(self, batch: dict, lone: bool = False) -> tuple[torch.Tensor, np.ndarray | None]:
         """(logits, mean-pooled embeddings or None). `lone`: nothing else runs beside this call."""
         inputs = {k: batch[k].numpy() for k in self.inputs}
-        if lone:
-            with self.lone_lock:
-                if self.lone_session is None:
-                    self.lone_session = self._faster_for_one()
-            if self.lone_session is not self.session and WIDE.acquire(blocking=False):
-                try:
-                    out = self.lone_session.run(None, inputs)
-                finally:
-                    WIDE.release()
-                return torch.from_numpy(out[0]), (out[1] if len(out) > 1 else None)
-        out = self.session.run(None, inputs)
+        alone = _Calls.enter()
+        try:
+            if lone and alone:
+                with self.lone_lock:
+                    if self.lone_session is None:
+                        self.lone_session = self._faster_for_one()
+                if self.lone_session is not self.session and WIDE.acquire(blocking=False):
+                    try:
+                        out = self.lone_session.run(None, inputs)
+                    finally:
+                        WIDE.release()
+                    return torch.from_numpy(out[0]), (out[1] if len(out) > 1 else None)
+            out = self.session.run(None, inputs)
+        finally:
+            _Calls.leave()
         return torch.from_numpy(out[0]), (out[1] if len(out) > 1 else None)
 
     def outputs_many(self, batches: Iterable[dict]) -> Iterator[tuple[torch.Tensor, np.ndarray | None]]:
