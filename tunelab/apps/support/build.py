@@ -311,7 +311,9 @@ def _markdown(report: dict, config) -> str:
                   f"(`{reranker['run']}`), trained on {reranker['pairs']['train']} pairs: each training question with "
                   f"its entry and the {reranker['negatives']} wrong entries the retriever ranked highest. A "
                   "candidate's logit is the retriever's plus a weight times the re-ranker's log-odds (validation "
-                  f"MRR@10 by weight: {report['reranker_fit']['validation_mrr_at_10']}): {report['reranker_fit']['weight']}"
+                  "MRR@10 by weight: " + ", ".join(f"{float(w):g}: {v:.4f}" for w, v in
+                                                    report["reranker_fit"]["validation_mrr_at_10"].items())
+                  + f"); the build kept {report['reranker_fit']['weight']:g}"
                   + (" (no better than the retriever alone: the re-ranker is not used)."
                      if not report["reranker_fit"]["weight"] else "."), ""]
     for split in ("validation", "test"):
