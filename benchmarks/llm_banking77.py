@@ -8,7 +8,7 @@ model has). Figures (results/llm_banking77.json): banking77_gen_test_accuracy, b
 banking77_gen_zero_shot_accuracy, banking77_gen_train_seconds, train_peak_rss_mb; and the encoder classifier's
 banking77_test_accuracy from results/classification.json, for the table.
 
-    .venv/bin/python benchmarks/llm_banking77.py     # about an hour on 2 cores (training 29 min, two test passes 13 min each)
+    .venv/bin/python benchmarks/llm_banking77.py     # about an hour on 2 cores (training 26-29 min, two test passes 11-13 min each)
 """
 
 from __future__ import annotations
