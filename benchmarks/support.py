@@ -98,7 +98,7 @@ def reranked(config, faq, questions) -> dict:
     (`reranker_alone_*`) and blended with the retriever at the weight the build chose (`reranked_*`)."""
     from tunelab.apps.support.build import encoder_folder
     from tunelab.apps.support.matcher import build_index, ranking_metrics
-    from tunelab.apps.support.rerank import Reranker, blend, entry_text, model_folder
+    from tunelab.apps.support.rerank import Reranker, blend, entry_texts, model_folder
     from tunelab.apps.encoder import Encoder
 
     position = {e: i for i, e in enumerate(faq.ids)}
@@ -107,7 +107,7 @@ def reranked(config, faq, questions) -> dict:
     fitted = json.loads((config.app_dir / "faq" / "calibration.json").read_text())["reranker"]
     encoder = Encoder(encoder_folder(config))
     reranker = Reranker(model_folder(config), fitted["candidates"],
-                        [entry_text(q, a) for q, a in zip(faq.questions, faq.answers)], fitted["weight"])
+                        entry_texts(faq.questions, faq.answers), fitted["weight"])
     out = {"reranker_weight": fitted["weight"]}
     for index_name, phrasings in (("questions_only", []), ("with_training_questions", questions.train)):
         scores = build_index(encoder, faq, phrasings).scores(encoder.encode(queries))

@@ -14,11 +14,17 @@ def run_config(path: Path):
     return load_config(path)
 
 
+def backend_folder(run_dir: Path, backend: str) -> Path:
+    """The folder an app scores a run with under `backend`: its ONNX export (int8 or fp32) or its torch model."""
+    if backend == "torch":
+        return run_dir / "model"
+    return run_dir / "export" / ("onnx-int8" if backend == "onnx-int8" else "onnx")
+
+
 def model_folder(path: Path, backend: str, command: str) -> Path:
-    """The folder an app scores with for the run config at `path`: its ONNX export (int8 or fp32) or its torch
-    model. `command`: what builds it, for the error when it is missing."""
-    run_dir = run_config(path).run_dir
-    folder = run_dir / "model" if backend == "torch" else run_dir / "export" / ("onnx-int8" if backend == "onnx-int8" else "onnx")
+    """The folder an app scores with for the run config at `path` (backend_folder). `command`: what builds it, for
+    the error when it is missing."""
+    folder = backend_folder(run_config(path).run_dir, backend)
     if not folder.is_dir():
         raise TunelabError(f"{folder} is missing: build the app first ({command})")
     return folder
@@ -30,15 +36,17 @@ def trained_labels(run_dir: Path) -> list[str]:
     return list(ModelCard.read(run_dir / "model").labels)
 
 
-def build_run(path: Path, part: str, task: str, backend: str, retrain: bool, quiet: bool, command: str) -> dict:
-    """Train the run config at `path` (a finished training is reused, an interrupted one resumed; `retrain`: from
-    the start), export it for `backend`, evaluate it on its test split. -> what the app's report says of it."""
+def build_run(path, part: str, task: str, backend: str, retrain: bool, quiet: bool, command: str,
+              test: bool = True) -> dict:
+    """Train the run config at `path` (or a loaded Config: a run the app writes itself; a finished training is
+    reused, an interrupted one resumed; `retrain`: from the start), export it for `backend`, evaluate it on its test
+    split (`test`). -> what the app's report says of it."""
     from tunelab.evaluation.run import evaluate
     from tunelab.export.onnx import export_onnx
     from tunelab.training.loop import train
 
     say = (lambda m: None) if quiet else (lambda m: print(m, flush=True))
-    config = run_config(path)
+    config = run_config(path) if isinstance(path, (str, Path)) else path
     if config.task.name != task:
         raise TunelabError(f"{path}: the {part} model must be a {task} run (task.name is {config.task.name})")
     run_dir = config.run_dir
@@ -50,13 +58,13 @@ def build_run(path: Path, part: str, task: str, backend: str, retrain: bool, qui
         raise Interrupted(f"{str(exc).split(' Continue with:')[0]} Continue with: {command}", exc.signum) from None
     entry = {"run": str(run_dir), "steps": trained.steps, "labels": trained_labels(run_dir)}
     if backend != "torch":
-        quantize = "int8" if backend == "onnx-int8" else None
-        out = run_dir / "export" / ("onnx-int8" if quantize else "onnx")
+        out = backend_folder(run_dir, backend)
         if retrain or not (out / "parity.json").is_file():
             say(f"{part}: exporting {out}")
-            export_onnx(run_dir, out, quantize=quantize, quiet=quiet)
+            export_onnx(run_dir, out, quantize="int8" if backend == "onnx-int8" else None, quiet=quiet)
         entry["export"] = str(out)
         entry["export_parity"] = json.loads((out / "parity.json").read_text())
-    test = evaluate(run_dir, "test", quiet=quiet)
-    entry["test"] = {k: v for k, v in test.metrics.items() if isinstance(v, (int, float))}
+    if test:
+        metrics = evaluate(run_dir, "test", quiet=quiet).metrics
+        entry["test"] = {k: v for k, v in metrics.items() if isinstance(v, (int, float))}
     return entry

@@ -170,12 +170,12 @@ def build(config, retrain: bool = False, quiet: bool = False) -> dict:
     index = make_index(config, encoder, faq, questions, say)
     reranker = None
     if config.reranker is not None:
-        from tunelab.apps.support.rerank import Reranker, entry_text, model_folder, train_reranker
+        from tunelab.apps.support.rerank import Reranker, entry_texts, model_folder, train_reranker
 
         report["reranker"] = train_reranker(config, faq, lambda t: index.scores(encoder.encode(t)), questions,
                                             retrain, quiet, say)
         reranker = Reranker(model_folder(config), config.reranker.candidates,
-                            [entry_text(q, a) for q, a in zip(faq.questions, faq.answers)])
+                            entry_texts(faq.questions, faq.answers))
     report.update(fit_matcher(config, encoder, index, faq, questions, say, reranker))
     (app_dir / "report.json").write_text(json.dumps(report, indent=2, default=str), encoding="utf-8")
     (app_dir / "report.md").write_text(_markdown(report, config), encoding="utf-8")
@@ -238,22 +238,28 @@ def fit_matcher(config, encoder, index, faq, questions, say, reranker=None) -> d
     position = {entry: i for i, entry in enumerate(faq.ids)}
     scale = config.retriever.scale
     figures: dict = {"index_vectors": len(index.vectors), "search": "exact" if index.graph is None else "faiss"}
-    scored = {}  # split -> retriever scores, re-ranker (candidates, log-odds) or None, targets
+    scored = {}  # split -> questions, retriever scores, targets
     for split in ("validation", "test"):
         rows = getattr(questions, split)
         if rows:
             texts = [t for t, _ in rows]
-            scores = index.scores(encoder.encode(texts))
-            scored[split] = (scores, reranker and reranker.odds(texts, scores), np.array([position[e] for _, e in rows]))
-    weight = 0.0
+            scored[split] = (texts, index.scores(encoder.encode(texts)), np.array([position[e] for _, e in rows]))
+    weight, odds = 0.0, {}  # odds: split -> the re-ranker's (candidates, log-odds), computed where they are used
     if reranker is not None:
-        scores, (best, odds), targets = scored["validation"]
-        figures["reranker_fit"] = choose_weight(scores, best, odds, scale, targets, config.reranker.weight)
+        texts, scores, targets = scored["validation"]
+        odds["validation"] = reranker.odds(texts, scores)
+        figures["reranker_fit"] = choose_weight(scores, *odds["validation"], scale, targets, config.reranker.weight)
         weight = reranker.weight = figures["reranker_fit"]["weight"]
         say(f"reranker: weight {weight}" + (" (the validation questions are ranked no better than by the retriever "
                                             "alone: not used)" if not weight else ""))
-    splits = {split: (blend(scores, *reranked, scale, weight) if weight else scale * scores, scores.max(axis=1), targets)
-              for split, (scores, reranked, targets) in scored.items()}
+
+    def logits_of(split: str, texts: list[str], scores: np.ndarray) -> np.ndarray:
+        if not weight:
+            return scale * scores
+        return blend(scores, *(odds.get(split) or reranker.odds(texts, scores)), scale, weight)
+
+    splits = {split: (logits_of(split, texts, scores), scores.max(axis=1), targets)
+              for split, (texts, scores, targets) in scored.items()}
 
     def judged(split: str, threshold: float, min_similarity: float):
         logits, similarity, targets = splits[split]

@@ -20,16 +20,16 @@ from pathlib import Path
 
 import numpy as np
 
-from tunelab.errors import Interrupted, TunelabError
+from tunelab.errors import TunelabError
 
 RUN, MATCH, OTHER = "reranker", "match", "other"
 FAR = 1e3  # how far below the candidates' logits the other entries are put: no probability after any temperature
 WEIGHTS = (0.0, 0.25, 0.5, 1.0, 2.0, 4.0, 8.0)  # the re-ranker's log-odds against the retriever's scaled cosines
 
 
-def entry_text(question: str, answer: str) -> str:
-    """What the re-ranker reads of an entry (truncated to its max_length with the question first)."""
-    return f"{question}\n{answer}"
+def entry_texts(questions: list[str], answers: list[str]) -> list[str]:
+    """What the re-ranker reads of each entry: its question, then its answer (cut first to the max_length)."""
+    return [f"{question}\n{answer}" for question, answer in zip(questions, answers)]
 
 
 def hard_negative_pairs(rows: list[tuple[str, str]], scores: np.ndarray, position: dict[str, int],
@@ -69,22 +69,22 @@ def run_config(config):
 
 
 def model_folder(config) -> Path:
-    """The re-ranker's folder for the app's backend: its ONNX export (int8 or fp32) or its torch model."""
-    run_dir = config.app_dir / RUN
-    if config.backend == "torch":
-        return run_dir / "model"
-    return run_dir / "export" / ("onnx-int8" if config.backend == "onnx-int8" else "onnx")
+    """The re-ranker's folder for the app's backend (runs.backend_folder)."""
+    from tunelab.apps.runs import backend_folder
+
+    return backend_folder(config.app_dir / RUN, config.backend)
 
 
 def train_reranker(config, faq, scores_of, questions, retrain: bool, quiet: bool, say) -> dict:
     """Write the hard-negative pairs (retriever scores from `scores_of(texts)`), train the re-ranker run on them
-    (reused when its pairs and settings are unchanged, resumed when interrupted), export it. -> what the report says."""
-    from tunelab.export.onnx import export_onnx
-    from tunelab.training.loop import train
+    and export it (runs.build_run: reused when its pairs and settings are unchanged, resumed when interrupted).
+    -> what the report says."""
+    from tunelab.apps.runs import build_run
+    from tunelab.apps.support.build import command
 
     r = config.reranker
     position = {entry: i for i, entry in enumerate(faq.ids)}
-    entries = [entry_text(q, a) for q, a in zip(faq.questions, faq.answers)]
+    entries = entry_texts(faq.questions, faq.answers)
     data, written = config.app_dir / f"{RUN}-pairs", {}
     for split in ("train", "validation"):
         rows = getattr(questions, split)
@@ -96,28 +96,13 @@ def train_reranker(config, faq, scores_of, questions, retrain: bool, quiet: bool
                             + json.dumps(r.model_dump(mode="json", exclude={"candidates", "weight"}),  # used after training
                                          sort_keys=True).encode()).hexdigest()
     stamp = run.run_dir / "trained_on.json"
-    done = (run.run_dir / "model").is_dir() and stamp.is_file()
-    if done and not retrain and json.loads(stamp.read_text())["sha256"] != recipe:
+    if not retrain and stamp.is_file() and json.loads(stamp.read_text())["sha256"] != recipe:
         say("reranker: the retriever's candidates or the settings changed since it was trained; training it again")
         retrain = True
-    started = (run.run_dir / "model").exists() or (run.run_dir / "checkpoints").exists()
-    out = model_folder(config)
-    if retrain or not done:
-        say(f"reranker: {'continuing' if started and not retrain else 'training'} {run.run_dir} on "
-            f"{len(questions.train)} questions with {r.negatives} hard negatives each")
-        try:
-            train(run, resume=started and not retrain, overwrite=retrain and started, quiet=quiet)
-        except Interrupted as exc:
-            raise Interrupted(f"{str(exc).split(' Continue with:')[0]} Continue with: tunelab app support build "
-                              f"{config.source}", exc.signum) from None
-        stamp.write_text(json.dumps({"sha256": recipe}))
-        retrain = True  # a new model: exported again
-    if config.backend != "torch" and (retrain or not (out / "parity.json").is_file()):
-        say(f"reranker: exporting {out}")
-        export_onnx(run.run_dir, out, quantize="int8" if config.backend == "onnx-int8" else None, quiet=quiet)
-    return {"run": str(run.run_dir), "candidates": r.candidates, "negatives": r.negatives,
-            "pairs": written,
-            **({"export_parity": json.loads((out / "parity.json").read_text())} if config.backend != "torch" else {})}
+    entry = build_run(run, RUN, "classification", config.backend, retrain, quiet, command(config), test=False)
+    stamp.write_text(json.dumps({"sha256": recipe}))
+    return {"run": entry["run"], "steps": entry["steps"], "candidates": r.candidates, "negatives": r.negatives,
+            "pairs": written, **({"export_parity": entry["export_parity"]} if "export_parity" in entry else {})}
 
 
 def blend(scores: np.ndarray, best: np.ndarray, odds: np.ndarray, scale: float, weight: float) -> np.ndarray:

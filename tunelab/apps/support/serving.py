@@ -56,7 +56,7 @@ def reranker_of(config):
     import json
 
     from tunelab.apps.support.matcher import CALIBRATION_FILE, FAQ_FILE
-    from tunelab.apps.support.rerank import Reranker, entry_text, model_folder
+    from tunelab.apps.support.rerank import Reranker, entry_texts, model_folder
     from tunelab.errors import TunelabError
 
     fitted = json.loads((config.app_dir / "faq" / CALIBRATION_FILE).read_text()).get("reranker")
@@ -67,7 +67,7 @@ def reranker_of(config):
         return None
     faq = json.loads((config.app_dir / "faq" / FAQ_FILE).read_text(encoding="utf-8"))
     return Reranker(model_folder(config), fitted["candidates"],
-                    [entry_text(q, a) for q, a in zip(faq["questions"], faq["answers"])], fitted["weight"])
+                    entry_texts(faq["questions"], faq["answers"]), fitted["weight"])
 
 
 def intent_model(config):
