@@ -7,6 +7,7 @@ at one client, SST-2 validation sentences; medians of the rounds' p50):
   demo_int8_nomonitor  the same with --no-monitor
   demo_int8_one_thread the same with `threads: 1`: a lone request on one thread (the server's default gives it
                        every core when that measured faster at load time: OnnxModel._faster_for_one)
+  demo_int8_portable   the demo exported with --portable: standard ONNX ops, not fused into onnxruntime's kernels
   demo_int8_ffn_fp32   the demo exported with --ffn-down-fp32 (the slower, closer variant the export falls back to)
   sst2_int8            the full-SST-2 run of classification.py (benchmarks/work/runs/sst2), exported the same way
                        (left out when that run is not there)
@@ -73,6 +74,7 @@ def main() -> None:
     validation = need_data("sst2", "validation.csv")
     demo = _demo_run()
     export_onnx(demo, quantize="int8", quiet=True)
+    export_onnx(demo, demo / "export" / "onnx-int8-portable", quantize="int8", portable=True, quiet=True)
     export_onnx(demo, demo / "export" / "onnx-int8-ffn", quantize="int8", ffn_down_fp32=True, quiet=True)
     sst2 = WORK / "runs" / "sst2"
     if (sst2 / "model").exists():
@@ -83,6 +85,7 @@ def main() -> None:
     with open(validation, newline="", encoding="utf-8") as f:
         texts = [row["text"] for row in csv.DictReader(f)]
     figures = {f"demo_int8_{k}": v for k, v in _in_process(demo / "export" / "onnx-int8", texts).items()}
+    figures.update({f"demo_int8_portable_{k}": v for k, v in _in_process(demo / "export" / "onnx-int8-portable", texts).items()})
     serve = [sys.executable, "-m", "tunelab", "serve"]
     one_thread = WORK / "serve-one-thread.yaml"  # every call on one thread: how lone requests ran before
     one_thread.write_text("threads: 1\n")
@@ -90,6 +93,8 @@ def main() -> None:
                "demo_int8_nomonitor": [*serve, f"m={demo / 'export' / 'onnx-int8'}", "--no-monitor"],
                "demo_int8_one_thread": [*serve, f"m={demo / 'export' / 'onnx-int8'}", "--config", str(one_thread),
                                         "--monitor-db", f"sqlite:///{WORK / 'latency-one-thread.db'}"],
+               "demo_int8_portable": [*serve, f"m={demo / 'export' / 'onnx-int8-portable'}", "--monitor-db",
+                                      f"sqlite:///{WORK / 'latency-portable.db'}"],
                "demo_int8_ffn_fp32": [*serve, f"m={demo / 'export' / 'onnx-int8-ffn'}", "--monitor-db",
                                       f"sqlite:///{WORK / 'latency-ffn.db'}"],
                **({"sst2_int8": [*serve, f"m={sst2 / 'export' / 'onnx-int8'}"]} if (sst2 / "model").exists() else {})}

@@ -42,6 +42,15 @@ def test_onnx_folder_runs_in_plain_onnxruntime_and_equals_torch(runs, method):
     assert parity["texts"] == {"validation": 60, "train": 240} and parity["disagreements"] == 0
     assert parity["max_abs_prob_diff"] <= 1e-4
     assert json.loads((out / "parity.json").read_text())["max_abs_prob_diff"] == parity["max_abs_prob_diff"]
+    # fused into onnxruntime's kernels, one of each per layer, as the model card says
+    import onnx
+
+    layers = json.loads((runs["full"] / "model" / "config.json").read_text())["num_hidden_layers"]
+    ops = [n.op_type for n in onnx.load(str(out / "model.onnx")).graph.node]
+    fused = json.loads((out / "tunelab.json").read_text())["onnx"]["fused"]
+    assert ops.count("MultiHeadAttention") == layers and ops.count("SkipLayerNormalization") >= layers, ops
+    assert "Erf" not in ops and ops.count("BiasGelu") + ops.count("Gelu") == layers  # GELU's Erf arithmetic fused
+    assert fused["skip_layer_normalization"] >= layers and fused, fused
     # plain onnxruntime + the saved tokenizer, no tunelab: same logits as the torch model
     from transformers import AutoTokenizer
 
@@ -53,6 +62,17 @@ def test_onnx_folder_runs_in_plain_onnxruntime_and_equals_torch(runs, method):
     probs = torch.softmax(torch.from_numpy(logits), -1).numpy()
     assert np.abs(probs - reference.probabilities(TEXTS)).max() < 1e-4
     assert np.abs(Predictor(out).probabilities(TEXTS) - reference.probabilities(TEXTS)).max() < 1e-4
+
+
+def test_portable_export_keeps_standard_onnx_ops_and_the_same_outputs(runs):
+    import onnx
+
+    result = export_onnx(runs["full"], runs["full"] / "export" / "portable", portable=True, quiet=True)
+    graph = onnx.load(str(result.out / "model.onnx")).graph
+    assert {node.domain for node in graph.node} <= {"", "ai.onnx"}  # no com.microsoft kernels
+    assert json.loads((result.out / "tunelab.json").read_text())["onnx"]["fused"] == {}
+    assert result.parity["disagreements"] == 0 and result.parity["max_abs_prob_diff"] <= 1e-4
+    assert np.abs(Predictor(result.out).probabilities(TEXTS) - Predictor(runs["full"]).probabilities(TEXTS)).max() < 1e-4
 
 
 def test_parallel_onnx_calls_give_each_row_its_own_result(runs):
@@ -157,6 +177,7 @@ def test_export_cli_mistakes_are_one_clear_line(runs):
     for args, message in [(["--format", "tflite"], "not a format tunelab exports"),
                           (["--quantize", "int8"], "add --format onnx"),
                           (["--format", "onnx", "--ffn-down-fp32"], "an int8 setting: add --quantize int8"),
+                          (["--merge", "--portable"], "an ONNX setting: add --format onnx"),
                           ([], "say what to export")]:
         done = subprocess.run([sys.executable, "-m", "tunelab", "export", str(runs["full"]), *args],
                               capture_output=True, text=True)

@@ -142,6 +142,7 @@ def export(run: Path = RUN,
                                                          help="int8: the least share of labels that must agree with fp32 (on validation, topped up to 1000 texts with training texts; default 0.99). gguf: the least share of next-token argmax agreeing with the model over validation conversations (default 0.97)."),
            pre_tokenizer: Optional[str] = typer.Option(None, "--pre-tokenizer", help="gguf: llama.cpp's name of the tokenizer's pre-tokenizer (known for the default LLM; e.g. llama-bpe for Llama 3)."),
            ffn_down_fp32: bool = typer.Option(False, "--ffn-down-fp32", help="int8: keep the feed-forward down-projections (fed by GELU) in fp32 from the start: slower, closer to fp32 (tried by itself when every matmul in int8 falls under --min-agreement)."),
+           portable: bool = typer.Option(False, "--portable", help="onnx: standard ONNX ops only, for runtimes other than onnxruntime (the default fuses attention, LayerNorm and GELU into onnxruntime's own kernels: faster)."),
            max_metric_drop: float = typer.Option(0.5, "--max-metric-drop", min=0.0,
                                                  help="int8, token classification: the most points of validation entity F1 the int8 model may lose."),
            output: Optional[Path] = typer.Option(None, "--output", "-o", help="Output folder (default runs/<name>/export/merged, onnx or onnx-int8)."),
@@ -150,6 +151,8 @@ def export(run: Path = RUN,
     each checked on validation."""
     if format not in (None, "onnx", "gguf"):
         raise TunelabError(f"--format: '{format}' is not a format tunelab exports; use --format onnx or gguf (or --merge)")
+    if portable and format != "onnx":
+        raise TunelabError("--portable is an ONNX setting: add --format onnx")
     if pre_tokenizer and format != "gguf":
         raise TunelabError("--pre-tokenizer names a GGUF file's pre-tokenizer: add --format gguf")
     if format == "gguf":
@@ -182,7 +185,7 @@ def export(run: Path = RUN,
     if ffn_down_fp32 and not quantize:
         raise TunelabError("--ffn-down-fp32 is an int8 setting: add --quantize int8")
     result = export_onnx(run, output, quantize, min_agreement, limit, ffn_down_fp32=ffn_down_fp32,
-                         max_metric_drop=max_metric_drop)
+                         max_metric_drop=max_metric_drop, portable=portable)
     from tunelab.export.onnx import describe_parity
 
     typer.echo(f"onnx model{' (int8)' if quantize else ''}: {result.out} ({result.parity['bytes'] / 1e6:.1f} MB); "

@@ -5,7 +5,8 @@ The folder (runs/<name>/export/onnx or onnx-int8) holds model.onnx, the tokenize
 input_ids, attention_mask[, token_type_ids] as int64 [batch, sequence]; outputs logits and sentence_embedding,
 the mean-pooled last layer that drift monitoring uses). LoRA/IA3 runs are
 merged first. Export goes through torch.onnx's dynamo exporter (the TorchScript one bakes the padding of
-the example batch into the attention mask: measured 1e-2 logit error), with dynamic batch and sequence axes.
+the example batch into the attention mask: measured 1e-2 logit error), with dynamic batch and sequence axes; the
+graph is then fused into onnxruntime's transformer kernels (export/ort_fusion.py) unless `portable`.
 
 Parity runs against the torch fp32 model on the validation split, topped up to 1000 texts with training texts
 (export/merge.py parity_texts), and is written to parity.json: label agreement, the count of changed labels and
@@ -26,6 +27,7 @@ import numpy as np
 import torch
 
 from tunelab.errors import TunelabError
+from tunelab.export.ort_fusion import fuse_for_onnxruntime
 from tunelab.export.result import ExportResult
 from tunelab.files import replace_folder
 from tunelab.models.card import ModelCard
@@ -68,20 +70,22 @@ def _plain_model(model_dir: Path, card):
 
 def export_onnx(run: str | Path, out: str | Path | None = None, quantize: str | None = None,
                 min_agreement: float = 0.99, limit: int | None = None, quiet: bool = False,
-                ffn_down_fp32: bool = False, max_metric_drop: float = 0.5) -> ExportResult:
+                ffn_down_fp32: bool = False, max_metric_drop: float = 0.5, portable: bool = False) -> ExportResult:
     """Write the ONNX folder; the result holds its parity figures (also in parity.json). int8 is refused under
     `min_agreement` of the labels; for a task judged by a metric (token classification: entity F1), when it loses
-    more than `max_metric_drop` points of it on validation."""
+    more than `max_metric_drop` points of it on validation. `portable`: standard ONNX ops only, not fused into
+    onnxruntime's kernels (export/ort_fusion.py)."""
     from tunelab.models.predictor import ONNX_FILE, find_model_dir
 
     model_dir = find_model_dir(run)
     if (model_dir / ONNX_FILE).is_file():
         raise TunelabError(f"{model_dir} is already an ONNX export; export the run it came from")
     with run_lock(model_dir.parent, "export"):  # a training of the run would rewrite the model being exported
-        return _export_onnx(model_dir, out, quantize, min_agreement, limit, quiet, ffn_down_fp32, max_metric_drop)
+        return _export_onnx(model_dir, out, quantize, min_agreement, limit, quiet, ffn_down_fp32, max_metric_drop, portable)
 
 
-def _export_onnx(model_dir: Path, out, quantize, min_agreement, limit, quiet, ffn_down_fp32, max_metric_drop) -> ExportResult:
+def _export_onnx(model_dir: Path, out, quantize, min_agreement, limit, quiet, ffn_down_fp32, max_metric_drop,
+                 portable) -> ExportResult:
     from transformers import AutoTokenizer
 
     from tunelab.export.merge import parity_texts
@@ -113,6 +117,7 @@ def _export_onnx(model_dir: Path, out, quantize, min_agreement, limit, quiet, ff
         except Exception as exc:
             raise TunelabError(f"ONNX export of this '{card.method_name}' model failed: {type(exc).__name__}: "
                                f"{str(exc).strip().splitlines()[0] if str(exc).strip() else ''}") from exc
+        fused = {} if portable else fuse_for_onnxruntime(tmp / "model.fp32.onnx")
         tokenizer.save_pretrained(tmp)
         model.config.save_pretrained(tmp)  # labels and architecture, for readers of the folder
         texts, pairs, sources = parity_texts(run_dir, limit)
@@ -128,7 +133,7 @@ def _export_onnx(model_dir: Path, out, quantize, min_agreement, limit, quiet, ff
             else:
                 fp32_file.rename(tmp / ONNX_FILE)
             onnx_card = card.replace(exported_from=str(run_dir.resolve()),
-                                     onnx={"opset": OPSET, "quantize": quantize, "inputs": names,
+                                     onnx={"opset": OPSET, "quantize": quantize, "inputs": names, "fused": fused,
                                            **({"ffn_down_fp32": keep_ffn} if quantize else {})})
             onnx_card.write(tmp)
             exported = Predictor(tmp)
@@ -208,7 +213,7 @@ def _quantize_int8(src: Path, dst: Path, ffn_down_fp32: bool = False) -> None:
 
     def after_gelu(node) -> bool:
         source = producer.get(node.input[0])
-        return source is not None and (source.op_type in ("Gelu", "FastGelu") or "gelu" in source.name.lower())
+        return source is not None and (source.op_type in ("Gelu", "FastGelu", "BiasGelu") or "gelu" in source.name.lower())
 
     skip = [n.name for n in graph.node if n.op_type == "MatMul" and n.input[1] in weights and after_gelu(n)] if ffn_down_fp32 else []
     root = logging.getLogger()
