@@ -2,6 +2,7 @@
 
     .venv/bin/python benchmarks/finance.py           # about 20 minutes on 2 cores (the sentiment training: 8 of them)
     .venv/bin/python benchmarks/finance.py --sweep   # how the alert defaults were chosen (development seeds), 2 minutes
+    .venv/bin/python benchmarks/finance.py --speed   # only step 3 again, into the last run's results (4 minutes)
     .venv/bin/python benchmarks/finance.py --shallow # the same with a 3-layer sentiment model distilled from the
                                                      # shipped one (finance_depth.py): results/finance_shallow.json
 
@@ -22,9 +23,11 @@
    after its end; the delay is the number of texts about the company from the episode's start to the alert's
    text. Any other alert is false.
 3. ingest_per_second: texts per second, HTTP batch -> scored by int8 ONNX -> stored, with 4 clients posting the
-   stream's batches of 100 at once (a fresh database); ingest_per_second_c1: the same for the ordered replay above
-   (one client); ingest_c1_p50_ms: one item per request, 200 requests; model_alone_per_second: the int8 model
-   itself on the same texts (the ceiling on this machine).
+   stream's batches of 100 at once (a fresh database), beside the same with `--max-batch-size 32`
+   (ingest_per_second_max_batch_32: hand-offs of at most 32 texts to the model), three interleaved rounds,
+   medians; ingest_per_second_c1: the same for the ordered replay above (one client); ingest_c1_p50_ms: one
+   item per request, 200 requests; model_alone_per_second: the int8 model itself on the same texts (the ceiling
+   on this machine).
 4. restart_lost_items: a client sends batches of 20 while the server is killed with SIGKILL; after a restart, how
    many acknowledged items are missing from the store (target 0).
 """
@@ -52,6 +55,7 @@ DAYS, COMPANIES, RATE, EPISODES = 30, 20, 10.0, 10
 EPISODE_HOURS, DUPLICATES = 48, 0.03
 SCENARIOS = {"": (0.6, 20.0), "mild_": (0.5, 15.0)}  # key prefix -> (episode share negative, texts a day)
 CLIENTS = 4
+SPEED_ROUNDS = 3
 
 
 def configs(shallow: bool = False) -> Path:
@@ -141,11 +145,11 @@ def score_alerts(alerts: list[dict], episodes: list[dict], items: list[dict]) ->
             "detection_delays_texts": delays, "false_alerts": false}
 
 
-def throughput(config_path: Path, cmd: list[str], items: list[dict], clients: int) -> float:
+def throughput(config_path: Path, cmd: list[str], items: list[dict], clients: int, serve_args: tuple = ()) -> float:
     """Texts per second with `clients` clients each posting batches of 100 (the stream dealt out in turn)."""
     from concurrent.futures import ThreadPoolExecutor
 
-    proc, url = start_server([*cmd, "--app", str(config_path)], "/readyz")
+    proc, url = start_server([*cmd, "--app", str(config_path), *serve_args], "/readyz")
     batches = [items[i:i + 100] for i in range(0, len(items), 100)]
     try:
         with httpx.Client() as warm:
@@ -269,12 +273,41 @@ def main(shallow: bool = False) -> None:
         replayed = replay(with_database(config_path, f"replay-{prefix or 'main'}"), cmd, items, latency=not prefix)
         figures.update({prefix + k: v for k, v in {**score_alerts(replayed.pop("alerts"), episodes, items), **replayed}.items()})
         figures[prefix + "episodes"] = [{"company": e["company"], "start_day": round((e["start"] - T0) / 86400, 2)} for e in episodes]
-    items, _ = stream(texts, labels, *SCENARIOS[""])
-    figures["ingest_per_second"] = throughput(with_database(config_path, "clients"), cmd, items, CLIENTS)
-    figures["model_alone_per_second"] = model_alone(run_dir / "export" / "onnx-int8", [i["text"] for i in items])
-    figures["ingest_vs_model_alone"] = round(figures["ingest_per_second"] / figures["model_alone_per_second"], 3)
+    figures.update(speed(config_path, run_dir, texts, labels))
     figures.update(restart_test(with_database(config_path, "restart"), cmd))
     write_results("finance_shallow" if shallow else "finance", figures)
+
+
+def speed(config_path: Path, run_dir: Path, texts: list[str], labels: list[str]) -> dict:
+    """ingest_per_second with the server's defaults, beside the same with hand-offs of at most 32 texts to the model
+    (`--max-batch-size 32`) and the model alone: SPEED_ROUNDS interleaved rounds, medians."""
+    cmd = [sys.executable, "-m", "tunelab", "serve"]
+    items, _ = stream(texts, labels, *SCENARIOS[""])
+    rounds: dict[str, list] = {"ingest_per_second": [], "ingest_per_second_max_batch_32": [], "model_alone_per_second": []}
+    for _ in range(SPEED_ROUNDS):
+        rounds["ingest_per_second"].append(throughput(with_database(config_path, "clients"), cmd, items, CLIENTS))
+        rounds["ingest_per_second_max_batch_32"].append(
+            throughput(with_database(config_path, "clients"), cmd, items, CLIENTS, ("--max-batch-size", "32")))
+        rounds["model_alone_per_second"].append(model_alone(run_dir / "export" / "onnx-int8", [i["text"] for i in items]))
+        print({k: v[-1] for k, v in rounds.items()}, flush=True)
+    figures = {k: round(statistics.median(v), 1) for k, v in rounds.items()}
+    figures.update({f"{k}_rounds": v for k, v in rounds.items()})
+    figures["ingest_vs_model_alone"] = round(figures["ingest_per_second"] / figures["model_alone_per_second"], 3)
+    return figures
+
+
+def speed_only(shallow: bool = False) -> None:
+    """`--speed`: the speed figures again, into the last full run's results (its model and stream)."""
+    name = "finance_shallow" if shallow else "finance"
+    figures = json.loads((Path(__file__).parent / "results" / f"{name}.json").read_text())
+    config_path = configs(shallow)
+    from tunelab.apps.finance import load_finance_config
+    from tunelab.apps.finance.build import build
+
+    run_dir = Path(build(load_finance_config(config_path)).report["sentiment"]["run"])  # reused, not retrained
+    held_out = [split_texts(run_dir, s) for s in ("validation", "test")]
+    figures.update(speed(config_path, run_dir, held_out[0][0] + held_out[1][0], held_out[0][1] + held_out[1][1]))
+    write_results(name, {k: v for k, v in figures.items() if k not in ("date", "machine")})
 
 
 def sweep() -> None:
@@ -314,4 +347,9 @@ def sweep() -> None:
 
 
 if __name__ == "__main__":
-    sweep() if "--sweep" in sys.argv else main(shallow="--shallow" in sys.argv)
+    if "--sweep" in sys.argv:
+        sweep()
+    elif "--speed" in sys.argv:
+        speed_only(shallow="--shallow" in sys.argv)
+    else:
+        main(shallow="--shallow" in sys.argv)

@@ -1,9 +1,12 @@
 """One-client latency of the int8 server, and where it goes: the figure a user of the demo sees, and what moves it.
 
 Servers, all started at once and driven in turn (ROUNDS interleaved rounds of REQUESTS single-sentence requests
-at one client, SST-2 validation sentences; medians of the rounds' p50):
+at one client, SST-2 validation sentences, the order reversed every other round; medians of the rounds' p50):
   demo_int8            the demo run (examples/demo.yaml), `tunelab export --format onnx --quantize int8` as a user
                        gets it, `tunelab serve` with its defaults (monitor on)
+  demo_int8_again      a second server of the same folder and settings (its own database): two instances of one
+                       server differ by more than most of the changes measured here, so the user's figure,
+                       c1_p50_ms_onnx_int8, is the median over the rounds of both
   demo_int8_nomonitor  the same with --no-monitor
   demo_int8_one_thread the same with `threads: 1`: a lone request on one thread (the server's default gives it
                        every core when that measured faster at load time: OnnxModel._faster_for_one)
@@ -14,7 +17,7 @@ at one client, SST-2 validation sentences; medians of the rounds' p50):
 And without any server, on the demo's int8 folder: the ONNX Runtime call alone (`model_only`) and the whole
 predictor call (tokenise + ONNX + answer: `predictor`), one sentence at a time.
 
-    .venv/bin/python benchmarks/serve_latency.py          # about 6 minutes
+    .venv/bin/python benchmarks/serve_latency.py          # about 7 minutes
 """
 
 from __future__ import annotations
@@ -90,6 +93,8 @@ def main() -> None:
     one_thread = WORK / "serve-one-thread.yaml"  # every call on one thread: how lone requests ran before
     one_thread.write_text("threads: 1\n")
     servers = {"demo_int8": [*serve, f"m={demo / 'export' / 'onnx-int8'}"],
+               "demo_int8_again": [*serve, f"m={demo / 'export' / 'onnx-int8'}", "--monitor-db",
+                                   f"sqlite:///{WORK / 'latency-again.db'}"],
                "demo_int8_nomonitor": [*serve, f"m={demo / 'export' / 'onnx-int8'}", "--no-monitor"],
                "demo_int8_one_thread": [*serve, f"m={demo / 'export' / 'onnx-int8'}", "--config", str(one_thread),
                                         "--monitor-db", f"sqlite:///{WORK / 'latency-one-thread.db'}"],
@@ -103,7 +108,8 @@ def main() -> None:
         for name, cmd in servers.items():
             started[name] = start_server(cmd, "/readyz")
         for i in range(ROUNDS):
-            for name, (_, url) in started.items():
+            order = list(started.items())
+            for name, (_, url) in order if i % 2 == 0 else order[::-1]:  # no server always first or last
                 r = bench(url, texts, 1, REQUESTS, 120)
                 rounds[name].append(r)
                 print(f"round {i + 1} {name}: p50 {r['p50_ms']:.2f} p95 {r['p95_ms']:.2f} ms, {r['throughput']:.0f}/s",
@@ -115,7 +121,9 @@ def main() -> None:
         figures[f"{name}_c1_p50_ms"] = round(statistics.median(r["p50_ms"] for r in runs), 3)
         figures[f"{name}_c1_p95_ms"] = round(statistics.median(r["p95_ms"] for r in runs), 3)
         figures[f"{name}_c1_p50_ms_rounds"] = [round(r["p50_ms"], 3) for r in runs]
-    figures["c1_p50_ms_onnx_int8"] = figures["demo_int8_c1_p50_ms"]  # the figure a user of the demo sees
+    # the figure a user of the demo sees: either server could be theirs
+    figures["c1_p50_ms_onnx_int8"] = round(statistics.median(r["p50_ms"] for name in ("demo_int8", "demo_int8_again")
+                                                             for r in rounds[name]), 3)
     figures["c1_p50_ms_onnx_int8_target_met"] = figures["c1_p50_ms_onnx_int8"] <= 5
     write_results("serve_latency", figures)
 

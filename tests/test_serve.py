@@ -125,6 +125,18 @@ def test_concurrent_requests_are_batched_and_each_gets_its_own_rows(predictor):
         assert abs(results[text]["score"] - expected["score"]) < 1e-5
 
 
+def test_a_request_of_the_most_texts_allowed_reaches_the_model_in_one_hand_off(predictor):
+    calls = []  # each hand-off pauses the model: a batch of many texts must not be cut into several by default
+    settings = ServeConfig()
+    app = create_app(settings=settings, loaded={"m": served(predictor, calls=calls)})
+    texts = [f"text number {i} was {'good' if i % 2 else 'bad'}" for i in range(settings.max_texts_per_request)]
+    with Server(app) as s:
+        calls.clear()  # the warm-up call
+        r = httpx.post(f"{s.url}/v1/predict", json={"texts": texts}, timeout=60)
+    assert r.status_code == 200 and len(r.json()["predictions"]) == len(texts)
+    assert calls == [texts]
+
+
 def test_limits_auth_and_errors_return_the_documented_codes(predictor, monkeypatch):
     monkeypatch.setenv("TUNELAB_API_KEYS", "k-one, k-two")
     app = create_app(settings=ServeConfig(max_texts_per_request=3, max_chars_per_text=50, max_body_bytes=2000,

@@ -370,7 +370,10 @@ class ServeConfig(Section):
     port: int = Field(8000, ge=0, le=65535, description="TCP port (0: any free port).")
     precision: Literal["fp32", "bf16"] = Field("fp32", description="torch backend: fp32, or bf16 autocast (ONNX folders run as exported).")
     threads: int | None = Field(None, ge=1, description="Threads for the model (torch: threads of each call; ONNX: one-thread calls run at once, and a lone call on this many threads when that measured faster at the first one); none: the cores.")
-    max_batch_size: int = Field(32, ge=1, description="Most texts in one model call (from one or several requests).")
+    max_batch_size: int = Field(
+        256, ge=1, description="Most texts handed to the model at once, from one or several requests (the model cuts "
+        "them into calls by length and cores). As many as max_texts_per_request: every hand-off costs a pause of "
+        "the model, so requests of many texts go through faster in large ones.")
     max_wait_ms: float = Field(
         0.0, ge=0, description="How long a batch waits for more texts after its first one. 0: no wait -- a batch is "
         "whatever queued up while the model was busy, so a lone request never waits and a busy server still batches.")
