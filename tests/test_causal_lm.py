@@ -388,6 +388,35 @@ def test_engine_batches_requests_joining_at_any_step_with_the_answers_generate_g
         assert got[i] == alone[i][: 7 - (i % 3)], i
 
 
+def test_a_bf16_server_decodes_in_bf16_weights_with_the_answers_its_generate_gives(llm_run):
+    """serve.precision: bf16 puts a causal LM's weights in bf16 (not autocast); greedy answers from the batched
+    engine are those the same bf16 model's generate() gives alone."""
+    import threading
+
+    from tunelab.serve.generation import Request
+    from tunelab.serve.models import load_models
+
+    served = load_models({"colours": llm_run}, precision="bf16")["colours"]
+    model = served.engine.model
+    assert served.info["backend"] == "torch-bf16"
+    assert {p.dtype for p in model.parameters()} == {torch.bfloat16}
+    questions = ["what colour is the sky number 1", "the sea", "what colour is the coal number 123 please"]
+    prompts = [served.tokenizer(served.prompt([{"role": "user", "content": q}]), add_special_tokens=False)["input_ids"]
+               for q in questions]
+    with torch.inference_mode():
+        alone = [model.generate(torch.tensor([ids]), max_new_tokens=6, do_sample=False, temperature=None, top_p=None,
+                                top_k=None, eos_token_id=-1, pad_token_id=0)[0, len(ids):].tolist() for ids in prompts]
+    served.engine.start()
+    got, finished = {i: [] for i in range(len(prompts))}, threading.Semaphore(0)
+    for i, ids in enumerate(prompts):
+        served.engine.submit(Request(ids, 6, lambda token, reason, i=i: got[i].append(token) if token is not None
+                                     else finished.release()))
+    for _ in prompts:
+        assert finished.acquire(timeout=60)
+    served.engine.stop()
+    assert [got[i] for i in range(len(prompts))] == alone
+
+
 def test_openai_client_chats_streams_and_completes(llm_server):
     openai = pytest.importorskip("openai", reason="the openai client is in the dev extra")
     client = openai.OpenAI(base_url=llm_server.url + "/v1", api_key="sk-test")

@@ -48,12 +48,12 @@ def _generative(path) -> bool:
 
 
 def _generative_model(name: str, folder: Path, card, task, tokenizer, model, engine, max_queue: int,
-                      **info) -> ServedModel:
+                      precision: str = "fp32", **info) -> ServedModel:
     """A causal LM as the OpenAI-compatible routes serve it: what /v1/models shows, when an answer ends (the
     tokenizer's end token and the generation config's), how its prompts are built."""
     ends = [tokenizer.eos_token_id, getattr(model.generation_config, "eos_token_id", None)]
     eos = {e for t in ends if t is not None for e in (t if isinstance(t, list) else [t])}
-    info = {"task": "causal_lm", "base_model": card.base_model, "method": card.method_name, "backend": "torch-fp32",
+    info = {"task": "causal_lm", "base_model": card.base_model, "method": card.method_name, "backend": f"torch-{precision}",
             "path": str(folder), "max_length": card.max_length, **info,
             "max_position_embeddings": int(getattr(model.config, "max_position_embeddings", 2048)),
             "eos": tuple(sorted(eos)), "max_queue": max_queue}
@@ -61,7 +61,15 @@ def _generative_model(name: str, folder: Path, card, task, tokenizer, model, eng
                        prompt=partial(task.prompt, tokenizer))
 
 
-def load_generative(name: str, path, max_queue: int = 64) -> ServedModel:
+def _in_precision(model, precision: str):
+    """bf16: the weights themselves in bf16 (not autocast): decoding reads every weight at each token, and half the
+    bytes with the CPU's bf16 instructions measured 1.8 times the tokens/s (benchmarks/llm_precision.py)."""
+    import torch
+
+    return model.to(torch.bfloat16) if precision == "bf16" else model
+
+
+def load_generative(name: str, path, max_queue: int = 64, precision: str = "fp32") -> ServedModel:
     """A causal LM for the OpenAI-compatible routes: LoRA/IA3 merged into the weights (one plain model runs the
     batched decoding), its tokenizer and chat template, and its decoding engine (started with the server)."""
     import torch
@@ -80,15 +88,19 @@ def load_generative(name: str, path, max_queue: int = 64) -> ServedModel:
             with torch.inference_mode():
                 virtual = model.get_prompt(batch_size=1)[0].detach().clone()
             model = model.get_base_model()
+    model = _in_precision(model, precision)
+    if virtual is not None:
+        virtual = virtual.to(model.dtype)
     served = _generative_model(name, generator.model_dir, generator.card, generator.task, generator.tokenizer, model,
-                               Engine(model, virtual=virtual), max_queue)
+                               Engine(model, virtual=virtual), max_queue, precision)
     if virtual is not None:  # they take positions of the context like prompt tokens
         served.info["virtual_tokens"] = len(virtual)
         served.info["max_position_embeddings"] -= len(virtual)
     return served
 
 
-def load_generative_adapters(base: str, adapters: dict[str, str | Path], max_queue: int = 64) -> dict[str, ServedModel]:
+def load_generative_adapters(base: str, adapters: dict[str, str | Path], max_queue: int = 64,
+                             precision: str = "fp32") -> dict[str, ServedModel]:
     """Several LoRA runs of one causal LM in one model: the base loaded once, each adapter beside it, and one
     decoding engine whose batches mix requests for any of them (peft's per-row adapter_names)."""
     from peft import PeftModel
@@ -114,12 +126,12 @@ def load_generative_adapters(base: str, adapters: dict[str, str | Path], max_que
     for name, folder in dirs.items():
         if name != first:
             model.load_adapter(folder, adapter_name=name)
-    model.eval()
+    model = _in_precision(model.eval(), precision)
     engine = Engine(model, adapters=True)
     tokenizer = AutoTokenizer.from_pretrained(dirs[first])
     # each run with its own template and system prompt
     return {name: _generative_model(name, folder, cards[name], task_of(cards[name]), tokenizer, model, engine,
-                                    max_queue, shared_base=base, adapter=name) for name, folder in dirs.items()}
+                                    max_queue, precision, shared_base=base, adapter=name) for name, folder in dirs.items()}
 
 
 def load_models(models: dict[str, str | Path], precision: str = "fp32", base: str | None = None,
@@ -138,7 +150,7 @@ def load_models(models: dict[str, str | Path], precision: str = "fp32", base: st
     served: dict[str, ServedModel] = {}
     for name, path in models.items():
         if _generative(path):
-            served[name] = load_generative(name, path, max_queue)
+            served[name] = load_generative(name, path, max_queue, precision)
             continue
         predictor = Predictor(path, precision=precision)
         backend = ("onnx-" + (predictor.card.onnx.get("quantize") or "fp32")) if predictor.onnx else f"torch-{precision}"
@@ -146,7 +158,7 @@ def load_models(models: dict[str, str | Path], precision: str = "fp32", base: st
                                    predictor.max_length, predictor.card.pair, _info(predictor, backend, predictor.model_dir),
                                    load_profile(predictor.model_dir), predictor.threshold, predictor.task)
     if adapters and base is not None and all(_generative(run) for run in adapters.values()):
-        for name, model in load_generative_adapters(base, adapters, max_queue).items():
+        for name, model in load_generative_adapters(base, adapters, max_queue, precision).items():
             if name in served:
                 raise TunelabError(f"two models are called '{name}'")
             served[name] = model
