@@ -10,6 +10,8 @@ that every server reads the same prompt), greedy, at most 64 new tokens each:
   peers        `transformers serve` (transformers' own OpenAI-compatible server, its [serving] extra) on the run's
                merged folder (`tunelab export RUN --merge`), fp32 on the CPU, the same c1 and c8 clients: as it
                starts by default (one generate() per request) and with `--continuous-batching`
+  bf16         c8 only: `tunelab serve --precision bf16` against `transformers serve --continuous-batching --dtype
+               bfloat16` (serve_bf16_*, transformers_serve_cb_bf16_*)
 ROUNDS interleaved rounds; medians. Figures (results/llm.json): serve_c8_tokens_per_second_ratio_vs_sequential
 (target >= 3), serve_c8_tokens_per_second_ratio_vs_transformers_serve (target >= 2, against the faster of its two
 modes), serve_c1_ttft_ms_p50, serve_c1_tokens_per_second, serve_c8_tokens_per_second, sequential_tokens_per_second,
@@ -137,20 +139,23 @@ def merged_folder(run_dir):
     return folder
 
 
-PEERS = {"transformers_serve": [], "transformers_serve_cb": ["--continuous-batching"]}  # key -> its flags
+PEERS = {"transformers_serve": [], "transformers_serve_cb": ["--continuous-batching"]}  # key -> its flags (fp32)
+BF16_PEER = "transformers_serve_cb_bf16"  # `--continuous-batching --dtype bfloat16`, beside `tunelab serve --precision bf16`
 
 
-def start_peer(folder, flags: list[str]):
-    """`transformers serve` on the merged folder, fp32 on the CPU. Started for its own measurement and stopped
-    after it: with --continuous-batching it keeps a process busy (and ~14 GB of cache) even when idle."""
+def start_peer(folder, flags: list[str], dtype: str = "float32"):
+    """`transformers serve` on the merged folder on the CPU. Started for its own measurement and stopped after it:
+    with --continuous-batching it keeps a process busy (and ~14 GB of cache) even when idle."""
     return start_server([str(Path(sys.executable).parent / "transformers"), "serve", str(folder), "--host", "127.0.0.1",
-                         "--device", "cpu", "--dtype", "float32", "--log-level", "warning", *flags], "/health",
+                         "--device", "cpu", "--dtype", dtype, "--log-level", "warning", *flags], "/health",
                         {"HF_HUB_OFFLINE": "1"})
 
 
-def measure(url: str, asked: list[str], key: str) -> dict:
-    c1, c8 = one_client(url, asked), many_clients(url, asked)
-    return {f"{key}_c1_tps": c1["tokens_per_second"], f"{key}_c1_ttft": c1["ttft_ms_p50"],
+def measure(url: str, asked: list[str], key: str, c1: bool = True) -> dict:
+    """c1 and c8 figures under `key` (c8 only without `c1`)."""
+    one = one_client(url, asked) if c1 else None
+    c8 = many_clients(url, asked)
+    return {**({f"{key}_c1_tps": one["tokens_per_second"], f"{key}_c1_ttft": one["ttft_ms_p50"]} if one else {}),
             f"{key}_c8_tps": c8["tokens_per_second"], f"{key}_c8_ttft": c8["ttft_ms_p50"]}
 
 
@@ -159,12 +164,25 @@ def main() -> None:
     asked = questions()
     folder = merged_folder(run_dir)
     proc, url = start_server([sys.executable, "-m", "tunelab", "serve", str(run_dir), "--no-monitor"], "/readyz")
+    bf16_proc, bf16_url = start_server([sys.executable, "-m", "tunelab", "serve", str(run_dir), "--no-monitor",
+                                        "--precision", "bf16"], "/readyz")
     rounds, answers = [], {}
     try:
-        ask(url, asked[0])  # warm-up
+        for u in (url, bf16_url):
+            ask(u, asked[0])  # warm-up
         answers["tunelab"] = [ask(url, q)["text"] for q in asked[:4]]
+        answers["tunelab_bf16"] = [ask(bf16_url, q)["text"] for q in asked[:4]]
         for r in range(ROUNDS):
-            row = {"sequential": sequential(run_dir, asked)["tokens_per_second"], **measure(url, asked, "tunelab")}
+            row = {"sequential": sequential(run_dir, asked)["tokens_per_second"], **measure(url, asked, "tunelab"),
+                   **measure(bf16_url, asked, "tunelab_bf16", c1=False)}
+            peer, peer_url = start_peer(folder, ["--continuous-batching"], "bfloat16")
+            try:
+                ask(peer_url, asked[0])  # warm-up
+                if r == 0:
+                    answers[BF16_PEER] = [ask(peer_url, q)["text"] for q in asked[:4]]
+                row.update(measure(peer_url, asked, BF16_PEER, c1=False))
+            finally:
+                stop_server(peer)
             for key, flags in PEERS.items():
                 peer, peer_url = start_peer(folder, flags)
                 try:
@@ -179,6 +197,7 @@ def main() -> None:
         peak = status_mb("VmHWM", proc.pid)
     finally:
         stop_server(proc)
+        stop_server(bf16_proc)
 
     for key in PEERS:
         for ours, theirs in zip(answers["tunelab"], answers[key]):
@@ -200,6 +219,15 @@ def main() -> None:
         "answers_identical_vs_transformers_serve": sum(a == b for k in PEERS for a, b in zip(answers["tunelab"], answers[k])),
         "answers_compared": len(PEERS) * len(answers["tunelab"]),
         "serve_peak_rss_mb": round(peak, 1),
+        "serve_bf16_c8_tokens_per_second": med("tunelab_bf16_c8_tps"),
+        f"{BF16_PEER}_c8_tokens_per_second": med(f"{BF16_PEER}_c8_tps"),
+        "serve_bf16_c8_tokens_per_second_ratio_vs_transformers_serve_bf16": round(
+            med("tunelab_bf16_c8_tps") / med(f"{BF16_PEER}_c8_tps"), 2),
+        "serve_bf16_c8_tokens_per_second_ratio_vs_transformers_serve": round(
+            med("tunelab_bf16_c8_tps") / med(f"{peer}_c8_tps"), 2),
+        "answers_identical_bf16_vs_transformers_serve_bf16": sum(
+            a == b for a, b in zip(answers["tunelab_bf16"], answers[BF16_PEER])),
+        "answers_identical_bf16_vs_fp32": sum(a == b for a, b in zip(answers["tunelab_bf16"], answers["tunelab"])),
     }
     for key in PEERS:
         figures.update({f"{key}_c1_tokens_per_second": med(f"{key}_c1_tps"), f"{key}_c1_ttft_ms_p50": med(f"{key}_c1_ttft"),
