@@ -151,6 +151,20 @@ def start_peer(folder, flags: list[str], dtype: str = "float32"):
                         {"HF_HUB_OFFLINE": "1"})
 
 
+def peer_turn(folder, asked: list[str], key: str, flags: list[str], answers: dict | None, dtype: str = "float32",
+              c1: bool = True) -> dict:
+    """One peer started, warmed up, measured (its greedy answers to the first questions into `answers`, when
+    given) and stopped."""
+    peer, peer_url = start_peer(folder, flags, dtype)
+    try:
+        ask(peer_url, asked[0])  # warm-up
+        if answers is not None:
+            answers[key] = [ask(peer_url, q)["text"] for q in asked[:4]]
+        return measure(peer_url, asked, key, c1)
+    finally:
+        stop_server(peer)
+
+
 def measure(url: str, asked: list[str], key: str, c1: bool = True) -> dict:
     """c1 and c8 figures under `key` (c8 only without `c1`)."""
     one = one_client(url, asked) if c1 else None
@@ -175,23 +189,10 @@ def main() -> None:
         for r in range(ROUNDS):
             row = {"sequential": sequential(run_dir, asked)["tokens_per_second"], **measure(url, asked, "tunelab"),
                    **measure(bf16_url, asked, "tunelab_bf16", c1=False)}
-            peer, peer_url = start_peer(folder, ["--continuous-batching"], "bfloat16")
-            try:
-                ask(peer_url, asked[0])  # warm-up
-                if r == 0:
-                    answers[BF16_PEER] = [ask(peer_url, q)["text"] for q in asked[:4]]
-                row.update(measure(peer_url, asked, BF16_PEER, c1=False))
-            finally:
-                stop_server(peer)
+            row.update(peer_turn(folder, asked, BF16_PEER, ["--continuous-batching"], answers if r == 0 else None,
+                                 dtype="bfloat16", c1=False))
             for key, flags in PEERS.items():
-                peer, peer_url = start_peer(folder, flags)
-                try:
-                    ask(peer_url, asked[0])  # warm-up
-                    if r == 0:
-                        answers[key] = [ask(peer_url, q)["text"] for q in asked[:4]]
-                    row.update(measure(peer_url, asked, key))
-                finally:
-                    stop_server(peer)
+                row.update(peer_turn(folder, asked, key, flags, answers if r == 0 else None))
             rounds.append(row)
             print(f"round {r + 1}: {row}", file=sys.stderr, flush=True)
         peak = status_mb("VmHWM", proc.pid)

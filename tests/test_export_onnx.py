@@ -50,7 +50,7 @@ def test_onnx_folder_runs_in_plain_onnxruntime_and_equals_torch(runs, method):
     fused = json.loads((out / "tunelab.json").read_text())["onnx"]["fused"]
     assert ops.count("MultiHeadAttention") == layers and ops.count("SkipLayerNormalization") >= layers, ops
     assert "Erf" not in ops and ops.count("BiasGelu") + ops.count("Gelu") == layers  # GELU's Erf arithmetic fused
-    assert fused["skip_layer_normalization"] >= layers and fused, fused
+    assert fused["skip_layer_normalization"] >= layers, fused
     # plain onnxruntime + the saved tokenizer, no tunelab: same logits as the torch model
     from transformers import AutoTokenizer
 

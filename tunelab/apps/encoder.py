@@ -160,7 +160,6 @@ def export_encoder(model_dir: Path, out: Path, quantize: str | None, texts: list
     from transformers import AutoModel, AutoTokenizer
 
     from tunelab.export.onnx import _export, _quantize_int8
-    from tunelab.export.ort_fusion import fuse_for_onnxruntime
 
     pooling = json.loads((model_dir / "1_Pooling" / "config.json").read_text()) if (model_dir / "1_Pooling").is_dir() else {}
     if pooling and not (pooling.get("pooling_mode") == "mean" or pooling.get("pooling_mode_mean_tokens")):
@@ -176,7 +175,6 @@ def export_encoder(model_dir: Path, out: Path, quantize: str | None, texts: list
     try:
         _export(model, names, tuple(sample[n] for n in names), tmp / "model.fp32.onnx", module=_Embedding(model),
                 outputs=("sentence_embedding",))
-        fuse_for_onnxruntime(tmp / "model.fp32.onnx")
         if quantize == "int8":
             _quantize_int8(tmp / "model.fp32.onnx", tmp / "model.onnx")
             (tmp / "model.fp32.onnx").unlink()

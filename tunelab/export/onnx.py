@@ -113,11 +113,10 @@ def _export_onnx(model_dir: Path, out, quantize, min_agreement, limit, quiet, ff
         started = time.perf_counter()
         say(f"export: tracing {model_dir} to ONNX (opset {OPSET}) ...")
         try:
-            _export(model, names, tuple(sample[n] for n in names), tmp / "model.fp32.onnx")
+            fused = _export(model, names, tuple(sample[n] for n in names), tmp / "model.fp32.onnx", fuse=not portable)
         except Exception as exc:
             raise TunelabError(f"ONNX export of this '{card.method_name}' model failed: {type(exc).__name__}: "
                                f"{str(exc).strip().splitlines()[0] if str(exc).strip() else ''}") from exc
-        fused = {} if portable else fuse_for_onnxruntime(tmp / "model.fp32.onnx")
         tokenizer.save_pretrained(tmp)
         model.config.save_pretrained(tmp)  # labels and architecture, for readers of the folder
         texts, pairs, sources = parity_texts(run_dir, limit)
@@ -170,9 +169,10 @@ def _export_onnx(model_dir: Path, out, quantize, min_agreement, limit, quiet, ff
 
 
 def _export(model, names: list[str], sample: tuple, path: Path, module=None,
-            outputs: tuple[str, ...] = ("logits", "sentence_embedding")) -> None:
+            outputs: tuple[str, ...] = ("logits", "sentence_embedding"), fuse: bool = True) -> dict[str, int]:
     """Trace `module` (default: the classifier's logits and embedding) into an ONNX file with dynamic batch and
-    sequence axes; `model` gives the longest sequence."""
+    sequence axes; `model` gives the longest sequence. `fuse`: then rewrite it into onnxruntime's transformer
+    kernels (export/ort_fusion.py); returns how many of each fusion were applied."""
     import contextlib
     import io
     import warnings
@@ -192,6 +192,7 @@ def _export(model, names: list[str], sample: tuple, path: Path, module=None,
             program.save(str(path), external_data=False)
     finally:
         exporter_log.setLevel(level)
+    return fuse_for_onnxruntime(path) if fuse else {}
 
 
 def _quantize_int8(src: Path, dst: Path, ffn_down_fp32: bool = False) -> None:
