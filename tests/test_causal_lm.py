@@ -802,6 +802,54 @@ def test_two_processes_train_the_causal_lm_one_process_trains(llm_config, tmp_pa
     assert max(float((a[k] - b[k]).abs().max()) for k in a) < 1e-4
 
 
+def test_fsdp_over_two_processes_trains_saves_and_resumes_as_one_process_trains(llm_config, tmp_path):
+    """train.fsdp (accelerate's FSDP2 on two CPU processes, gloo): each process holds half of every weight, the
+    checkpoint is sharded, the model folder whole (plain transformers loads it), the weights those of one
+    process, and a resume from the sharded checkpoint ends where the uninterrupted run did."""
+    import os
+    import shutil
+    from pathlib import Path
+
+    from safetensors.torch import load_file
+    from transformers import AutoModelForCausalLM
+
+    from tunelab.config import dump_config
+    from tunelab.training import train
+
+    launcher = Path(sys.executable).with_name("accelerate")
+    if not launcher.exists() and not shutil.which("accelerate"):
+        pytest.skip("the accelerate launcher is not installed")
+    settings = dict(method={"name": "full"}, max_steps=8, eval_every=8, checkpoint_every=4, learning_rate=3e-3)
+    single = train(llm_config(name="single", **settings), quiet=True)
+    config = llm_config(name="fsdp", fsdp=True, **settings)
+    (tmp_path / "fsdp.yaml").write_text(dump_config(config))
+
+    def launch(*extra):
+        done = subprocess.run([str(launcher if launcher.exists() else "accelerate"), "launch", "--multi_gpu",
+                               "--num_processes", "2", "--num_machines", "1", "--mixed_precision", "no",
+                               "--dynamo_backend", "no", "--main_process_port", "29643", "-m", "tunelab", "train",
+                               str(tmp_path / "fsdp.yaml"), *extra],
+                              capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"}, timeout=600)
+        assert done.returncode == 0, done.stderr[-3000:]
+        return done.stderr
+
+    with pytest.raises(TunelabError, match="ema_steps does not work with train.fsdp"):
+        llm_config(fsdp=True, ema_steps=50)
+    assert "2 process(es) (FSDP: weights, gradients and optimizer state sharded)" in launch()
+    shards = sorted(p.name for p in (config.run_dir / "checkpoints" / "step-4" / "pytorch_model_fsdp_0").iterdir())
+    assert shards == [".metadata", "__0_0.distcp", "__1_0.distcp"]
+    model_file = config.run_dir / "model" / "model.safetensors"
+    a, b = load_file(str(single.run_dir / "model" / "model.safetensors")), load_file(str(model_file))
+    assert a.keys() == b.keys() and max(float((a[k] - b[k]).abs().max()) for k in a) < 1e-4
+    assert AutoModelForCausalLM.from_pretrained(config.run_dir / "model").num_parameters() > 0
+    # as if killed after the checkpoint at step 4: resumed, it ends with the uninterrupted run's weights
+    (config.run_dir / "result.json").unlink()
+    model_file.unlink()
+    assert "resuming from" in launch("--resume")
+    resumed = load_file(str(model_file))
+    assert max(float((b[k] - resumed[k]).abs().max()) for k in b) < 1e-6
+
+
 @pytest.fixture(scope="session")
 def bpe_llama_dir(tmp_path_factory):
     """A tiny Llama (64 wide) with a byte-level BPE tokenizer (GPT-2 style, trained in-process on the colour

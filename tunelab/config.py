@@ -201,6 +201,11 @@ class TrainConfig(Section):
         False, description="Recompute each layer's activations in the backward pass instead of keeping them: less "
         "memory, about a third more compute. On CPU activations dominate training memory, so this, not the method, "
         "is what cuts it (see BENCHMARKS.md).")
+    fsdp: bool = Field(
+        False, description="With several processes (accelerate launch / torchrun), shard the weights, gradients and "
+        "optimizer state over them (FSDP2, each transformer layer a unit) instead of a whole copy in each (DDP): "
+        "for models larger than one device's memory. Checkpoints are saved sharded, the model folder whole. One "
+        "process: no effect.")
     packing: bool = Field(
         False, description="Causal LM: pack several short conversations into each training row of up to "
         "model.max_length tokens, none attending to another (positions restart at each; transformers masks across "
@@ -437,6 +442,9 @@ class Config(Section):
                              "tokens in front of the input), lora, ia3, adapter, freeze or full")
         if self.train.packing and not causal:
             raise ValueError(f"train.packing: only a causal LM's conversations are packed, not {self.task.name} rows")
+        if self.train.fsdp and self.train.ema_steps:
+            raise ValueError("train.ema_steps does not work with train.fsdp (the average would hold a whole copy of "
+                             "the weights that FSDP shards); turn one off")
         if self.train.packing and self.method.name == "prompt":  # peft drops position_ids for prompt tuning
             raise ValueError("train.packing does not work with method 'prompt' (peft ignores the positions that keep "
                              "packed conversations apart); turn one off")

@@ -28,19 +28,21 @@ def apply_method(model, method_config):
     return METHODS[name].apply(model, settings, head_modules(model))
 
 
-def trained_state(model) -> dict[str, torch.Tensor]:
+def trained_state(model, state_dict: dict | None = None) -> dict[str, torch.Tensor]:
     """The tensors a 'state' method trained (its own modules, the head, any unfrozen norms)."""
     names = {n for n, p in model.named_parameters() if p.requires_grad}
-    return {n: t.detach().cpu().contiguous() for n, t in model.state_dict().items() if n in names}
+    state = model.state_dict() if state_dict is None else state_dict
+    return {n: t.detach().cpu().contiguous() for n, t in state.items() if n in names}
 
 
-def save_weights(model, method: str, out: Path) -> None:
-    """Write the weights of `model` (trained with `method`) into the folder `out`."""
+def save_weights(model, method: str, out: Path, state_dict: dict | None = None) -> None:
+    """Write the weights of `model` (trained with `method`) into the folder `out`. `state_dict`: the whole model's
+    weights, where the model itself holds only its shard of them (train.fsdp)."""
     kind = METHODS[method].SAVES
     if kind == "state":
         from safetensors.torch import save_file
 
-        save_file(trained_state(model), str(out / STATE_FILE))
+        save_file(trained_state(model, state_dict), str(out / STATE_FILE))
         model.config.save_pretrained(out)  # labels and architecture, for readers of the folder
     else:  # a transformers or peft model: both save safetensors
-        model.save_pretrained(out, safe_serialization=True)
+        model.save_pretrained(out, safe_serialization=True, **({"state_dict": state_dict} if state_dict else {}))

@@ -70,15 +70,16 @@ def load_checkpoint(accelerator, path: Path, average=None) -> LoopState:
     return LoopState(**json.loads((path / "loop_state.json").read_text()))
 
 
-def save_model_folder(model, tokenizer, out: Path, card) -> None:
+def save_model_folder(model, tokenizer, out: Path, card, state_dict: dict | None = None) -> None:
     """The method's weights (a save_pretrained folder, or adapter + head only) + tokenizer + tunelab.json (`card`,
-    a models.card.ModelCard), swapped in atomically. card.saved_bytes records the size of the weights written."""
+    a models.card.ModelCard), swapped in atomically. card.saved_bytes records the size of the weights written.
+    `state_dict`: the whole model's weights when `model` holds a shard of them (sharding.whole_state)."""
     from tunelab.methods.store import save_weights
 
     tmp = out.with_name(out.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
-    save_weights(model, card.method_name, tmp)
+    save_weights(model, card.method_name, tmp, state_dict)
     card.saved_bytes = sum(p.stat().st_size for p in tmp.iterdir() if p.suffix == ".safetensors")
     tokenizer.save_pretrained(tmp)
     card.write(tmp)

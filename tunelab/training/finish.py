@@ -11,6 +11,7 @@ from tunelab.files import write_text_atomic
 from tunelab.methods import METHODS
 from tunelab.training.checkpoint import save_model_folder
 from tunelab.training.setup import Run
+from tunelab.training.sharding import whole_state
 
 FINISHED = "result.json"  # written when a run ends: --resume then has nothing left to do
 
@@ -41,10 +42,11 @@ def finish(run: Run, train_seconds: float, loop_seconds: float, seen: int, profi
     no checkpoint), for the throughput; `profile`: build the monitoring profile."""
     state, model_dir = run.state, run.run_dir / "model"
     if len(run.val_enc) == 0 or state.best_step is None:  # nothing to choose by: the last weights (or their average)
-        if run.main:
-            run.card.validation = {}
-            with run.average.applied() if run.average is not None else nullcontext():
-                save_model_folder(run.unwrapped, run.tokenizer, model_dir, run.card)
+        with run.average.applied() if run.average is not None else nullcontext():
+            whole = whole_state(run.accelerator, run.model)
+            if run.main:
+                run.card.validation = {}
+                save_model_folder(run.unwrapped, run.tokenizer, model_dir, run.card, whole)
     fitted = _calibrate(run) if run.main else {}
     if run.main and profile and getattr(run.task, "profiles", True):
         from tunelab.monitor.profile import build_profile

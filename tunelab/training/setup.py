@@ -23,6 +23,7 @@ from tunelab.tasks.encoding import Encoded, cached_encode
 from tunelab.training.checkpoint import LoopState
 from tunelab.training.lazy_rows import LazyRows, lazy_word_embeddings
 from tunelab.training.optim import build_optimizer, build_scheduler
+from tunelab.training.sharding import forget_cpu_sharding, fsdp_plugin, shard_cpu_processes, sharded
 from tunelab.training.weight_average import WeightAverage
 
 CHECKPOINT_AT_LEAST_EVERY = 500  # steps, when train.checkpoint_every is unset (~1 s per checkpoint of a MiniLM)
@@ -38,7 +39,7 @@ class Run:
     tokenizer: object
     train_enc: Encoded
     val_enc: Encoded
-    model: torch.nn.Module  # as accelerate prepared it (DDP-wrapped with several processes)
+    model: torch.nn.Module  # as accelerate prepared it (DDP-wrapped with several processes, or sharded: train.fsdp)
     unwrapped: torch.nn.Module  # the model itself: evaluated and saved
     optimizer: torch.optim.Optimizer
     scheduler: object
@@ -108,6 +109,7 @@ def _fresh_accelerator_state() -> None:
 
     AcceleratorState._reset_state(reset_partial_state=False)
     GradientState._reset_state()
+    forget_cpu_sharding()
 
 
 def setup(config: Config, quiet: bool, clear_run) -> Run:
@@ -133,12 +135,14 @@ def setup(config: Config, quiet: bool, clear_run) -> Run:
         find_model_dir(cfg.distill.teacher)
     _fresh_accelerator_state()
     no_accelerator = not (torch.cuda.is_available() or torch.backends.mps.is_available())
+    plugin = fsdp_plugin(cfg.fsdp)
     accelerator = Accelerator(
         cpu=no_accelerator,  # on CPU, accelerate picks multi-process DDP (gloo) only when told it is CPU
         # our batches are global and split over processes: the scheduler must step once per optimizer step
         dataloader_config=DataLoaderConfiguration(split_batches=True),
-        mixed_precision=precision(cfg.precision), log_with=list(cfg.trackers) or None,
+        mixed_precision=precision(cfg.precision), log_with=list(cfg.trackers) or None, fsdp_plugin=plugin,
         project_config=ProjectConfiguration(project_dir=str(run_dir), logging_dir=str(run_dir / "tb")))
+    shard_cpu_processes(accelerator, plugin)
     main = accelerator.is_main_process
     say = (lambda m: None) if (quiet or not main) else (lambda m: print(m, file=sys.stderr, flush=True))
     if clear_run is not None and main:
@@ -180,7 +184,9 @@ def setup(config: Config, quiet: bool, clear_run) -> Run:
     total_steps = cfg.max_steps or planned_steps(cfg, steps_per_epoch, task.num_labels)
     optimizer = build_optimizer(model, cfg, config.learning_rate, config.head_learning_rate, cfg.layer_lr_decay)
     scheduler = build_scheduler(optimizer, cfg, total_steps)
-    lazy = lazy_word_embeddings(model, optimizer) if cfg.lazy_embeddings and accelerator.device.type == "cpu" else None
+    # (a sharded embedding matrix has no rows of its own to update lazily)
+    lazy = (lazy_word_embeddings(model, optimizer)
+            if cfg.lazy_embeddings and accelerator.device.type == "cpu" and not sharded(accelerator) else None)
     average = None
     if cfg.ema_steps:
         # every trained weight but the lazily updated word embedding (averaging it would read every row at every
@@ -222,7 +228,8 @@ def setup(config: Config, quiet: bool, clear_run) -> Run:
         + (f" (x{cfg.layer_lr_decay:g} per layer down)" if cfg.layer_lr_decay != 1 else "")
         + f", precision {accelerator.mixed_precision}, allocator {allocator.in_use()}"
         + (f" (oneDNN kernel cache {onednn_cache})" if accelerator.device.type == "cpu" else "") + ", "
-        f"{accelerator.num_processes} process(es)")
+        f"{accelerator.num_processes} process(es)" + (" (FSDP: weights, gradients and optimizer state sharded)"
+                                                        if sharded(accelerator) else ""))
     return run
 
 

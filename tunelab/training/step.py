@@ -19,6 +19,7 @@ from tunelab.tasks.encoding import collate
 from tunelab.training.distill import distill_loss_sum
 from tunelab.training.optim import clip_inside_step
 from tunelab.training.setup import Run
+from tunelab.training.sharding import sharded
 
 
 def forward_backward(run: Run, rows: np.ndarray) -> float:
@@ -51,7 +52,9 @@ def forward_backward(run: Run, rows: np.ndarray) -> float:
 def update(run: Run) -> None:
     """Clip, step the optimizer (and the lazy embedding rows), the schedule and the weight average."""
     cfg = run.cfg
-    if cfg.max_grad_norm is not None and not clip_inside_step(run.optimizer, run.model.parameters(), cfg.max_grad_norm):
+    # (sharded gradients: accelerate's clip, which takes the norm over every process's shard)
+    if cfg.max_grad_norm is not None and (sharded(run.accelerator) or not clip_inside_step(run.optimizer, run.model.parameters(),
+                                                                                          cfg.max_grad_norm)):
         run.accelerator.clip_grad_norm_(run.model.parameters(), cfg.max_grad_norm)
     if run.lazy is not None:
         run.lazy.step()

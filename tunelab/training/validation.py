@@ -9,6 +9,7 @@ from tunelab.models.inference import iter_outputs
 from tunelab.tasks.base import headline
 from tunelab.training.checkpoint import save_model_folder
 from tunelab.training.setup import Run
+from tunelab.training.sharding import whole_state
 
 
 LOWER_IS_BETTER = ("loss", "perplexity", "ece")
@@ -64,10 +65,11 @@ def keep_best(run: Run, metrics: dict, log, bar) -> float:
         run.accelerator.log({f"validation/{k}": v for k, v in headline(metrics).items()}, step=state.step)
     if better(value, state.best_metric, metric):
         state.best_metric, state.best_step, state.evals_without_improvement = value, state.step, 0
+        whole = whole_state(run.accelerator, run.model)
         if run.main:
             run.card.validation = {k: v for k, v in metrics.items() if k not in ("reliability", "errors")}
             run.card.best_step = state.step
-            save_model_folder(run.unwrapped, run.tokenizer, run.run_dir / "model", run.card)
+            save_model_folder(run.unwrapped, run.tokenizer, run.run_dir / "model", run.card, whole)
         run.accelerator.wait_for_everyone()
     else:
         state.evals_without_improvement += 1
