@@ -48,9 +48,15 @@ def test_onnx_folder_runs_in_plain_onnxruntime_and_equals_torch(runs, method):
     layers = json.loads((runs["full"] / "model" / "config.json").read_text())["num_hidden_layers"]
     ops = [n.op_type for n in onnx.load(str(out / "model.onnx")).graph.node]
     fused = json.loads((out / "tunelab.json").read_text())["onnx"]["fused"]
-    assert ops.count("MultiHeadAttention") == layers and ops.count("SkipLayerNormalization") >= layers, ops
+    assert ops.count("MultiHeadAttention") == layers and "skip_layer_normalization" not in fused, ops
     assert "Erf" not in ops and ops.count("BiasGelu") + ops.count("Gelu") == layers  # GELU's Erf arithmetic fused
-    assert fused["skip_layer_normalization"] >= layers, fused
+    # the residual + LayerNorm pairs stay unfused in the file and in tunelab's sessions (the fused kernel is slower)
+    from tunelab.models.predictor import onnx_session
+
+    assert ops.count("LayerNormalization") >= 2 * layers and "SkipLayerNormalization" not in ops, ops
+    onnx_session(out / "model.onnx", 1, optimized_to=out.parent / "as-run.onnx")
+    as_run = [n.op_type for n in onnx.load(str(out.parent / "as-run.onnx")).graph.node]
+    assert "SkipLayerNormalization" not in as_run and "MultiHeadAttention" in as_run
     # plain onnxruntime + the saved tokenizer, no tunelab: same logits as the torch model
     from transformers import AutoTokenizer
 

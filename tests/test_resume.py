@@ -156,3 +156,21 @@ def test_resume_refuses_a_changed_config(tiny_config):
     train(tiny_config(name="changed", max_steps=4, checkpoint_every=2), quiet=True)
     with pytest.raises(TunelabError, match=r"train.learning_rate: 0.003 -> 0.001"):
         train(tiny_config(name="changed", max_steps=4, checkpoint_every=2, learning_rate=1e-3), resume=True, quiet=True)
+
+
+def test_resume_takes_a_run_from_before_a_setting_existed_when_the_setting_is_at_its_default(tiny_config):
+    """A run folder's config.yaml from an older tunelab lacks the settings added since: at their defaults they
+    change nothing, so the run resumes (and apps reuse it); set otherwise, they are a change like any other."""
+    import yaml
+
+    from tunelab.errors import TunelabError
+
+    config = tiny_config(name="older", max_steps=4, checkpoint_every=2)
+    train(config, quiet=True)
+    saved = yaml.safe_load((config.run_dir / "config.yaml").read_text())
+    del saved["train"]["fsdp"], saved["train"]["lazy_embeddings"]
+    (config.run_dir / "config.yaml").write_text(yaml.safe_dump(saved))
+    (config.run_dir / "result.json").unlink()
+    with pytest.raises(TunelabError, match=r"train.lazy_embeddings: None -> False\)"):
+        train(tiny_config(name="older", max_steps=4, checkpoint_every=2, lazy_embeddings=False), resume=True, quiet=True)
+    assert train(config, resume=True, quiet=True).steps == 4

@@ -6,6 +6,7 @@ from these classes, so the schema and the code cannot drift apart.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 from pathlib import Path
@@ -605,6 +606,23 @@ def flat_keys(tree: dict, prefix: str = "") -> dict:
         else:
             out[f"{prefix}{key}"] = value
     return out
+
+
+def default_setting(config: Config, key: str):
+    """The default of the dotted setting `key` ("train.fsdp") as dump_config writes it; a unique marker when the
+    key names no setting with a default."""
+    section, _, name = key.rpartition(".")
+    owner = config
+    for part in filter(None, section.split(".")):
+        owner = getattr(owner, part, None)
+    field = type(owner).model_fields.get(name) if isinstance(owner, BaseModel) else None
+    if field is None or field.is_required():
+        return _NO_DEFAULT
+    value = field.get_default(call_default_factory=True)
+    return value.model_dump(mode="json") if isinstance(value, BaseModel) else json.loads(json.dumps(value, default=str))
+
+
+_NO_DEFAULT = object()
 
 
 def config_schema() -> dict:

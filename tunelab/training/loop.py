@@ -20,7 +20,7 @@ from contextlib import contextmanager, nullcontext
 from pathlib import Path
 from typing import Callable
 
-from tunelab.config import Config, dump_config, flat_keys
+from tunelab.config import Config, default_setting, dump_config, flat_keys
 from tunelab.errors import Interrupted, TunelabError
 from tunelab.hub import quiet_transformers
 from tunelab.runlock import run_lock
@@ -219,7 +219,9 @@ def _check_same_config(saved_path: Path, config: Config) -> None:
     now = flat_keys(yaml.safe_load(dump_config(config)))
     changed = [f"{k}: {saved.get(k)!r} -> {now.get(k)!r}" for k in sorted(set(saved) | set(now))
                if saved.get(k) != now.get(k) and k not in ("runs_dir", "name")  # moving a run folder is fine
-               and not k.startswith(("tune.", "serve."))]  # settings of other stages
+               and not k.startswith(("tune.", "serve."))  # settings of other stages
+               # a setting newer than the run, at its default: the run was trained as that default trains
+               and not (k not in saved and now.get(k) == default_setting(config, k))]
     if changed:
         raise TunelabError(f"--resume: the config differs from the one {saved_path.parent} was started with ("
                            + "; ".join(changed[:5]) + (" ..." if len(changed) > 5 else "")
