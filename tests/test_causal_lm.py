@@ -848,6 +848,10 @@ def test_fsdp_over_two_processes_trains_saves_and_resumes_as_one_process_trains(
     assert "resuming from" in launch("--resume")
     resumed = load_file(str(model_file))
     assert max(float((b[k] - resumed[k]).abs().max()) for k in b) < 1e-6
+    # the sharded checkpoint read by one process: said, not a missing-file traceback from accelerate
+    (config.run_dir / "result.json").unlink()
+    with pytest.raises(TunelabError, match=r"saved sharded over 2 processes .* not with 1 process"):
+        train(config, resume=True, quiet=True)
 
 
 @pytest.fixture(scope="session")

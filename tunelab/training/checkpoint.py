@@ -51,6 +51,7 @@ def save_checkpoint(accelerator, root: Path, state: LoopState, keep: int, averag
         accelerator.save_state(str(tmp), safe_serialization=True)
     finally:
         tied_note.setLevel(level)
+    accelerator.wait_for_everyone()  # every process's files (its random state, its shard) in before the rename
     if accelerator.is_main_process:
         if average is not None:
             average.save(tmp)
@@ -64,6 +65,9 @@ def save_checkpoint(accelerator, root: Path, state: LoopState, keep: int, averag
 
 
 def load_checkpoint(accelerator, path: Path, average=None) -> LoopState:
+    from tunelab.training.sharding import check_resumable
+
+    check_resumable(accelerator, path)
     accelerator.load_state(str(path))
     if average is not None:
         average.load(path)

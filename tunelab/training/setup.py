@@ -23,7 +23,7 @@ from tunelab.tasks.encoding import Encoded, cached_encode
 from tunelab.training.checkpoint import LoopState
 from tunelab.training.lazy_rows import LazyRows, lazy_word_embeddings
 from tunelab.training.optim import build_optimizer, build_scheduler
-from tunelab.training.sharding import forget_cpu_sharding, fsdp_plugin, shard_cpu_processes, sharded
+from tunelab.training.sharding import forget_cpu_sharding, fsdp_plugin, shard_cpu_processes, sharded, unit_per_layer
 from tunelab.training.weight_average import WeightAverage
 
 CHECKPOINT_AT_LEAST_EVERY = 500  # steps, when train.checkpoint_every is unset (~1 s per checkpoint of a MiniLM)
@@ -194,6 +194,7 @@ def setup(config: Config, quiet: bool, clear_run) -> Run:
         # short run would average in its start
         averaged = [p for p in model.parameters() if p.requires_grad and (lazy is None or p is not lazy.param)]
         average = WeightAverage(averaged, 1 - 1 / max(1.0, min(cfg.ema_steps, total_steps / 10)), cfg.ema_every)
+    unit_per_layer(accelerator, model)
     model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
     weights = task.class_weights(train_enc, cfg.class_weights)
     eval_every = cfg.eval_every or steps_per_epoch

@@ -10,10 +10,14 @@ is tested here (tests/test_causal_lm.py, two CPU processes).
 
 from __future__ import annotations
 
+from pathlib import Path
+
+from tunelab.errors import TunelabError
+
 
 def fsdp_plugin(enabled: bool):
-    """accelerate's FSDP2 settings, or None. Each of the model's transformer layers is a unit (the model's own
-    `_no_split_modules`), resharded after its forward pass; checkpoints are saved sharded (each process its part,
+    """accelerate's FSDP2 settings, or None. Each of the model's transformer layers is a unit (unit_per_layer),
+    resharded after its forward pass; checkpoints are saved sharded (each process its part,
     torch.distributed.checkpoint), the model folder whole."""
     if not enabled:
         return None
@@ -21,6 +25,17 @@ def fsdp_plugin(enabled: bool):
 
     return FullyShardedDataParallelPlugin(fsdp_version=2, auto_wrap_policy="transformer_based_wrap",
                                           reshard_after_forward=True, state_dict_type="SHARDED_STATE_DICT")
+
+
+def unit_per_layer(accelerator, model) -> None:
+    """Each transformer layer one FSDP unit, named by the layers' own class. accelerate's default, the model's
+    `_no_split_modules`, can name the embeddings too (BERT's lists BertEmbeddings), which accelerate then shards a
+    second time as the input embeddings, and fails."""
+    from tunelab.methods.parts import transformer_layers
+
+    if sharded(accelerator):
+        accelerator.state.fsdp_plugin.transformer_cls_names_to_wrap = sorted({type(layer).__name__
+                                                                           for layer in transformer_layers(model)})
 
 
 def shard_cpu_processes(accelerator, plugin) -> None:
@@ -64,3 +79,19 @@ def whole_state(accelerator, model) -> dict | None:
     once = {name for name, _ in model.named_parameters()}
     tied = {name for name, _ in model.named_parameters(remove_duplicate=False)} - once
     return {k: v for k, v in state.items() if k not in tied} if state else state
+
+
+def check_resumable(accelerator, checkpoint: Path) -> None:
+    """A sharded checkpoint is read back by as many sharded processes as wrote it, a whole one by a run that is
+    not sharded: said plainly, before accelerate fails on a missing file."""
+    saved_sharded = (checkpoint / "pytorch_model_fsdp_0").is_dir()
+    writers = len(list(checkpoint.glob("random_states_*.pkl")))
+    now = accelerator.num_processes
+    if saved_sharded and (not sharded(accelerator) or writers != now):
+        raise TunelabError(f"{checkpoint} was saved sharded over {writers} processes (train.fsdp); resume it the same "
+                           f"way (accelerate launch --multi_gpu --num_processes {writers} -m tunelab train CONFIG "
+                           f"--resume), not with {now} process{'es' if now > 1 else ''}"
+                           + ("" if sharded(accelerator) or now == 1 else " without FSDP"))
+    if not saved_sharded and sharded(accelerator):
+        raise TunelabError(f"{checkpoint} was saved by a run without FSDP; resume it with the process count it "
+                           "was started with (train.fsdp shards only over several processes)")
