@@ -5,7 +5,7 @@ accelerate turns FSDP on for GPU-class process groups only: with several CPU pro
 train with DDP instead. torch's FSDP2 itself runs on gloo, and every step of accelerate's FSDP path (wrapping each
 transformer layer, clipping, sharded checkpoints, resume, gathering the whole model) is device-independent, so on
 CPU processes tunelab sets accelerate's FSDP mode itself: the same code path a GPU cluster takes, which is how it
-is tested here (tests/test_causal_lm.py, two CPU processes).
+is tested here (tests/test_causal_lm.py and tests/test_ddp.py, two CPU processes).
 """
 
 from __future__ import annotations
