@@ -48,6 +48,7 @@ BF16_WIDTH_STEP = 16
 
 WIDE = threading.Lock()  # held by the one lone ONNX call that runs on every core (OnnxModel.outputs)
 SHARED_FOR_S = 10.0  # after two ONNX calls ran at once, lone calls stay on one thread this long
+TRIAL_CALLS = 40  # lone calls timed on each session (one thread, every core) before lone calls keep the faster
 
 
 class _Calls:
@@ -101,8 +102,11 @@ class OnnxModel:
     did 1.3-1.5x the texts per second of one two-thread call at batches of 8-16 (BENCHMARKS.md, "Serving").
     A lone batch (one request at low load) may run faster on every core, or slower: one sentence took 2.2 ms on two
     threads against 3.1 ms on one on the AMD machine, 3.6 against 2.8 ms on the Intel one, whose per-operator
-    hand-offs cost more than they split. So the first lone call times both on a short input and keeps the faster
-    for lone calls (the second session, holding the weights a second time, only when it is the faster). A lone call
+    hand-offs cost more than they split. So the first 2 x TRIAL_CALLS lone calls run on the two sessions in turn and
+    the faster (median time per token) runs the lone calls after them; the second session, holding the weights a
+    second time, is dropped when it is the slower. Timed on served calls spread over time, not on a burst at the
+    first call: a burst at start-up met the start-up's own work and the other processes' and picked either session
+    (8 bursts with one core busy: 5 chose two threads, 3 one thread). A lone call
     takes every core only while no other ONNX call in the process has run beside one in the last SHARED_FOR_S
     seconds, and one at a time (WIDE): two models answering each request together (the support app's FAQ and
     intent models) would otherwise ask for more threads than there are cores, and a call split over threads waits
@@ -117,41 +121,54 @@ class OnnxModel:
         self.calls = threads or torch.get_num_threads()
         self.pool = ThreadPoolExecutor(self.calls, thread_name_prefix="onnx") if self.calls > 1 else None
         self.has_embedding = len(self.session.get_outputs()) > 1  # exports before 0.4 give logits only
-        self.lone_session = None if self.calls > 1 else self.session  # chosen at the first lone call
+        # the session lone calls run on: None while the first lone calls try both (trial: seconds per token of each)
+        self.lone_session = None if self.calls > 1 else self.session
+        self.wide_session = None
+        self.trial: tuple[list[float], list[float]] = ([], [])
         self.lone_lock = threading.Lock()
 
     def _session(self, threads: int):
         return onnx_session(self.path, threads)
 
-    def _faster_for_one(self):
-        """The session a lone call runs on: the one-thread session or one with a thread per call slot, whichever
-        answers a 16-token input faster (median of 30 interleaved calls each, after 3 to warm up)."""
-        sessions = (self.session, self._session(self.calls))
-        sample = {name: np.ones((1, 16), dtype=np.int64) if name != "token_type_ids" else np.zeros((1, 16), dtype=np.int64)
-                  for name in self.inputs}
-        times: tuple[list, list] = ([], [])
-        for call in range(33):
-            for session, taken in zip(sessions, times):
-                started = time.perf_counter()
-                session.run(None, sample)
-                if call >= 3:  # the first 3 warm up
-                    taken.append(time.perf_counter() - started)
-        return sessions[1] if np.median(times[1]) < np.median(times[0]) else sessions[0]
+    def _for_lone_call(self):
+        """The session this lone call runs on: the chosen one, or while on trial the one with fewer calls timed."""
+        with self.lone_lock:
+            if self.lone_session is not None:
+                return self.lone_session
+            if self.wide_session is None:
+                self.wide_session = self._session(self.calls)
+            one, wide = self.trial
+            return self.session if len(one) <= len(wide) else self.wide_session
+
+    def _timed(self, session, seconds: float, tokens: int) -> None:
+        """A trial call's time; after TRIAL_CALLS on each session, the faster is chosen."""
+        with self.lone_lock:
+            if self.lone_session is not None:
+                return
+            self.trial[session is self.wide_session].append(seconds / max(tokens, 1))
+            if min(map(len, self.trial)) >= TRIAL_CALLS:
+                wide_faster = np.median(self.trial[1]) < np.median(self.trial[0])
+                self.lone_session = self.wide_session if wide_faster else self.session
+                self.wide_session = self.wide_session if wide_faster else None
 
     def logits(self, batch: dict) -> torch.Tensor:
         return self.outputs(batch)[0]
 
     def outputs(self, batch: dict, lone: bool = False) -> tuple[torch.Tensor, np.ndarray | None]:
         """(logits, mean-pooled embeddings or None). `lone`: nothing else runs beside this call."""
-        alone, session, wide = _Calls.enter(), self.session, False
+        alone, session, wide, on_trial = _Calls.enter(), self.session, False, False
         try:
             if lone and alone:
-                with self.lone_lock:
-                    if self.lone_session is None:
-                        self.lone_session = self._faster_for_one()
-                if self.lone_session is not self.session and WIDE.acquire(blocking=False):
-                    session, wide = self.lone_session, True
+                on_trial = self.lone_session is None
+                candidate = self._for_lone_call()
+                if candidate is not self.session:
+                    # another model's lone call on every core: this one takes one thread, and is not timed
+                    wide = WIDE.acquire(blocking=False)
+                    session, on_trial = (candidate, on_trial) if wide else (session, False)
+            started = time.perf_counter()
             out = session.run(None, {k: batch[k].numpy() for k in self.inputs})
+            if on_trial:
+                self._timed(session, time.perf_counter() - started, int(batch["input_ids"].shape[1]))
         finally:
             if wide:
                 WIDE.release()
