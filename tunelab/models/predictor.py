@@ -49,6 +49,7 @@ BF16_WIDTH_STEP = 16
 WIDE = threading.Lock()  # held by the one lone ONNX call that runs on every core (OnnxModel.outputs)
 SHARED_FOR_S = 10.0  # after two ONNX calls ran at once, lone calls stay on one thread this long
 TRIAL_CALLS = 40  # lone calls timed on each session (one thread, every core) before lone calls keep the faster
+RETRY_AFTER = 1000  # lone calls on the faster before both are tried again
 
 
 class _Calls:
@@ -102,11 +103,12 @@ class OnnxModel:
     did 1.3-1.5x the texts per second of one two-thread call at batches of 8-16 (BENCHMARKS.md, "Serving").
     A lone batch (one request at low load) may run faster on every core, or slower: one sentence took 2.2 ms on two
     threads against 3.1 ms on one on the AMD machine, 3.6 against 2.8 ms on the Intel one, whose per-operator
-    hand-offs cost more than they split. So the first 2 x TRIAL_CALLS lone calls run on the two sessions in turn and
-    the faster (median time per token) runs the lone calls after them; the second session, holding the weights a
-    second time, is dropped when it is the slower. Timed on served calls spread over time, not on a burst at the
-    first call: a burst at start-up met the start-up's own work and the other processes' and picked either session
-    (8 bursts with one core busy: 5 chose two threads, 3 one thread). A lone call
+    hand-offs cost more than they split, and on a machine whose cores other work takes at times, one thread is
+    the faster while it does. So 2 x TRIAL_CALLS lone calls run on the two sessions in turn, the faster (median time
+    per token) runs the next RETRY_AFTER lone calls, and the trial runs again (the second session holds the weights
+    a second time: 23 MB for MiniLM int8). Timed on served calls, not on a burst at start-up: a burst there met the
+    start-up's own work and picked either session (8 bursts with one core busy: 5 chose two threads, 3 one thread),
+    for the server's whole life (BENCHMARKS.md, "Serving"). A lone call
     takes every core only while no other ONNX call in the process has run beside one in the last SHARED_FOR_S
     seconds, and one at a time (WIDE): two models answering each request together (the support app's FAQ and
     intent models) would otherwise ask for more threads than there are cores, and a call split over threads waits
@@ -121,10 +123,11 @@ class OnnxModel:
         self.calls = threads or torch.get_num_threads()
         self.pool = ThreadPoolExecutor(self.calls, thread_name_prefix="onnx") if self.calls > 1 else None
         self.has_embedding = len(self.session.get_outputs()) > 1  # exports before 0.4 give logits only
-        # the session lone calls run on: None while the first lone calls try both (trial: seconds per token of each)
+        # the session lone calls run on: None while lone calls try both (trial: seconds per token on each)
         self.lone_session = None if self.calls > 1 else self.session
         self.wide_session = None
         self.trial: tuple[list[float], list[float]] = ([], [])
+        self.since_trial = 0  # lone calls since the last choice
         self.lone_lock = threading.Lock()
 
     def _session(self, threads: int):
@@ -133,6 +136,10 @@ class OnnxModel:
     def _for_lone_call(self):
         """The session this lone call runs on: the chosen one, or while on trial the one with fewer calls timed."""
         with self.lone_lock:
+            if self.lone_session is not None and self.calls > 1:
+                self.since_trial += 1
+                if self.since_trial > RETRY_AFTER:  # conditions change: try both again
+                    self.lone_session, self.trial = None, ([], [])
             if self.lone_session is not None:
                 return self.lone_session
             if self.wide_session is None:
@@ -149,7 +156,7 @@ class OnnxModel:
             if min(map(len, self.trial)) >= TRIAL_CALLS:
                 wide_faster = np.median(self.trial[1]) < np.median(self.trial[0])
                 self.lone_session = self.wide_session if wide_faster else self.session
-                self.wide_session = self.wide_session if wide_faster else None
+                self.since_trial = 0
 
     def logits(self, batch: dict) -> torch.Tensor:
         return self.outputs(batch)[0]
@@ -159,8 +166,8 @@ class OnnxModel:
         alone, session, wide, on_trial = _Calls.enter(), self.session, False, False
         try:
             if lone and alone:
-                on_trial = self.lone_session is None
                 candidate = self._for_lone_call()
+                on_trial = self.lone_session is None
                 if candidate is not self.session:
                     # another model's lone call on every core: this one takes one thread, and is not timed
                     wide = WIDE.acquire(blocking=False)
