@@ -230,7 +230,8 @@ def setup(config: Config, quiet: bool, clear_run) -> Run:
         + f", precision {accelerator.mixed_precision}, allocator {allocator.in_use()}"
         + (f" (oneDNN kernel cache {onednn_cache})" if accelerator.device.type == "cpu" else "") + ", "
         f"{accelerator.num_processes} process(es)" + (" (FSDP: weights, gradients and optimizer state sharded)"
-                                                        if sharded(accelerator) else ""))
+                                                        if sharded(accelerator) else
+                                                        " (train.fsdp: one process, nothing to shard)" if cfg.fsdp else ""))
     return run
 
 
