@@ -1,10 +1,11 @@
-"""The training loop: plain PyTorch on accelerate (devices, DDP, bf16 autocast, trackers).
+"""The training loop: plain PyTorch on accelerate (devices, DDP or FSDP, bf16 autocast, trackers).
 
     train()            the lock on the run folder, trackers' settings, Ctrl-C/SIGTERM handling
       setup.py         accelerator, prepared and encoded data, model + method, optimizer, schedule -> Run
       step.py          one optimizer step over one global batch
       validation.py    scoring on validation, keeping the best model folder, early stopping
       checkpoint.py    resumable checkpoints and the model folder
+      sharding.py      train.fsdp: the weights sharded over the processes (accelerate's FSDP2)
       finish.py        calibration, the monitoring profile, result.json
 """
 
