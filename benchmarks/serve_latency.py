@@ -9,7 +9,7 @@ at one client, SST-2 validation sentences, the order reversed every other round;
                        c1_p50_ms_onnx_int8, is the median over the rounds of both
   demo_int8_nomonitor  the same with --no-monitor
   demo_int8_one_thread the same with `threads: 1`: a lone request on one thread (the server's default gives it
-                       every core when that measured faster over its first lone calls: OnnxModel._timed)
+                       every core while that measures faster, timed on its lone calls: OnnxModel._timed)
   demo_int8_portable   the demo exported with --portable: standard ONNX ops, not fused into onnxruntime's kernels
   demo_int8_ffn_fp32   the demo exported with --ffn-down-fp32 (the slower, closer variant the export falls back to)
   sst2_int8            the full-SST-2 run of classification.py (benchmarks/work/runs/sst2), exported the same way

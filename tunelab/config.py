@@ -378,7 +378,7 @@ class ServeConfig(Section):
         "fp32", description="torch backend: fp32, or bf16 (an encoder: bf16 autocast; a causal LM: its weights in "
         "bf16: 1.8x the tokens/s on a CPU with bf16 instructions, and greedy answers that differ from fp32's). ONNX "
         "folders run as exported.")
-    threads: int | None = Field(None, ge=1, description="Threads for the model (torch: threads of each call; ONNX: one-thread calls run at once, and a lone call on this many threads when that measured faster at the first one); none: the cores.")
+    threads: int | None = Field(None, ge=1, description="Threads for the model (torch: threads of each call; ONNX: one-thread calls run at once, and a lone call on this many threads while that measures faster, timed on the lone calls themselves and again after every 1000); none: the cores.")
     max_batch_size: int = Field(
         256, ge=1, description="Most texts handed to the model at once, from one or several requests (the model cuts "
         "them into calls by length and cores). As many as max_texts_per_request: every hand-off costs a pause of "
