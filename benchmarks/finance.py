@@ -3,12 +3,12 @@
     .venv/bin/python benchmarks/finance.py           # about 20 minutes on 2 cores (the sentiment training: 8 of them)
     .venv/bin/python benchmarks/finance.py --sweep   # how the alert defaults were chosen (development seeds), 2 minutes
     .venv/bin/python benchmarks/finance.py --speed   # only step 3 again, into the last run's results (4 minutes)
-    .venv/bin/python benchmarks/finance.py --shallow # the same with a 3-layer sentiment model distilled from the
-                                                     # shipped one (finance_depth.py): results/finance_shallow.json
 
-1. Build: the shipped example's sentiment model (examples/fpb_50agree.yaml: Financial PhraseBank 50agree, split
-   80/10/10 with seed 42, the classification benchmark's run) trained, exported to int8 ONNX and evaluated:
-   fpb_50agree_test_accuracy (torch model) and fpb_50agree_test_accuracy_int8 (the model that scores).
+1. Build, as the shipped example does (examples/finance/finance.yaml): the sentiment run (examples/fpb_50agree.yaml:
+   Financial PhraseBank 50agree, split 80/10/10 with seed 42, the classification benchmark's run), then the model
+   that scores: its first 4 layers distilled from it (`sentiment_layers: 4`), exported to int8 ONNX; evaluated:
+   fpb_50agree_test_accuracy (the scoring model in torch), fpb_50agree_test_accuracy_int8 (the int8 model that
+   scores), fpb_50agree_test_accuracy_teacher (the 6-layer sentiment run).
 2. The stream (seed 42), made only of the run's held-out sentences (validation + test, never trained on):
    - 20 synthetic companies ("Company A" ... with tickers), each named at the start of every text about it
      ("<Company>: <sentence>"), 30 simulated days from 2026-01-01T00:00Z;
@@ -48,7 +48,7 @@ from pathlib import Path
 import httpx
 import yaml
 
-from _common import WORK, split_texts, start_server, write_results
+from _common import REPO, WORK, split_texts, start_server, write_results
 
 T0 = 1767225600  # 2026-01-01T00:00:00Z
 DAYS, COMPANIES, RATE, EPISODES = 30, 20, 10.0, 10
@@ -58,18 +58,18 @@ CLIENTS = 4
 SPEED_ROUNDS = 3
 
 
-def configs(shallow: bool = False) -> Path:
-    """The benchmark's copy of the example: its own runs folder, a synthetic watchlist, a fresh database
-    (`shallow`: the sentiment model cut to 3 layers and distilled from the shipped one, as finance_depth.py does)."""
-    from finance_depth import sentiment_config  # one definition of each run, so both benchmarks share the runs
+def configs() -> Path:
+    """The benchmark's copy of the shipped example: its own runs folder, a synthetic watchlist, a fresh database."""
+    from finance_depth import sentiment_config  # one definition of the sentiment run, so both benchmarks share it
 
-    folder = WORK / ("finance-shallow" if shallow else "finance")
+    folder = WORK / "finance"
     folder.mkdir(parents=True, exist_ok=True)
-    sentiment = sentiment_config("depth3_distilled" if shallow else "depth6")
+    sentiment = sentiment_config("depth6")
+    shipped = yaml.safe_load((REPO / "examples" / "finance" / "finance.yaml").read_text())
     rows = ["name,aliases,ticker,sector"] + [f"Company {chr(65 + i)},,CO{chr(65 + i)},Sector {i % 4}" for i in range(COMPANIES)]
     (folder / "watchlist.csv").write_text("\n".join(rows) + "\n")
-    app = {"app": "finance", "name": "finance-bench-shallow" if shallow else "finance-bench", "runs_dir": str(WORK / "runs"),
-           "sentiment": str(sentiment), "watchlist": "watchlist.csv"}
+    app = {"app": "finance", "name": "finance-bench", "runs_dir": str(WORK / "runs"), "sentiment": str(sentiment),
+           "sentiment_layers": shipped["sentiment_layers"], "watchlist": "watchlist.csv"}
     (folder / "finance.yaml").write_text(yaml.safe_dump(app))
     return folder / "finance.yaml"
 
@@ -244,11 +244,11 @@ def restart_test(config_path: Path, cmd: list[str]) -> dict:
             "restart_stored_unacknowledged_items": len(stored - acknowledged)}
 
 
-def main(shallow: bool = False) -> None:
+def main() -> None:
     from tunelab.apps.finance import load_finance_config
     from tunelab.apps.finance.build import build
 
-    config_path = configs(shallow)
+    config_path = configs()
     config = load_finance_config(config_path)
     report = build(config).report  # `tunelab app finance build` on the same config trains it the same way, faster
     sentiment = report["sentiment"]
@@ -266,6 +266,8 @@ def main(shallow: bool = False) -> None:
     cmd = [sys.executable, "-m", "tunelab", "serve"]
     figures = {"fpb_50agree_test_accuracy": round(sentiment["test"]["accuracy"], 4),
                "fpb_50agree_test_accuracy_int8": round(int8_test["accuracy"], 4),
+               "fpb_50agree_test_accuracy_teacher": round(report["sentiment_teacher"]["test"]["accuracy"], 4),
+               "sentiment_layers": config.sentiment_layers,
                "int8_label_agreement": int8.get("label_agreement"),
                "held_out_sentences": len(texts), "held_out_negative_share": round(labels.count("negative") / len(labels), 4)}
     for prefix, (share, rate) in SCENARIOS.items():
@@ -275,7 +277,7 @@ def main(shallow: bool = False) -> None:
         figures[prefix + "episodes"] = [{"company": e["company"], "start_day": round((e["start"] - T0) / 86400, 2)} for e in episodes]
     figures.update(speed(config_path, run_dir, texts, labels))
     figures.update(restart_test(with_database(config_path, "restart"), cmd))
-    write_results("finance_shallow" if shallow else "finance", figures)
+    write_results("finance", figures)
 
 
 def speed(config_path: Path, run_dir: Path, texts: list[str], labels: list[str]) -> dict:
@@ -296,18 +298,21 @@ def speed(config_path: Path, run_dir: Path, texts: list[str], labels: list[str])
     return figures
 
 
-def speed_only(shallow: bool = False) -> None:
-    """`--speed`: the speed figures again, into the last full run's results (its model and stream)."""
-    name = "finance_shallow" if shallow else "finance"
-    figures = json.loads((Path(__file__).parent / "results" / f"{name}.json").read_text())
-    config_path = configs(shallow)
+def scoring_run() -> Path:
+    """The run folder of the model that scores (built by main(): reused here, not retrained)."""
     from tunelab.apps.finance import load_finance_config
     from tunelab.apps.finance.build import build
 
-    run_dir = Path(build(load_finance_config(config_path)).report["sentiment"]["run"])  # reused, not retrained
+    return Path(build(load_finance_config(configs()), quiet=True).report["sentiment"]["run"])
+
+
+def speed_only() -> None:
+    """`--speed`: the speed figures again, into the last full run's results (its model and stream)."""
+    figures = json.loads((Path(__file__).parent / "results" / "finance.json").read_text())
+    run_dir = scoring_run()
     held_out = [split_texts(run_dir, s) for s in ("validation", "test")]
-    figures.update(speed(config_path, run_dir, held_out[0][0] + held_out[1][0], held_out[0][1] + held_out[1][1]))
-    write_results(name, {k: v for k, v in figures.items() if k not in ("date", "machine")})
+    figures.update(speed(configs(), run_dir, held_out[0][0] + held_out[1][0], held_out[0][1] + held_out[1][1]))
+    write_results("finance", {k: v for k, v in figures.items() if k not in ("date", "machine")})
 
 
 def sweep() -> None:
@@ -316,7 +321,7 @@ def sweep() -> None:
     from tunelab.apps.finance.detector import SurgeDetector
     from tunelab.models.predictor import Predictor
 
-    run_dir = WORK / "runs" / "fpb-50agree"  # built by main()
+    run_dir = scoring_run()
     held_out = [split_texts(run_dir, s) for s in ("validation", "test")]
     texts, labels = held_out[0][0] + held_out[1][0], held_out[0][1] + held_out[1][1]
     negative = {t: a["label"] == "negative" for t, a in zip(texts, Predictor(run_dir / "export" / "onnx-int8").predict(texts))}
@@ -350,6 +355,6 @@ if __name__ == "__main__":
     if "--sweep" in sys.argv:
         sweep()
     elif "--speed" in sys.argv:
-        speed_only(shallow="--shallow" in sys.argv)
+        speed_only()
     else:
-        main(shallow="--shallow" in sys.argv)
+        main()

@@ -184,23 +184,32 @@ def test_retention_deletes_old_texts_with_their_mentions(tmp_path):
 # ---------------------------------------------------------------- the app, built and served
 
 
-@pytest.fixture(scope="module")
-def built(tmp_path_factory, tiny_model_dir):
-    """A finance app over a tiny 3-class model, built once: trained, exported to int8 ONNX, evaluated."""
-    from tunelab.apps.finance import load_finance_config
-    from tunelab.apps.finance.build import build, init
+def _app_folder(folder: Path, tiny_model_dir, steps: int) -> Path:
+    """`tunelab app finance init` over synthetic 3-class phrases, the sentiment run set to the tiny model."""
+    from tunelab.apps.finance.build import init
 
     from conftest import write_csv
 
-    folder = tmp_path_factory.mktemp("finance")
     data = write_csv(folder / "sentiment.csv", finance_rows(450))
     watchlist = folder / "companies.csv"
     watchlist.write_text(WATCHLIST, encoding="utf-8")
     config_path = init(folder / "app", data=data, watchlist=watchlist)
     sentiment = folder / "app" / "sentiment.yaml"
     text = sentiment.read_text().replace("name: default", f"name: {tiny_model_dir}").replace("max_length: 128", "max_length: 32")
-    sentiment.write_text(text + "train:\n  learning_rate: 0.003\n  batch_size: 16\n  max_steps: 400\n  eval_every: 100\n"
+    sentiment.write_text(text + f"train:\n  learning_rate: 0.003\n  batch_size: 16\n  max_steps: {steps}\n  eval_every: 100\n"
                          "  trackers: []\n  precision: fp32\n")
+    return config_path
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory, tiny_model_dir):
+    """A finance app over a tiny 3-class model, built once: trained, exported to int8 ONNX, evaluated."""
+    from tunelab.apps.finance import load_finance_config
+    from tunelab.apps.finance.build import build
+
+    config_path = _app_folder(tmp_path_factory.mktemp("finance"), tiny_model_dir, 400)
+    assert "sentiment_layers: 4" in config_path.read_text()  # as the shipped example; here the run itself scores
+    config_path.write_text(config_path.read_text().replace("sentiment_layers: 4", "sentiment_layers: null"))
     config = load_finance_config(config_path)
     result = build(config, quiet=True)
     return config_path, config, result
@@ -209,7 +218,7 @@ def built(tmp_path_factory, tiny_model_dir):
 def test_build_trains_exports_and_reports(built):
     config_path, config, result = built
     report = json.loads((result.app_dir / "report.json").read_text())
-    assert report["watchlist_companies"] == 4
+    assert report["watchlist_companies"] == 4 and "sentiment_teacher" not in report
     assert report["sentiment"]["test"]["accuracy"] >= 0.9  # the synthetic phrases decide the label
     assert report["sentiment"]["export"].endswith("onnx-int8") and report["sentiment"]["export_parity"]["quantize"] == "int8"
     assert "test split: accuracy" in (result.app_dir / "report.md").read_text()
@@ -223,6 +232,30 @@ def test_build_again_reuses_the_trained_model(built):
     before = model.stat().st_mtime_ns
     assert build(config, quiet=True).report["sentiment"]["steps"] == result.report["sentiment"]["steps"]
     assert model.stat().st_mtime_ns == before
+
+
+def test_sentiment_layers_scores_with_a_shallower_model_distilled_from_the_sentiment_run(tmp_path, tiny_model_dir):
+    from transformers import AutoConfig
+
+    from tunelab.apps.finance import load_finance_config
+    from tunelab.apps.finance.build import build, served_models
+
+    config_path = _app_folder(tmp_path, tiny_model_dir, 800)  # one layer of a tiny random model learns slower
+    config = load_finance_config(config_path, ["sentiment_layers=1", "backend=torch"])  # of the tiny model's 2
+    report = build(config, quiet=True).report
+    teacher, scorer = Path(report["sentiment_teacher"]["run"]), Path(report["sentiment"]["run"])
+    assert AutoConfig.from_pretrained(teacher / "model").num_hidden_layers == 2
+    assert AutoConfig.from_pretrained(scorer / "model").num_hidden_layers == 1
+    card = json.loads((scorer / "model" / "tunelab.json").read_text())
+    assert card["distilled_from"] == str((teacher / "model").resolve())
+    assert report["sentiment"]["test"]["accuracy"] >= 0.9
+    assert served_models(config)["finance-sentiment"] == scorer / "model"
+    text = (config.app_dir / "report.md").read_text()
+    assert "## sentiment teacher" in text and "test split: accuracy" in text
+    (tmp_path / "app" / "runs").rename(tmp_path / "trained")  # the mistake is caught before any training
+    with pytest.raises(TunelabError, match="sentiment_layers is 2, but the sentiment model has 2 layers"):
+        build(load_finance_config(config_path, ["sentiment_layers=2"]), quiet=True)
+    assert not (tmp_path / "app" / "runs").exists()
 
 
 def _app(config, **monitor):

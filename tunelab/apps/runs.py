@@ -14,6 +14,31 @@ def run_config(path: Path):
     return load_config(path)
 
 
+def student_config(path: Path, layers: int):
+    """The run config at `path` as a student: the same run on the model's first `layers` layers, learning from the
+    trained run at `path` as its teacher (train.distill), in a run folder of its own (<name>-<layers>layers)."""
+    from tunelab.config import load_config
+
+    teacher = run_config(path)
+    return load_config(path, [f"model.layers={layers}", f"train.distill.teacher={teacher.run_dir.resolve()}",
+                              f"name={teacher.name}-{layers}layers"])
+
+
+def depth_of(config) -> int | None:
+    """How many transformer layers the run config's model has: model.layers, or its checkpoint's (None: its config
+    does not say)."""
+    from transformers import AutoConfig
+
+    from tunelab.hub import resolve_model
+
+    if config.model.layers is not None:
+        return config.model.layers
+    source = resolve_model(config.model.name, config.model.revision)
+    depth = getattr(AutoConfig.from_pretrained(source, revision=config.model.revision,
+                                               trust_remote_code=config.model.trust_remote_code), "num_hidden_layers", None)
+    return depth if isinstance(depth, int) else None
+
+
 def backend_folder(run_dir: Path, backend: str) -> Path:
     """The folder an app scores a run with under `backend`: its ONNX export (int8 or fp32) or its torch model."""
     if backend == "torch":
@@ -21,10 +46,10 @@ def backend_folder(run_dir: Path, backend: str) -> Path:
     return run_dir / "export" / ("onnx-int8" if backend == "onnx-int8" else "onnx")
 
 
-def model_folder(path: Path, backend: str, command: str) -> Path:
-    """The folder an app scores with for the run config at `path` (backend_folder). `command`: what builds it, for
-    the error when it is missing."""
-    folder = backend_folder(run_config(path).run_dir, backend)
+def model_folder(path, backend: str, command: str) -> Path:
+    """The folder an app scores with for the run config at `path` (or a loaded Config; backend_folder). `command`:
+    what builds it, for the error when it is missing."""
+    folder = backend_folder((run_config(path) if isinstance(path, (str, Path)) else path).run_dir, backend)
     if not folder.is_dir():
         raise TunelabError(f"{folder} is missing: build the app first ({command})")
     return folder

@@ -28,7 +28,8 @@ class BuildResult:
 def init(folder: str | Path, data: str | Path | None = None, watchlist: str | Path | None = None,
          labels: tuple[str, ...] = ("negative", "neutral", "positive")) -> Path:
     """Write folder/finance.yaml, folder/sentiment.yaml (a classification run over `data`: a CSV with text and
-    label columns) and, unless given, a watchlist to edit. Refuses to overwrite an existing config."""
+    label columns; texts are scored by a 4-layer model distilled from it, as in the shipped example) and, unless
+    given, a watchlist to edit. Refuses to overwrite an existing config."""
     import yaml
 
     from tunelab.apps.config import new_config
@@ -47,7 +48,7 @@ def init(folder: str | Path, data: str | Path | None = None, watchlist: str | Pa
     if watchlist is None:
         (folder / "watchlist.csv").write_text(EXAMPLE_WATCHLIST, encoding="utf-8")
     config = {"app": "finance", "name": "finance", "runs_dir": "runs", "sentiment": "sentiment.yaml",
-              "watchlist": str(Path(watchlist).resolve()) if watchlist else "watchlist.csv",
+              "sentiment_layers": 4, "watchlist": str(Path(watchlist).resolve()) if watchlist else "watchlist.csv",
               "alerts": {"shift": 0.3, "rate_factor": 4.0, "threshold": 8.0, "min_negative": 4}}
     target.write_text("# tunelab app finance: every key and its meaning in docs/apps/finance.md\n"
                       + yaml.safe_dump(config, sort_keys=False), encoding="utf-8")
@@ -70,21 +71,39 @@ def model_folder(config, part: str) -> Path:
     """The folder the app scores with: the run's ONNX export (int8 or fp32) or its torch model."""
     from tunelab.apps.runs import model_folder as folder
 
-    return folder(getattr(config, part), config.backend, f"tunelab app finance build {config.source}")
+    return folder(scoring_run(config, part), config.backend, f"tunelab app finance build {config.source}")
+
+
+def scoring_run(config, part: str):
+    """The run config whose model scores `part`: the sentiment run's shallower student with sentiment_layers."""
+    from tunelab.apps.runs import student_config
+
+    if part == "sentiment" and config.sentiment_layers is not None:
+        return student_config(config.sentiment, config.sentiment_layers)
+    return getattr(config, part)
 
 
 def build(config, retrain: bool = False, quiet: bool = False) -> BuildResult:
     """Train (or reuse) the sentiment model and the optional NER model, export them, evaluate them on their test
     splits; write app_dir/report.json and report.md."""
     from tunelab.apps.finance.watchlist import read_watchlist
-    from tunelab.apps.runs import build_run
+    from tunelab.apps.runs import build_run, depth_of, run_config
 
     watchlist = read_watchlist(config.watchlist)  # a bad watchlist fails before an hour of training
     report: dict = {"watchlist_companies": len(watchlist.companies)}
+    command = f"tunelab app finance build {config.source}"
+    if config.sentiment_layers is not None:  # the teacher first: the student learns from its trained model
+        sentiment = run_config(config.sentiment)
+        depth = depth_of(sentiment)  # a student as deep as its teacher gains nothing: said before any training
+        if depth is not None and config.sentiment_layers >= depth:
+            raise TunelabError(f"{config.source}: sentiment_layers is {config.sentiment_layers}, but the sentiment model "
+                               f"has {depth} layers; give fewer (or null to score with the sentiment run itself)")
+        teacher = build_run(sentiment, "sentiment teacher", "classification", "torch", retrain, quiet, command)
+        teacher.pop("labels")
+        report["sentiment_teacher"] = teacher
     for part in ("sentiment", "ner") if config.ner else ("sentiment",):
         expected = "classification" if part == "sentiment" else "token_classification"
-        entry = build_run(getattr(config, part), part, expected, config.backend, retrain, quiet,
-                          f"tunelab app finance build {config.source}")
+        entry = build_run(scoring_run(config, part), part, expected, config.backend, retrain, quiet, command)
         labels = entry.pop("labels")
         if part == "sentiment":
             missing = {config.negative_label, config.positive_label} - set(labels)
@@ -105,11 +124,11 @@ def build(config, retrain: bool = False, quiet: bool = False) -> BuildResult:
 
 def _markdown(report: dict) -> str:
     lines = ["# Finance app build", "", f"Watchlist: {report['watchlist_companies']} companies.", ""]
-    for part in ("sentiment", "ner"):
+    for part in ("sentiment", "sentiment_teacher", "ner"):
         if part in report:
             entry = report[part]
             figures = ", ".join(f"{k} {v:.4f}" for k, v in entry["test"].items() if isinstance(v, float))
-            lines += [f"## {part}", "", f"- run: `{entry['run']}` ({entry['steps']} steps)",
+            lines += [f"## {part.replace('_', ' ')}", "", f"- run: `{entry['run']}` ({entry['steps']} steps)",
                       f"- test split: {figures}"]
             if "export" in entry:
                 lines.append(f"- scored by: `{entry['export']}`")
