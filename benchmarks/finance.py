@@ -1,6 +1,6 @@
 """The finance app, measured on a replayed news stream (no public timestamped stream is on this machine).
 
-    .venv/bin/python benchmarks/finance.py           # about 20 minutes on 2 cores (the sentiment training: 8 of them)
+    .venv/bin/python benchmarks/finance.py           # about 25 minutes on 2 cores (the two trainings: 11 of them)
     .venv/bin/python benchmarks/finance.py --sweep   # how the alert defaults were chosen (development seeds), 2 minutes
     .venv/bin/python benchmarks/finance.py --speed   # only step 3 again, into the last run's results (4 minutes)
 
