@@ -1,13 +1,16 @@
-"""A causal LM's decoding in fp32 and in bf16 weights (`tunelab serve --precision bf16`), side by side.
+"""A causal LM's decoding in fp32 and in bf16 weights (`tunelab serve --precision bf16`), each with its linear layers
+on weights packed for oneDNN (as the server runs them, serve/packed_linear.py) and as plain nn.Linear, side by side.
 
 The server's continuous-batching engine (tunelab/serve/generation.py) called in-process, without HTTP, on the
 default LLM (SmolLM2-135M-Instruct) and the 39 user questions of data/demo/llm_test.jsonl through its chat
 template: CLIENTS requests at a time (a finished one is replaced at once by the next), ROUNDS passes over the
-questions, at most 64 new tokens each, greedy; fp32 and bf16 alternate round by round, medians. Also: how many
+questions, at most 64 new tokens each, greedy; the four models take turns, the order reversed every other round,
+medians. Keys: engine_c8_tokens_per_second_<fp32|bf16>[_unpacked], packed_vs_unpacked_tokens_per_second_ratio_*,
+packed_answers_identical_to_unpacked_*. Also: how many
 greedy answers bf16 gives identical to fp32 (bf16 rounds every weight to 8 bits of mantissa), and the share of
 fp32's answer tokens bf16 repeats before it first differs.
 
-    .venv/bin/python benchmarks/llm_precision.py      # about 4 minutes
+    .venv/bin/python benchmarks/llm_precision.py      # about 8 minutes
 """
 
 from __future__ import annotations
@@ -72,8 +75,13 @@ def main() -> None:
     folder = default_llm_dir()
     tokenizer = AutoTokenizer.from_pretrained(folder)
     questions = prompts(tokenizer)
-    models = {name: AutoModelForCausalLM.from_pretrained(folder, dtype=dtype).eval()
-              for name, dtype in (("fp32", torch.float32), ("bf16", torch.bfloat16))}
+    from tunelab.serve.packed_linear import pack_linears
+
+    models = {}
+    for precision, dtype in (("fp32", torch.float32), ("bf16", torch.bfloat16)):
+        models[f"{precision}_unpacked"] = AutoModelForCausalLM.from_pretrained(folder, dtype=dtype).eval()
+        models[precision] = AutoModelForCausalLM.from_pretrained(folder, dtype=dtype).eval()
+        assert pack_linears(models[precision]) > 0, "oneDNN packing is not available on this machine"
     rates: dict[str, list[float]] = {name: [] for name in models}
     answers = {}
     for i in range(ROUNDS):
@@ -81,18 +89,22 @@ def main() -> None:
             rate, answers[name] = decode_all(models[name], tokenizer.eos_token_id, questions)
             rates[name].append(round(rate, 1))
             print(f"round {i + 1} {name}: {rate:.1f} tokens/s", flush=True)
-    same = sum(a == b for a, b in zip(answers["fp32"], answers["bf16"]))
-    agreed = [next((k for k, (x, y) in enumerate(zip(a, b)) if x != y), min(len(a), len(b))) / max(len(a), 1)
-              for a, b in zip(answers["fp32"], answers["bf16"])]
-    figures = {"engine_c8_tokens_per_second_fp32": statistics.median(rates["fp32"]),
-               "engine_c8_tokens_per_second_bf16": statistics.median(rates["bf16"]),
-               "engine_c8_tokens_per_second_fp32_rounds": rates["fp32"],
-               "engine_c8_tokens_per_second_bf16_rounds": rates["bf16"]}
+    figures = {}
+    for name in models:
+        figures[f"engine_c8_tokens_per_second_{name}"] = statistics.median(rates[name])
+        figures[f"engine_c8_tokens_per_second_{name}_rounds"] = rates[name]
     figures["bf16_vs_fp32_tokens_per_second_ratio"] = round(figures["engine_c8_tokens_per_second_bf16"]
                                                             / figures["engine_c8_tokens_per_second_fp32"], 2)
-    figures["bf16_answers_identical_to_fp32"] = same
+    figures["bf16_answers_identical_to_fp32"] = sum(a == b for a, b in zip(answers["fp32"], answers["bf16"]))
     figures["answers"] = len(questions)
-    figures["bf16_tokens_before_first_difference_mean_share"] = round(statistics.mean(agreed), 3)
+    figures["bf16_tokens_before_first_difference_mean_share"] = round(statistics.mean(
+        next((k for k, (x, y) in enumerate(zip(a, b)) if x != y), min(len(a), len(b))) / max(len(a), 1)
+        for a, b in zip(answers["fp32"], answers["bf16"])), 3)
+    for precision in ("fp32", "bf16"):
+        figures[f"packed_vs_unpacked_tokens_per_second_ratio_{precision}"] = round(
+            figures[f"engine_c8_tokens_per_second_{precision}"] / figures[f"engine_c8_tokens_per_second_{precision}_unpacked"], 2)
+        figures[f"packed_answers_identical_to_unpacked_{precision}"] = sum(
+            a == b for a, b in zip(answers[precision], answers[f"{precision}_unpacked"]))
     write_results("llm_precision", figures)
 
 

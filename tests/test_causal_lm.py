@@ -388,6 +388,36 @@ def test_engine_batches_requests_joining_at_any_step_with_the_answers_generate_g
         assert got[i] == alone[i][: 7 - (i % 3)], i
 
 
+def test_packed_linear_layers_give_nn_linears_logits_and_keep_the_weights_other_code_reads(llm_run, tiny_llama_dir):
+    """The server's linear layers on oneDNN-packed weights: the same logits; the packed weight is the only copy but
+    for the tied output layer (the embeddings' own tensor) and peft's base layers; LoRA's matrices left alone."""
+    from torch import nn
+    from transformers import AutoModelForCausalLM
+
+    from tunelab.models.generate import Generator
+    from tunelab.serve.packed_linear import PackedLinear, pack_linears
+
+    plain, packed = (AutoModelForCausalLM.from_pretrained(tiny_llama_dir).eval() for _ in range(2))
+    assert pack_linears(packed) == 2 * 7 + 1  # q, k, v, o, gate, up, down in each layer, and the output layer
+    assert packed.lm_head.weight is packed.model.embed_tokens.weight
+    assert isinstance(packed.model.layers[1].mlp.down_proj, PackedLinear)
+    assert not hasattr(packed.model.layers[1].mlp.down_proj, "weight")
+    ids = torch.randint(0, 200, (3, 9))
+    mask = torch.ones_like(ids)
+    mask[0, :4] = 0  # a left-padded row, as the engine's batches have
+    with torch.inference_mode():
+        torch.testing.assert_close(packed(ids, attention_mask=mask).logits, plain(ids, attention_mask=mask).logits,
+                                   atol=1e-5, rtol=1e-4)
+    lora = Generator(llm_run).model  # unmerged: peft's layers around the base ones
+    with torch.inference_mode():
+        before = lora(ids).logits
+        pack_linears(lora)
+        torch.testing.assert_close(lora(ids).logits, before, atol=1e-5, rtol=1e-4)
+    layer = lora.base_model.model.model.layers[0].self_attn.q_proj
+    assert isinstance(layer.base_layer, PackedLinear) and isinstance(layer.base_layer.weight, nn.Parameter)
+    assert type(layer.lora_A["default"]) is nn.Linear
+
+
 def test_a_bf16_server_decodes_in_bf16_weights_with_the_answers_its_generate_gives(llm_run):
     """serve.precision: bf16 puts a causal LM's weights in bf16 (not autocast); greedy answers from the batched
     engine are those the same bf16 model's generate() gives alone."""

@@ -61,12 +61,18 @@ def _generative_model(name: str, folder: Path, card, task, tokenizer, model, eng
                        prompt=partial(task.prompt, tokenizer))
 
 
-def _in_precision(model, precision: str):
-    """bf16: the weights themselves in bf16 (not autocast): decoding reads every weight at each token, and half the
-    bytes with the CPU's bf16 instructions measured 1.8 times the tokens/s (benchmarks/llm_precision.py)."""
+def _for_decoding(model, precision: str):
+    """The model as the engine decodes with it. bf16: the weights themselves in bf16 (not autocast): decoding reads
+    every weight at each token, and half the bytes with the CPU's bf16 instructions measured 1.8 times the tokens/s
+    (benchmarks/llm_precision.py). On the CPU its linear layers run on weights packed once for oneDNN
+    (serve/packed_linear.py)."""
     import torch
 
-    return model.to(torch.bfloat16) if precision == "bf16" else model
+    from tunelab.serve.packed_linear import pack_linears
+
+    model = model.to(torch.bfloat16) if precision == "bf16" else model
+    pack_linears(model)
+    return model
 
 
 def load_generative(name: str, path, max_queue: int = 64, precision: str = "fp32") -> ServedModel:
@@ -88,7 +94,7 @@ def load_generative(name: str, path, max_queue: int = 64, precision: str = "fp32
             with torch.inference_mode():
                 virtual = model.get_prompt(batch_size=1)[0].detach().clone()
             model = model.get_base_model()
-    model = _in_precision(model, precision)
+    model = _for_decoding(model, precision)
     if virtual is not None:
         virtual = virtual.to(model.dtype)
     served = _generative_model(name, generator.model_dir, generator.card, generator.task, generator.tokenizer, model,
@@ -126,7 +132,7 @@ def load_generative_adapters(base: str, adapters: dict[str, str | Path], max_que
     for name, folder in dirs.items():
         if name != first:
             model.load_adapter(folder, adapter_name=name)
-    model = _in_precision(model.eval(), precision)
+    model = _for_decoding(model.eval(), precision)
     engine = Engine(model, adapters=True)
     tokenizer = AutoTokenizer.from_pretrained(dirs[first])
     # each run with its own template and system prompt
