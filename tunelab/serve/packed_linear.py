@@ -2,10 +2,11 @@
 
 Decoding multiplies a few rows (one token per running request) by every weight matrix at each step. nn.Linear
 hands the weight in its stored layout to a GEMM at every call; oneDNN's linear on a weight reordered once into
-its blocked layout measured 2.0x faster for 8 rows over the 210 matrices of SmolLM2-135M's layers (fp32: 22.9
-against 45.9 ms), 1.6x for one row, 1.4x for a 64-token prompt, 3.2x for its 49152-word output layer at 8 rows;
-in bf16 1.7x for 8 rows (benchmarks/llm_precision.py measures the whole decoding). The packed weight is the only
-copy kept, except where other code reads `.weight`: peft's base layers and an output layer tied to the input
+its blocked layout measured 1.86x faster for 8 rows over the 210 matrices of SmolLM2-135M's layers in fp32
+(25.0 against 46.5 ms), 1.48x for one row, 1.62x for a 64-token prompt, 4.1x for its 49152-word output layer at
+8 rows; 1.76x in bf16 at 8 rows (benchmarks/packed_linear.py). Whole decoding, 8 requests: 1.55x the tokens/s in
+fp32, 1.12x in bf16, the same greedy answers (benchmarks/llm_precision.py). The packed weight is the only copy
+kept, except where other code reads `.weight`: peft's base layers and an output layer tied to the input
 embeddings (the same tensor, no extra memory).
 """
 
@@ -53,4 +54,9 @@ def pack_linears(model) -> int:
     for parent, name, child in swaps:
         keep = name == "base_layer" or child is output
         setattr(parent, name, PackedLinear(child, keep_weight=keep))
+    # the rest into memory of their own: loaded weights are views of the checkpoint file mapped into memory, whose
+    # pages (and a merged LoRA's copied-on-write ones) stay resident while any tensor still points into the
+    # mapping -- 400-540 MB more for SmolLM2-135M without this
+    for tensor in [*model.parameters(), *model.buffers()]:
+        tensor.data = tensor.data.clone()
     return len(swaps)
