@@ -376,7 +376,7 @@ class ServeConfig(Section):
     port: int = Field(8000, ge=0, le=65535, description="TCP port (0: any free port).")
     precision: Literal["fp32", "bf16"] = Field(
         "fp32", description="torch backend: fp32, or bf16 (an encoder: bf16 autocast; a causal LM: its weights in "
-        "bf16: 1.8x the tokens/s on a CPU with bf16 instructions, and greedy answers that differ from fp32's). ONNX "
+        "bf16: 1.24x the tokens/s on a CPU with bf16 instructions, and greedy answers that differ from fp32's). ONNX "
         "folders run as exported.")
     threads: int | None = Field(None, ge=1, description="Threads for the model (torch: threads of each call; ONNX: one-thread calls run at once, and a lone call on this many threads while that measures faster, timed on the lone calls themselves and again after every 1000); none: the cores.")
     max_batch_size: int = Field(

@@ -63,8 +63,8 @@ def _generative_model(name: str, folder: Path, card, task, tokenizer, model, eng
 
 def _for_decoding(model, precision: str):
     """The model as the engine decodes with it. bf16: the weights themselves in bf16 (not autocast): decoding reads
-    every weight at each token, and half the bytes with the CPU's bf16 instructions measured 1.8 times the tokens/s
-    (benchmarks/llm_precision.py). On the CPU its linear layers run on weights packed once for oneDNN
+    every weight at each token, and half the bytes with the CPU's bf16 instructions measured 1.24 times the tokens/s
+    (both packed; benchmarks/llm_precision.py). On the CPU its linear layers run on weights packed once for oneDNN
     (serve/packed_linear.py)."""
     import torch
 
