@@ -298,20 +298,21 @@ def speed(config_path: Path, run_dir: Path, texts: list[str], labels: list[str])
     return figures
 
 
-def scoring_run() -> Path:
+def scoring_run(config_path: Path) -> Path:
     """The run folder of the model that scores (built by main(): reused here, not retrained)."""
     from tunelab.apps.finance import load_finance_config
     from tunelab.apps.finance.build import build
 
-    return Path(build(load_finance_config(configs()), quiet=True).report["sentiment"]["run"])
+    return Path(build(load_finance_config(config_path), quiet=True).report["sentiment"]["run"])
 
 
 def speed_only() -> None:
     """`--speed`: the speed figures again, into the last full run's results (its model and stream)."""
     figures = json.loads((Path(__file__).parent / "results" / "finance.json").read_text())
-    run_dir = scoring_run()
+    config_path = configs()
+    run_dir = scoring_run(config_path)
     held_out = [split_texts(run_dir, s) for s in ("validation", "test")]
-    figures.update(speed(configs(), run_dir, held_out[0][0] + held_out[1][0], held_out[0][1] + held_out[1][1]))
+    figures.update(speed(config_path, run_dir, held_out[0][0] + held_out[1][0], held_out[0][1] + held_out[1][1]))
     write_results("finance", {k: v for k, v in figures.items() if k not in ("date", "machine")})
 
 
@@ -321,7 +322,7 @@ def sweep() -> None:
     from tunelab.apps.finance.detector import SurgeDetector
     from tunelab.models.predictor import Predictor
 
-    run_dir = scoring_run()
+    run_dir = scoring_run(configs())
     held_out = [split_texts(run_dir, s) for s in ("validation", "test")]
     texts, labels = held_out[0][0] + held_out[1][0], held_out[0][1] + held_out[1][1]
     negative = {t: a["label"] == "negative" for t, a in zip(texts, Predictor(run_dir / "export" / "onnx-int8").predict(texts))}

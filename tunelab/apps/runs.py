@@ -27,15 +27,14 @@ def student_config(path: Path, layers: int):
 def depth_of(config) -> int | None:
     """How many transformer layers the run config's model has: model.layers, or its checkpoint's (None: its config
     does not say)."""
-    from transformers import AutoConfig
-
     from tunelab.hub import resolve_model
+    from tunelab.tasks.base import pretrained_config
 
     if config.model.layers is not None:
         return config.model.layers
     source = resolve_model(config.model.name, config.model.revision)
-    depth = getattr(AutoConfig.from_pretrained(source, revision=config.model.revision,
-                                               trust_remote_code=config.model.trust_remote_code), "num_hidden_layers", None)
+    depth = getattr(pretrained_config(source, config.model.revision, config.model.trust_remote_code),
+                    "num_hidden_layers", None)
     return depth if isinstance(depth, int) else None
 
 

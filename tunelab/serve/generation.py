@@ -3,11 +3,12 @@ a new request joins at the next step (after its prompt is read), a finished one 
 
 Why our own loop: it decodes rows of several LoRA adapters in one batch (peft's mixed batches) and prompt-tuned
 models. transformers' own continuous batching (`transformers serve --continuous-batching`, 5.25: paged attention,
-chunked prefill) decodes on nn.Linear; this server, on linear layers packed for oneDNN (packed_linear.py),
-measured 1.58x its tokens/s at 8 clients on a 2-core CPU (BENCHMARKS.md, benchmarks/llm.py). Here the running requests share one KV cache of transformers' `DynamicCache`,
-each row left-padded to the longest: joining pads the shorter side on the left, leaving drops rows, and
-columns that became padding for every row are trimmed. Each row keeps its own positions (passed as position_ids),
-so padding never shifts what a row sees; a greedy answer is the one `generate()` gives alone (tested).
+chunked prefill) decodes on nn.Linear; this server, on linear layers packed for oneDNN (packed_linear.py), measured
+1.58x its tokens/s at 8 clients on a 2-core CPU (BENCHMARKS.md, benchmarks/llm.py). Here the running requests share
+one KV cache of transformers' `DynamicCache`, each row left-padded to the longest: joining pads the shorter side on
+the left, leaving drops rows, and columns that became padding for every row are trimmed. Each row keeps its own
+positions (passed as position_ids), so padding never shifts what a row sees; a greedy answer is the one `generate()`
+gives alone (tested).
 A prompt-tuned model's learned virtual tokens are read in front of every prompt, as embeddings, when it joins.
 """
 
