@@ -12,6 +12,8 @@ that every server reads the same prompt), greedy, at most 64 new tokens each:
                starts by default (one generate() per request) and with `--continuous-batching`
   bf16         c8 only: `tunelab serve --precision bf16` against `transformers serve --continuous-batching --dtype
                bfloat16` (serve_bf16_*, transformers_serve_cb_bf16_*)
+  no store     c8 only: `tunelab serve` with `prefix_cache_mb: 0`, every prompt read whole (the clients' prompts all
+               begin with the chat template and the system prompt: serve_c8_tokens_per_second_no_prefix_cache)
 ROUNDS interleaved rounds; medians. Figures (results/llm.json): serve_c8_tokens_per_second_ratio_vs_sequential
 (target >= 3), serve_c8_tokens_per_second_ratio_vs_transformers_serve (target >= 2, against the faster of its two
 modes), serve_c1_ttft_ms_p50, serve_c1_tokens_per_second, serve_c8_tokens_per_second, sequential_tokens_per_second,
@@ -180,15 +182,20 @@ def main() -> None:
     proc, url = start_server([sys.executable, "-m", "tunelab", "serve", str(run_dir), "--no-monitor"], "/readyz")
     bf16_proc, bf16_url = start_server([sys.executable, "-m", "tunelab", "serve", str(run_dir), "--no-monitor",
                                         "--precision", "bf16"], "/readyz")
+    no_store = WORK / "serve-no-prefix-cache.yaml"
+    no_store.write_text("prefix_cache_mb: 0\n")
+    plain_proc, plain_url = start_server([sys.executable, "-m", "tunelab", "serve", str(run_dir), "--no-monitor",
+                                          "--config", str(no_store)], "/readyz")
     rounds, answers = [], {}
     try:
-        for u in (url, bf16_url):
+        for u in (url, bf16_url, plain_url):
             ask(u, asked[0])  # warm-up
         answers["tunelab"] = [ask(url, q)["text"] for q in asked[:4]]
         answers["tunelab_bf16"] = [ask(bf16_url, q)["text"] for q in asked[:4]]
         for r in range(ROUNDS):
             row = {"sequential": sequential(run_dir, asked)["tokens_per_second"], **measure(url, asked, "tunelab"),
-                   **measure(bf16_url, asked, "tunelab_bf16", c1=False)}
+                   **measure(bf16_url, asked, "tunelab_bf16", c1=False),
+                   **measure(plain_url, asked, "tunelab_no_prefix_cache", c1=False)}
             row.update(peer_turn(folder, asked, BF16_PEER, ["--continuous-batching"], answers if r == 0 else None,
                                  dtype="bfloat16", c1=False))
             for key, flags in PEERS.items():
@@ -197,8 +204,8 @@ def main() -> None:
             print(f"round {r + 1}: {row}", file=sys.stderr, flush=True)
         peak = status_mb("VmHWM", proc.pid)
     finally:
-        stop_server(proc)
-        stop_server(bf16_proc)
+        for p in (proc, bf16_proc, plain_proc):
+            stop_server(p)
 
     for key in PEERS:
         for ours, theirs in zip(answers["tunelab"], answers[key]):
@@ -220,6 +227,9 @@ def main() -> None:
         "answers_identical_vs_transformers_serve": sum(a == b for k in PEERS for a, b in zip(answers["tunelab"], answers[k])),
         "answers_compared": len(PEERS) * len(answers["tunelab"]),
         "serve_peak_rss_mb": round(peak, 1),
+        "serve_c8_tokens_per_second_no_prefix_cache": med("tunelab_no_prefix_cache_c8_tps"),
+        "serve_c8_no_prefix_cache_ratio_vs_transformers_serve": round(
+            med("tunelab_no_prefix_cache_c8_tps") / med(f"{peer}_c8_tps"), 2),
         "serve_bf16_c8_tokens_per_second": med("tunelab_bf16_c8_tps"),
         f"{BF16_PEER}_c8_tokens_per_second": med(f"{BF16_PEER}_c8_tps"),
         "serve_bf16_c8_tokens_per_second_ratio_vs_transformers_serve_bf16": round(

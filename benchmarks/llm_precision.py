@@ -77,11 +77,16 @@ def main() -> None:
     questions = prompts(tokenizer)
     from tunelab.serve.packed_linear import pack_linears
 
+    from tunelab.threads import on_passing_thread
+
+    def load(dtype, packed: bool):  # on a passing thread, as the server loads: the engine's thread decodes at full speed
+        model = AutoModelForCausalLM.from_pretrained(folder, dtype=dtype).eval()
+        assert not packed or pack_linears(model) > 0, "oneDNN packing is not available on this machine"
+        return model
     models = {}
     for precision, dtype in (("fp32", torch.float32), ("bf16", torch.bfloat16)):
-        models[f"{precision}_unpacked"] = AutoModelForCausalLM.from_pretrained(folder, dtype=dtype).eval()
-        models[precision] = AutoModelForCausalLM.from_pretrained(folder, dtype=dtype).eval()
-        assert pack_linears(models[precision]) > 0, "oneDNN packing is not available on this machine"
+        models[f"{precision}_unpacked"] = on_passing_thread(load, dtype, False)
+        models[precision] = on_passing_thread(load, dtype, True)
     rates: dict[str, list[float]] = {name: [] for name in models}
     answers = {}
     for i in range(ROUNDS):

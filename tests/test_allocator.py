@@ -104,7 +104,6 @@ def test_the_serve_command_bounds_the_kernel_cache_unless_told_otherwise(monkeyp
     from tunelab.cli import app
 
     monkeypatch.delenv(allocator.ONEDNN_CACHE, raising=False)
-    monkeypatch.delenv("OMP_WAIT_POLICY", raising=False)  # serve sets it too: restored with the bound after the test
     done = CliRunner().invoke(app, ["serve"])  # nothing to serve: stops after the bound is set, before any model
     assert done.exit_code != 0 and os.environ[allocator.ONEDNN_CACHE] == allocator.ONEDNN_CACHE_DEFAULT
     env = {k: v for k, v in os.environ.items() if k != "LD_PRELOAD"} | {allocator.ONEDNN_CACHE: "lots"}

@@ -4,6 +4,7 @@ the same loop, validation loss, generation; the default LLM converted from its G
 from __future__ import annotations
 
 import json
+import os
 import re
 import subprocess
 import sys
@@ -388,6 +389,40 @@ def test_engine_batches_requests_joining_at_any_step_with_the_answers_generate_g
         assert got[i] == alone[i][: 7 - (i % 3)], i
 
 
+def test_prompts_beginning_as_a_stored_one_read_only_the_rest_and_answer_as_alone(llm_run):
+    """The prefix store: rows that join together, each taking as many of its first columns from a stored prompt as
+    it shares with it (all, one, a few), answer (greedy) as generate() answers each alone."""
+    from tunelab.models.generate import Generator
+    from tunelab.serve.generation import Engine, Request
+
+    generator = Generator(llm_run)
+    model = generator.model.merge_and_unload()
+    system = {"role": "system", "content": "you name colours"}
+    conversations_ = [[system, {"role": "user", "content": "what colour is the sky number 1"}],
+                      [system, {"role": "user", "content": "what colour is the sky number 1"}],  # the same again
+                      [system, {"role": "user", "content": "the sea"}],
+                      [{"role": "user", "content": "what colour is the coal number 123 please"}],  # no system prompt
+                      [system, {"role": "user", "content": "what colour is the sky number 1 now"}]]
+    prompts = [generator.tokenizer(generator.prompt(c), add_special_tokens=False)["input_ids"] for c in conversations_]
+    alone = [model.generate(torch.tensor([ids]), max_new_tokens=6, do_sample=False, temperature=None, top_p=None,
+                            top_k=None, eos_token_id=-1, pad_token_id=0)[0, len(ids):].tolist() for ids in prompts]
+    engine = Engine(model, prefix_cache_mb=1)
+    got: dict[int, list[int]] = {i: [] for i in range(len(prompts))}
+
+    def answer(indices):  # the engine's own join and steps, driven here: one join, then steps until every row is done
+        engine._join([Request(prompts[i], 6, lambda t, _, i=i: t is not None and got[i].append(t)) for i in indices])
+        while engine.rows:
+            engine._step()
+    with torch.inference_mode():
+        answer([0])  # stored
+        answer([1, 2, 3, 4])
+    assert [got[i] for i in range(len(prompts))] == alone
+    shared = [min(len(os.path.commonprefix([prompts[0], p])), len(p) - 1) for p in prompts[1:]]
+    assert shared[0] == len(prompts[1]) - 1 and 0 < shared[2] < shared[1] < shared[3] < shared[0]
+    assert engine.prefixes.hits == 4 and engine.prefixes.reused_tokens == sum(shared)
+    assert len(engine.prefixes.entries) == 4  # the repeat is the stored prompt itself
+
+
 def test_packed_linear_layers_give_nn_linears_logits_and_keep_the_weights_other_code_reads(llm_run, tiny_llama_dir):
     """The server's linear layers on oneDNN-packed weights: the same logits; the packed weight is the only copy but
     for the tied output layer (the embeddings' own tensor) and peft's base layers; LoRA's matrices left alone."""
@@ -720,6 +755,13 @@ def test_a_prompt_tuned_run_is_served_with_its_virtual_tokens_as_peft_reads_them
     assert got == alone
     for ids, logits in zip(prompts, expected):
         assert torch.allclose(first[tuple(ids)], logits, atol=1e-4)
+    served.engine = Engine(served.engine.model, virtual=served.engine.virtual)  # asked again: from the prefix store
+    served.engine.start()
+    try:
+        assert asyncio.run(all_of(served.engine)) == alone and asyncio.run(all_of(served.engine)) == alone
+    finally:
+        served.engine.stop()
+    assert served.engine.prefixes.hits == len(prompts)
     first.clear()
     plain = Engine(served.engine.model)  # the same base without the virtual tokens: other logits
     plain.start()

@@ -376,7 +376,7 @@ class ServeConfig(Section):
     port: int = Field(8000, ge=0, le=65535, description="TCP port (0: any free port).")
     precision: Literal["fp32", "bf16"] = Field(
         "fp32", description="torch backend: fp32, or bf16 (an encoder: bf16 autocast; a causal LM: its weights in "
-        "bf16: 1.24x the tokens/s on a CPU with bf16 instructions, and greedy answers that differ from fp32's). ONNX "
+        "bf16: 1.35x the tokens/s on a CPU with bf16 instructions, and greedy answers that differ from fp32's). ONNX "
         "folders run as exported.")
     threads: int | None = Field(None, ge=1, description="Threads for the model (torch: threads of each call; ONNX: one-thread calls run at once, and a lone call on this many threads while that measures faster, timed on the lone calls themselves and again after every 1000); none: the cores.")
     max_batch_size: int = Field(
@@ -387,6 +387,10 @@ class ServeConfig(Section):
         0.0, ge=0, description="How long a batch waits for more texts after its first one. 0: no wait -- a batch is "
         "whatever queued up while the model was busy, so a lone request never waits and a busy server still batches.")
     max_queue: int = Field(1024, ge=1, description="Most texts waiting per model; beyond it requests get 503 + Retry-After.")
+    prefix_cache_mb: float = Field(
+        64.0, ge=0, description="Causal LMs: memory for the keys and values of recent prompts, so that a prompt "
+        "beginning as an earlier one (the chat template and system prompt, few-shot examples, a conversation's earlier "
+        "turns) reads only the rest; least recently used dropped first. 0: off.")
     max_texts_per_request: int = Field(256, ge=1, description="More texts in one request -> 413.")
     max_chars_per_text: int = Field(20000, ge=1, description="A longer text -> 422.")
     max_body_bytes: int = Field(2_000_000, ge=1, description="A larger request body -> 413.")

@@ -45,6 +45,7 @@ class Generator:
         from tunelab.models.load import load_model
         from tunelab.models.predictor import find_model_dir
         from tunelab.tasks import task_of
+        from tunelab.threads import on_passing_thread
 
         quiet_transformers()
         self.model_dir = find_model_dir(run)
@@ -56,7 +57,8 @@ class Generator:
         if threads:
             torch.set_num_threads(threads)
         self.tokenizer = AutoTokenizer.from_pretrained(self.model_dir)
-        self.model = load_model(self.model_dir, card)
+        # `stream` decodes on a thread of its own: loaded on a passing thread, it has the parallel workers to itself
+        self.model = on_passing_thread(load_model, self.model_dir, card)
 
     def prompt(self, messages: list[dict]) -> str:
         return self.task.prompt(self.tokenizer, messages)

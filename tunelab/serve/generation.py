@@ -2,14 +2,16 @@
 a new request joins at the next step (after its prompt is read), a finished one leaves at once.
 
 Why our own loop: it decodes rows of several LoRA adapters in one batch (peft's mixed batches) and prompt-tuned
-models. transformers' own continuous batching (`transformers serve --continuous-batching`, 5.25: paged attention,
-chunked prefill) decodes on nn.Linear; this server, on linear layers packed for oneDNN (packed_linear.py), measured
-1.58x its tokens/s at 8 clients on a 2-core CPU (BENCHMARKS.md, benchmarks/llm.py). Here the running requests share
-one KV cache of transformers' `DynamicCache`, each row left-padded to the longest: joining pads the shorter side on
-the left, leaving drops rows, and columns that became padding for every row are trimmed. Each row keeps its own
-positions (passed as position_ids), so padding never shifts what a row sees; a greedy answer is the one `generate()`
-gives alone (tested).
+models, on linear layers packed for oneDNN (packed_linear.py). Against transformers' own continuous batching
+(`transformers serve --continuous-batching`, 5.25: paged attention, chunked prefill): BENCHMARKS.md,
+benchmarks/llm.py. The running requests share one KV cache (kv_cache.py: transformers' `DynamicCache` with room to
+grow), each row left-padded to the longest: joining pads the shorter side on the left, leaving drops rows, and
+columns that became padding for every row are trimmed. Each row keeps its own positions (passed as position_ids),
+so padding never shifts what a row sees; a greedy answer is the one `generate()` gives alone (tested). A prompt that
+begins as a recent one takes that beginning's keys and values from the prefix store and reads only the rest.
 A prompt-tuned model's learned virtual tokens are read in front of every prompt, as embeddings, when it joins.
+The model is loaded on a passing thread, so that this thread has the cores' OpenMP workers to itself
+(tunelab/threads.py).
 """
 
 from __future__ import annotations
@@ -20,6 +22,8 @@ import threading
 from dataclasses import dataclass, field
 
 import torch
+
+from tunelab.serve import kv_cache
 
 BASE = "__base__"  # peft's name for "no adapter" in a mixed batch
 
@@ -63,10 +67,13 @@ class Request:
 class Engine:
     """The decoding thread of one causal LM. `submit` is thread-safe; `stop` finishes the running requests first."""
 
-    def __init__(self, model, max_batch: int = 16, adapters: bool = False, virtual: torch.Tensor | None = None):
+    def __init__(self, model, max_batch: int = 16, adapters: bool = False, virtual: torch.Tensor | None = None,
+                 prefix_cache_mb: float = 64.0):
         self.model = model.eval()
         self.adapters = adapters  # a peft model with several LoRA adapters: each row runs with its own (mixed batch)
         self.virtual = virtual  # [tokens, hidden]: a prompt-tuned model's virtual tokens, put before every prompt
+        self.prefixes = kv_cache.PrefixStore(prefix_cache_mb, 0 if virtual is None else len(virtual)) \
+            if prefix_cache_mb > 0 else None  # recent prompts' keys and values, for prompts that begin alike
         self.max_batch = max_batch
         self.pending: queue.Queue[Request] = queue.Queue()
         self.thread = threading.Thread(target=self._run, name="tunelab-generate", daemon=True)
@@ -154,32 +161,40 @@ class Engine:
         return out.logits[:, -1], cache
 
     def _join(self, new: list[Request]) -> None:
-        """Read the new prompts (together, left-padded), emit their first tokens, and add them to the batch."""
-        from transformers.cache_utils import DynamicCache
-
+        """Read the new prompts (together, left-padded; what begins as a stored prompt taken from the store), emit
+        their first tokens, and add them to the batch."""
         virtual = 0 if self.virtual is None else len(self.virtual)
-        width = virtual + max(len(r.prompt) for r in new)
+        stored = [self.prefixes.longest(r.prompt, r.adapter) if self.prefixes else (0, None) for r in new]
+        totals = [virtual + len(r.prompt) for r in new]  # each row's columns: virtual tokens, then the prompt
+        past = max(taken for taken, _ in stored)  # columns from the store, right-aligned before the ones read now
+        width = max(total - taken for total, (taken, _) in zip(totals, stored))
         ids = torch.zeros((len(new), width), dtype=torch.long)
-        mask = torch.zeros((len(new), width), dtype=torch.long)
-        for i, r in enumerate(new):
-            ids[i, width - len(r.prompt):] = torch.tensor(r.prompt)
-            mask[i, width - len(r.prompt) - virtual:] = 1
-        positions = (mask.cumsum(1) - 1).clamp(min=0)
+        mask = torch.zeros((len(new), past + width), dtype=torch.long)
+        for i, (r, total, (taken, _)) in enumerate(zip(new, totals, stored)):
+            read = r.prompt[len(r.prompt) - min(total - taken, len(r.prompt)):]
+            ids[i, width - len(read):] = torch.tensor(read, dtype=torch.long)
+            mask[i, past - taken:past] = 1
+            mask[i, past + width - (total - taken):] = 1
+        positions = (mask.cumsum(1) - 1).clamp(min=0)[:, past:]
         embeds = None
-        if virtual:
+        if virtual and any(taken < virtual for taken, _ in stored):
             embeds = self.model.get_input_embeddings()(ids)
-            for i, r in enumerate(new):
-                embeds[i, width - len(r.prompt) - virtual:width - len(r.prompt)] = self.virtual
+            for i, (r, (taken, _)) in enumerate(zip(new, stored)):
+                if taken < virtual:  # a store entry holds them all: a row takes none or all of them
+                    embeds[i, width - len(r.prompt) - virtual:width - len(r.prompt)] = self.virtual
         try:
-            # plain full layers, whatever the model: a sliding-window layer keeps counters that joining and trimming
-            # rows would not update (transformers' mask still applies the window)
-            logits, cache = self._forward(ids, mask, positions, DynamicCache(), new, embeds)
+            logits, cache = self._forward(ids, mask, positions, kv_cache.cache_from_store(stored, past), new, embeds)
         except Exception as exc:  # noqa: BLE001 -- only the new requests fail; the running ones go on
             self._fail(new, f"error: {type(exc).__name__}: {exc}")
             return
+        if self.prefixes is not None:
+            for i, r in enumerate(new):
+                columns = mask[i].nonzero()[:, 0]
+                self.prefixes.add(r.prompt, r.adapter, [(layer.keys[i][:, columns], layer.values[i][:, columns])
+                                                        for layer in cache.layers])
         lengths = mask.sum(1)
         if self.rows:
-            self.cache, self.mask = _concat(self.cache, self.mask, cache, mask)
+            self.cache, self.mask = kv_cache.concat(self.cache, self.mask, cache, mask)
             self.positions = torch.cat([self.positions, lengths])
         else:
             self.cache, self.mask, self.positions = cache, mask, lengths
@@ -218,31 +233,12 @@ class Engine:
                 self.cache, self.mask, self.positions = None, None, None
                 return
             index = torch.tensor(keep)
-            for layer in self.cache.layers:
-                layer.keys, layer.values = layer.keys[index], layer.values[index]
+            kv_cache.select_rows(self.cache, index)
             self.mask, self.positions = self.mask[index], self.positions[index]
             unused = int((self.mask.sum(0) == 0).long().cumprod(0).sum())  # leading columns no row needs any more
             if unused:
                 self.mask = self.mask[:, unused:]
-                for layer in self.cache.layers:
-                    layer.keys, layer.values = layer.keys[:, :, unused:], layer.values[:, :, unused:]
-
-
-def _concat(cache_a, mask_a: torch.Tensor, cache_b, mask_b: torch.Tensor):
-    """Two batches' caches and masks as one: the shorter left-padded to the longer."""
-    width = max(mask_a.shape[1], mask_b.shape[1])
-
-    def pad(t: torch.Tensor, dim: int) -> torch.Tensor:
-        missing = width - t.shape[dim]
-        if not missing:
-            return t
-        shape = list(t.shape)
-        shape[dim] = missing
-        return torch.cat([t.new_zeros(shape), t], dim)
-    for a, b in zip(cache_a.layers, cache_b.layers):
-        a.keys = torch.cat([pad(a.keys, 2), pad(b.keys, 2)])
-        a.values = torch.cat([pad(a.values, 2), pad(b.values, 2)])
-    return cache_a, torch.cat([pad(mask_a, 1), pad(mask_b, 1)])
+                kv_cache.drop_columns(self.cache, unused)
 
 
 async def stream_tokens(engine: Engine, request_args: dict):

@@ -63,7 +63,7 @@ def _generative_model(name: str, folder: Path, card, task, tokenizer, model, eng
 
 def _for_decoding(model, precision: str):
     """The model as the engine decodes with it. bf16: the weights themselves in bf16 (not autocast): decoding reads
-    every weight at each token, and half the bytes with the CPU's bf16 instructions measured 1.24 times the tokens/s
+    every weight at each token, and half the bytes with the CPU's bf16 instructions measured 1.35 times the tokens/s
     (both packed; benchmarks/llm_precision.py). On the CPU its linear layers run on weights packed once for oneDNN
     (serve/packed_linear.py)."""
     import torch
@@ -75,7 +75,8 @@ def _for_decoding(model, precision: str):
     return model
 
 
-def load_generative(name: str, path, max_queue: int = 64, precision: str = "fp32") -> ServedModel:
+def load_generative(name: str, path, max_queue: int = 64, precision: str = "fp32",
+                    prefix_cache_mb: float = 64.0) -> ServedModel:
     """A causal LM for the OpenAI-compatible routes: LoRA/IA3 merged into the weights (one plain model runs the
     batched decoding), its tokenizer and chat template, and its decoding engine (started with the server)."""
     import torch
@@ -98,7 +99,7 @@ def load_generative(name: str, path, max_queue: int = 64, precision: str = "fp32
     if virtual is not None:
         virtual = virtual.to(model.dtype)
     served = _generative_model(name, generator.model_dir, generator.card, generator.task, generator.tokenizer, model,
-                               Engine(model, virtual=virtual), max_queue, precision)
+                               Engine(model, virtual=virtual, prefix_cache_mb=prefix_cache_mb), max_queue, precision)
     if virtual is not None:  # they take positions of the context like prompt tokens
         served.info["virtual_tokens"] = len(virtual)
         served.info["max_position_embeddings"] -= len(virtual)
@@ -106,7 +107,7 @@ def load_generative(name: str, path, max_queue: int = 64, precision: str = "fp32
 
 
 def load_generative_adapters(base: str, adapters: dict[str, str | Path], max_queue: int = 64,
-                             precision: str = "fp32") -> dict[str, ServedModel]:
+                             precision: str = "fp32", prefix_cache_mb: float = 64.0) -> dict[str, ServedModel]:
     """Several LoRA runs of one causal LM in one model: the base loaded once, each adapter beside it, and one
     decoding engine whose batches mix requests for any of them (peft's per-row adapter_names)."""
     from peft import PeftModel
@@ -133,7 +134,7 @@ def load_generative_adapters(base: str, adapters: dict[str, str | Path], max_que
         if name != first:
             model.load_adapter(folder, adapter_name=name)
     model = _for_decoding(model.eval(), precision)
-    engine = Engine(model, adapters=True)
+    engine = Engine(model, adapters=True, prefix_cache_mb=prefix_cache_mb)
     tokenizer = AutoTokenizer.from_pretrained(dirs[first])
     # each run with its own template and system prompt
     return {name: _generative_model(name, folder, cards[name], task_of(cards[name]), tokenizer, model, engine,
@@ -142,7 +143,8 @@ def load_generative_adapters(base: str, adapters: dict[str, str | Path], max_que
 
 def load_models(models: dict[str, str | Path], precision: str = "fp32", base: str | None = None,
                 adapters: dict[str, str | Path] | None = None, threads: int | None = None,
-                max_queue: int = 64, built: dict[str, ServedModel] | None = None) -> dict[str, ServedModel]:
+                max_queue: int = 64, built: dict[str, ServedModel] | None = None,
+                prefix_cache_mb: float = 64.0) -> dict[str, ServedModel]:
     """{name: run or export folder} (+ adapters over one base, + models `built` by an application) ->
     {name: ServedModel}."""
     import torch
@@ -156,7 +158,7 @@ def load_models(models: dict[str, str | Path], precision: str = "fp32", base: st
     served: dict[str, ServedModel] = {}
     for name, path in models.items():
         if _generative(path):
-            served[name] = load_generative(name, path, max_queue, precision)
+            served[name] = load_generative(name, path, max_queue, precision, prefix_cache_mb)
             continue
         predictor = Predictor(path, precision=precision)
         backend = ("onnx-" + (predictor.card.onnx.get("quantize") or "fp32")) if predictor.onnx else f"torch-{precision}"
@@ -164,7 +166,7 @@ def load_models(models: dict[str, str | Path], precision: str = "fp32", base: st
                                    predictor.max_length, predictor.card.pair, _info(predictor, backend, predictor.model_dir),
                                    load_profile(predictor.model_dir), predictor.threshold, predictor.task)
     if adapters and base is not None and all(_generative(run) for run in adapters.values()):
-        for name, model in load_generative_adapters(base, adapters, max_queue, precision).items():
+        for name, model in load_generative_adapters(base, adapters, max_queue, precision, prefix_cache_mb).items():
             if name in served:
                 raise TunelabError(f"two models are called '{name}'")
             served[name] = model

@@ -4,8 +4,8 @@ Decoding multiplies a few rows (one token per running request) by every weight m
 hands the weight in its stored layout to a GEMM at every call; oneDNN's linear on a weight reordered once into
 its blocked layout measured 1.86x faster for 8 rows over the 210 matrices of SmolLM2-135M's layers in fp32
 (25.0 against 46.5 ms), 1.48x for one row, 1.62x for a 64-token prompt, 4.1x for its 49152-word output layer at
-8 rows; 1.76x in bf16 at 8 rows (benchmarks/packed_linear.py). Whole decoding, 8 requests: 1.55x the tokens/s in
-fp32, 1.12x in bf16, the same greedy answers (benchmarks/llm_precision.py). The packed weight is the only copy
+8 rows; 1.76x in bf16 at 8 rows (benchmarks/packed_linear.py). Whole decoding, 8 requests: 2.09x the tokens/s in
+fp32, 1.43x in bf16, the same greedy answers (benchmarks/llm_precision.py). The packed weight is the only copy
 kept, except where other code reads `.weight`: peft's base layers and an output layer tied to the input
 embeddings (the same tensor, no extra memory).
 """
