@@ -4,9 +4,12 @@ first token, memory.
 On the demo LLM run (examples/demo_llm.yaml: LoRA on the default LLM, SmolLM2-135M-Instruct, trained here if
 absent), the user questions of data/demo/llm_test.jsonl after the run's system prompt (sent by the clients, so
 that every server reads the same prompt), greedy, at most 64 new tokens each:
-  sequential   in-process, the same merged model, one `model.generate()` per question, one after the other
-  c1           `tunelab serve` (continuous batching), one streaming client: time to first token, tokens/s
-  c8           the same server, 8 streaming clients at once over the questions twice over: total tokens/s
+  sequential   in-process, the same merged model, one `model.generate()` per question (16 of the c8 questions)
+  c1           `tunelab serve` (continuous batching), one streaming client over the last 7 questions: time to first
+               token, tokens/s
+  c8           the same server, then 8 streaming clients at once over the first 32 questions, once each: total
+               tokens/s. Every server is started afresh for its turn: the 8 clients' prompts are new to it (they
+               share the chat template and the system prompt, with one another and with the one client's)
   peers        `transformers serve` (transformers' own OpenAI-compatible server, its [serving] extra) on the run's
                merged folder (`tunelab export RUN --merge`), fp32 on the CPU, the same c1 and c8 clients: as it
                starts by default (one generate() per request) and with `--continuous-batching`
@@ -18,9 +21,9 @@ ROUNDS interleaved rounds; medians. Figures (results/llm.json): serve_c8_tokens_
 (target >= 3), serve_c8_tokens_per_second_ratio_vs_transformers_serve (target >= 2, against the faster of its two
 modes), serve_c1_ttft_ms_p50, serve_c1_tokens_per_second, serve_c8_tokens_per_second, sequential_tokens_per_second,
 transformers_serve_*, answers_identical_vs_transformers_serve (greedy answers to the questions, the same text from
-both servers: the comparison is of the same work), serve_peak_rss_mb.
+both servers: the comparison is of the same work), serve_peak_rss_mb (the largest of the rounds).
 
-    .venv/bin/python benchmarks/llm.py          # about 20 minutes on 2 cores (the demo training included)
+    .venv/bin/python benchmarks/llm.py          # about 30 minutes on 2 cores, plus the demo training when absent
 """
 
 from __future__ import annotations
@@ -36,7 +39,7 @@ import yaml
 
 from _common import REPO, WORK, start_server, status_mb, stop_server, write_results
 
-ROUNDS, NEW_TOKENS, CLIENTS = 3, 64, 8
+ROUNDS, NEW_TOKENS, CLIENTS, C8_QUESTIONS = 3, 64, 8, 32
 SYSTEM_PROMPT = yaml.safe_load((REPO / "examples" / "demo_llm.yaml").read_text())["task"]["system_prompt"]
 
 
@@ -50,9 +53,12 @@ def demo_run():
     return config.run_dir
 
 
-def questions() -> list[str]:
+def questions() -> tuple[list[str], list[str]]:
+    """(the one client's questions, the 8 clients' questions): disjoint, so that no prompt of the 8 clients was
+    read by the server before (what they share is the chat template and the system prompt)."""
     rows = [json.loads(line) for line in (REPO / "data" / "demo" / "llm_test.jsonl").read_text().splitlines()]
-    return [r["messages"][0]["content"] for r in rows][:16]
+    asked = [r["messages"][0]["content"] for r in rows]
+    return asked[C8_QUESTIONS:], asked[:C8_QUESTIONS]
 
 
 def sequential(run_dir, asked: list[str]) -> dict:
@@ -108,7 +114,7 @@ def one_client(url: str, asked: list[str]) -> dict:
 
 
 def many_clients(url: str, asked: list[str]) -> dict:
-    work = list(asked) * 2
+    work = list(asked)
     lock, answers = threading.Lock(), []
 
     def client():
@@ -153,24 +159,28 @@ def start_peer(folder, flags: list[str], dtype: str = "float32"):
                         {"HF_HUB_OFFLINE": "1"})
 
 
-def peer_turn(folder, asked: list[str], key: str, flags: list[str], answers: dict | None, dtype: str = "float32",
-              c1: bool = True) -> dict:
-    """One peer started, warmed up, measured (its greedy answers to the first questions into `answers`, when
-    given) and stopped."""
-    peer, peer_url = start_peer(folder, flags, dtype)
+def turn(server: tuple, asked: tuple[list[str], list[str]], key: str, answers: dict | None, c1: bool = True) -> dict:
+    """One server (process, url) warmed up, measured (its greedy answers to the first questions of the one
+    client into `answers`, when given) and stopped; its peak memory under `{key}_peak_mb`."""
+    proc, url = server
     try:
-        ask(peer_url, asked[0])  # warm-up
+        ask(url, asked[0][0])  # warm-up
         if answers is not None:
-            answers[key] = [ask(peer_url, q)["text"] for q in asked[:4]]
-        return measure(peer_url, asked, key, c1)
+            answers[key] = [ask(url, q)["text"] for q in asked[0][:4]]
+        return {**measure(url, asked, key, c1), f"{key}_peak_mb": status_mb("VmHWM", proc.pid)}
     finally:
-        stop_server(peer)
+        stop_server(proc)
 
 
-def measure(url: str, asked: list[str], key: str, c1: bool = True) -> dict:
+def tunelab_server(run_dir, *flags: str) -> tuple:
+    """`tunelab serve` on the run, started afresh for each turn: an empty prefix store."""
+    return start_server([sys.executable, "-m", "tunelab", "serve", str(run_dir), "--no-monitor", *flags], "/readyz")
+
+
+def measure(url: str, asked: tuple[list[str], list[str]], key: str, c1: bool = True) -> dict:
     """c1 and c8 figures under `key` (c8 only without `c1`)."""
-    one = one_client(url, asked) if c1 else None
-    c8 = many_clients(url, asked)
+    one = one_client(url, asked[0]) if c1 else None
+    c8 = many_clients(url, asked[1])
     return {**({f"{key}_c1_tps": one["tokens_per_second"], f"{key}_c1_ttft": one["ttft_ms_p50"]} if one else {}),
             f"{key}_c8_tps": c8["tokens_per_second"], f"{key}_c8_ttft": c8["ttft_ms_p50"]}
 
@@ -179,33 +189,21 @@ def main() -> None:
     run_dir = demo_run()
     asked = questions()
     folder = merged_folder(run_dir)
-    proc, url = start_server([sys.executable, "-m", "tunelab", "serve", str(run_dir), "--no-monitor"], "/readyz")
-    bf16_proc, bf16_url = start_server([sys.executable, "-m", "tunelab", "serve", str(run_dir), "--no-monitor",
-                                        "--precision", "bf16"], "/readyz")
     no_store = WORK / "serve-no-prefix-cache.yaml"
     no_store.write_text("prefix_cache_mb: 0\n")
-    plain_proc, plain_url = start_server([sys.executable, "-m", "tunelab", "serve", str(run_dir), "--no-monitor",
-                                          "--config", str(no_store)], "/readyz")
     rounds, answers = [], {}
-    try:
-        for u in (url, bf16_url, plain_url):
-            ask(u, asked[0])  # warm-up
-        answers["tunelab"] = [ask(url, q)["text"] for q in asked[:4]]
-        answers["tunelab_bf16"] = [ask(bf16_url, q)["text"] for q in asked[:4]]
-        for r in range(ROUNDS):
-            row = {"sequential": sequential(run_dir, asked)["tokens_per_second"], **measure(url, asked, "tunelab"),
-                   **measure(bf16_url, asked, "tunelab_bf16", c1=False),
-                   **measure(plain_url, asked, "tunelab_no_prefix_cache", c1=False)}
-            row.update(peer_turn(folder, asked, BF16_PEER, ["--continuous-batching"], answers if r == 0 else None,
-                                 dtype="bfloat16", c1=False))
-            for key, flags in PEERS.items():
-                row.update(peer_turn(folder, asked, key, flags, answers if r == 0 else None))
-            rounds.append(row)
-            print(f"round {r + 1}: {row}", file=sys.stderr, flush=True)
-        peak = status_mb("VmHWM", proc.pid)
-    finally:
-        for p in (proc, bf16_proc, plain_proc):
-            stop_server(p)
+    for r in range(ROUNDS):
+        first = answers if r == 0 else None
+        row = {"sequential": sequential(run_dir, asked[1][:16])["tokens_per_second"],
+               **turn(tunelab_server(run_dir), asked, "tunelab", first),
+               **turn(tunelab_server(run_dir, "--config", str(no_store)), asked, "tunelab_no_prefix_cache", None, c1=False),
+               **turn(tunelab_server(run_dir, "--precision", "bf16"), asked, "tunelab_bf16", first, c1=False),
+               **turn(start_peer(folder, ["--continuous-batching"], "bfloat16"), asked, BF16_PEER, first, c1=False)}
+        for key, flags in PEERS.items():
+            row.update(turn(start_peer(folder, flags), asked, key, first))
+        rounds.append(row)
+        print(f"round {r + 1}: {row}", file=sys.stderr, flush=True)
+    peak = max(row["tunelab_peak_mb"] for row in rounds)
 
     for key in PEERS:
         for ours, theirs in zip(answers["tunelab"], answers[key]):
@@ -217,7 +215,7 @@ def main() -> None:
     peer = max(PEERS, key=lambda k: med(f"{k}_c8_tps"))
     figures = {
         "serve_model": "examples/demo_llm.yaml (LoRA merged into SmolLM2-135M-Instruct), fp32",
-        "questions": len(asked), "max_new_tokens": NEW_TOKENS, "rounds": ROUNDS,
+        "questions_c1": len(asked[0]), "questions_c8": len(asked[1]), "max_new_tokens": NEW_TOKENS, "rounds": ROUNDS,
         "sequential_tokens_per_second": med("sequential"),
         "serve_c1_tokens_per_second": med("tunelab_c1_tps"), "serve_c1_ttft_ms_p50": med("tunelab_c1_ttft"),
         "serve_c8_tokens_per_second": med("tunelab_c8_tps"), "serve_c8_ttft_ms_p50": med("tunelab_c8_ttft"),

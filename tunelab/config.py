@@ -388,7 +388,7 @@ class ServeConfig(Section):
         "whatever queued up while the model was busy, so a lone request never waits and a busy server still batches.")
     max_queue: int = Field(1024, ge=1, description="Most texts waiting per model; beyond it requests get 503 + Retry-After.")
     prefix_cache_mb: float = Field(
-        64.0, ge=0, description="Causal LMs: memory for the keys and values of recent prompts, so that a prompt "
+        64.0, ge=0, description="Causal LMs: memory for the keys and values of recent prompts (per model), so that a prompt "
         "beginning as an earlier one (the chat template and system prompt, few-shot examples, a conversation's earlier "
         "turns) reads only the rest; least recently used dropped first. 0: off.")
     max_texts_per_request: int = Field(256, ge=1, description="More texts in one request -> 413.")

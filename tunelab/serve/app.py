@@ -33,6 +33,7 @@ from tunelab.serve.batcher import Batcher, QueueFull
 from tunelab.serve.docs import add_docs
 from tunelab.serve.metrics import Metrics
 from tunelab.serve.models import ServedModel, load_models
+from tunelab.threads import on_passing_thread
 
 log = logging.getLogger("tunelab.serve")
 _SURROGATE = re.compile("[\ud800-\udfff]")
@@ -233,15 +234,18 @@ def create_app(models: dict[str, str | Path] | None = None, settings: ServeConfi
     @asynccontextmanager
     async def lifespan(app: FastAPI):
         try:
+            # torch's work on passing threads: the threads that run the models keep the cores' workers (threads.py)
             served = loaded if loaded is not None else await asyncio.to_thread(
-                load_models, models or {}, settings.precision, base, adapters, settings.threads, settings.max_queue,
-                application.app_models(app_config) if application is not None else None)
+                on_passing_thread, load_models, models or {}, settings.precision, base, adapters, settings.threads,
+                settings.max_queue, application.app_models(app_config) if application is not None else None,
+                settings.prefix_cache_mb)
             monitor = await asyncio.to_thread(create_monitor, settings.monitor, served, metrics)
             for name, model in served.items():
                 if model.engine is not None:  # a causal LM: its decoding thread
                     model.engine.start()
                     continue
-                await asyncio.to_thread(model.probabilities, ["warm up"], ["warm up"] if model.pair else None)
+                await asyncio.to_thread(on_passing_thread, model.probabilities, ["warm up"],
+                                        ["warm up"] if model.pair else None)
                 batcher = Batcher(model, settings.max_batch_size, settings.max_wait_ms, settings.max_queue, metrics,
                                   embeddings=monitor is not None and name not in unlogged)
                 batcher.start()

@@ -164,24 +164,27 @@ class Engine:
         """Read the new prompts (together, left-padded; what begins as a stored prompt taken from the store), emit
         their first tokens, and add them to the batch."""
         virtual = 0 if self.virtual is None else len(self.virtual)
-        stored = [self.prefixes.longest(r.prompt, r.adapter) if self.prefixes else (0, None) for r in new]
+        found = [self.prefixes.longest(r.prompt, r.adapter) if self.prefixes else (0, None) for r in new]
         totals = [virtual + len(r.prompt) for r in new]  # each row's columns: virtual tokens, then the prompt
-        past = max(taken for taken, _ in stored)  # columns from the store, right-aligned before the ones read now
-        width = max(total - taken for total, (taken, _) in zip(totals, stored))
+        # as few columns read as the store allows, and every row contiguous (a sliding window counts columns): a row
+        # takes from the store what lies before its last `width` columns, the shorter rows are left-padded
+        width = max(total - taken for total, (taken, _) in zip(totals, found))
+        stored = [(max(0, total - width), entry) for total, (_, entry) in zip(totals, found)]
+        past = max(taken for taken, _ in stored)
         ids = torch.zeros((len(new), width), dtype=torch.long)
         mask = torch.zeros((len(new), past + width), dtype=torch.long)
-        for i, (r, total, (taken, _)) in enumerate(zip(new, totals, stored)):
-            read = r.prompt[len(r.prompt) - min(total - taken, len(r.prompt)):]
+        starts = [width - (total - taken) for total, (taken, _) in zip(totals, stored)]  # each row's first column read
+        for i, (r, start, (taken, _)) in enumerate(zip(new, starts, stored)):
+            read = r.prompt[max(0, taken - virtual):]
             ids[i, width - len(read):] = torch.tensor(read, dtype=torch.long)
-            mask[i, past - taken:past] = 1
-            mask[i, past + width - (total - taken):] = 1
-        positions = (mask.cumsum(1) - 1).clamp(min=0)[:, past:]
+            mask[i, past + start - taken:] = 1
         embeds = None
-        if virtual and any(taken < virtual for taken, _ in stored):
+        if any(taken < virtual for taken, _ in stored):  # learned virtual tokens to read, as embeddings, first
             embeds = self.model.get_input_embeddings()(ids)
-            for i, (r, (taken, _)) in enumerate(zip(new, stored)):
-                if taken < virtual:  # a store entry holds them all: a row takes none or all of them
-                    embeds[i, width - len(r.prompt) - virtual:width - len(r.prompt)] = self.virtual
+            for i, (start, (taken, _)) in enumerate(zip(starts, stored)):
+                if taken < virtual:
+                    embeds[i, start:start + virtual - taken] = self.virtual[taken:]
+        positions = (mask.cumsum(1) - 1).clamp(min=0)[:, past:]
         try:
             logits, cache = self._forward(ids, mask, positions, kv_cache.cache_from_store(stored, past), new, embeds)
         except Exception as exc:  # noqa: BLE001 -- only the new requests fail; the running ones go on
@@ -189,6 +192,8 @@ class Engine:
             return
         if self.prefixes is not None:
             for i, r in enumerate(new):
+                if self.prefixes.holds(r.prompt, r.adapter):
+                    continue
                 columns = mask[i].nonzero()[:, 0]
                 self.prefixes.add(r.prompt, r.adapter, [(layer.keys[i][:, columns], layer.values[i][:, columns])
                                                         for layer in cache.layers])

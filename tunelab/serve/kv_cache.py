@@ -19,6 +19,7 @@ import torch
 from transformers.cache_utils import DynamicCache, DynamicLayer
 
 SPARE_COLUMNS = 64  # room reserved per row and layer: a copy every 64 tokens instead of at every token
+MAX_ENTRIES = 128  # prompts in the prefix store at most: each join compares its prompts with every one
 
 
 class _RoomyLayer(DynamicLayer):
@@ -101,9 +102,10 @@ class _Stored:
 
 
 class PrefixStore:
-    """The keys and values of recent prompts, least recently used dropped past `budget_mb`. Keyed by the prompt's
-    tokens and the adapter that read it (another adapter gives other keys and values). Columns are positions of
-    the row: `virtual` learned tokens first (a prompt-tuned model), then the prompt."""
+    """The keys and values of recent prompts, the least recently used dropped past `budget_mb` (one model's) or
+    MAX_ENTRIES. Keyed by the prompt's tokens and the adapter that read it (another adapter gives other keys and
+    values). Columns are positions of the row: `virtual` learned tokens first (a prompt-tuned model), then the
+    prompt."""
 
     def __init__(self, budget_mb: float, virtual: int = 0):
         self.budget = int(budget_mb * 2**20)
@@ -134,17 +136,23 @@ class PrefixStore:
         self.reused_tokens += best
         return self.virtual + best, found
 
-    def add(self, prompt: list[int], adapter: str | None, layers: list[tuple[torch.Tensor, torch.Tensor]]) -> None:
+    def holds(self, prompt: list[int], adapter: str | None) -> bool:
+        """Whether this very prompt is stored (then used again: the least recently used go first)."""
         key = (adapter, tuple(prompt))
         if key in self.entries:
             self.entries.move_to_end(key)
+            return True
+        return False
+
+    def add(self, prompt: list[int], adapter: str | None, layers: list[tuple[torch.Tensor, torch.Tensor]]) -> None:
+        if self.holds(prompt, adapter):
             return
         nbytes = sum(k.nbytes + v.nbytes for k, v in layers)
         if nbytes > self.budget:
             return
-        self.entries[key] = _Stored(key[1], layers, nbytes)
+        self.entries[(adapter, tuple(prompt))] = _Stored(tuple(prompt), layers, nbytes)
         self.nbytes += nbytes
-        while self.nbytes > self.budget:
+        while self.nbytes > self.budget or len(self.entries) > MAX_ENTRIES:
             _, dropped = self.entries.popitem(last=False)
             self.nbytes -= dropped.nbytes
 
