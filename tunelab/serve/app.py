@@ -234,16 +234,15 @@ def create_app(models: dict[str, str | Path] | None = None, settings: ServeConfi
     @asynccontextmanager
     async def lifespan(app: FastAPI):
         try:
-            # torch's work on passing threads: the threads that run the models keep the cores' workers (threads.py)
             served = loaded if loaded is not None else await asyncio.to_thread(
-                on_passing_thread, load_models, models or {}, settings.precision, base, adapters, settings.threads,
-                settings.max_queue, application.app_models(app_config) if application is not None else None,
-                settings.prefix_cache_mb)
+                load_models, models or {}, settings.precision, base, adapters, settings.threads, settings.max_queue,
+                application.app_models(app_config) if application is not None else None, settings.prefix_cache_mb)
             monitor = await asyncio.to_thread(create_monitor, settings.monitor, served, metrics)
             for name, model in served.items():
                 if model.engine is not None:  # a causal LM: its decoding thread
                     model.engine.start()
                     continue
+                # on a passing thread, as the models were loaded: the batcher's thread keeps the cores' workers
                 await asyncio.to_thread(on_passing_thread, model.probabilities, ["warm up"],
                                         ["warm up"] if model.pair else None)
                 batcher = Batcher(model, settings.max_batch_size, settings.max_wait_ms, settings.max_queue, metrics,

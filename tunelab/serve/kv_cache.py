@@ -30,7 +30,8 @@ class _RoomyLayer(DynamicLayer):
     def update(self, key_states, value_states, *args, **kwargs):
         if not self.is_initialized:
             self.lazy_initialization(key_states, value_states)
-        used, end = self.get_seq_length(), self.get_seq_length() + key_states.shape[-2]
+        used = self.get_seq_length()
+        end = used + key_states.shape[-2]
         room = self._room
         # anything that replaced keys/values (the engine's row surgery) or a full buffer: new buffers, copied once
         if room is None or room[2] is not self.keys or room[3] is not self.values or end > room[0].shape[-2]:

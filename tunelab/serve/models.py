@@ -146,7 +146,15 @@ def load_models(models: dict[str, str | Path], precision: str = "fp32", base: st
                 max_queue: int = 64, built: dict[str, ServedModel] | None = None,
                 prefix_cache_mb: float = 64.0) -> dict[str, ServedModel]:
     """{name: run or export folder} (+ adapters over one base, + models `built` by an application) ->
-    {name: ServedModel}."""
+    {name: ServedModel}. Loaded on a passing thread: the threads that run the models then have the cores' parallel
+    workers to themselves (tunelab/threads.py)."""
+    from tunelab.threads import on_passing_thread
+
+    return on_passing_thread(_load_models, models, precision, base, adapters, threads, max_queue, built,
+                             prefix_cache_mb)
+
+
+def _load_models(models, precision, base, adapters, threads, max_queue, built, prefix_cache_mb):
     import torch
 
     from tunelab.models.adapters import AdapterSet

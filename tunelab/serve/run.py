@@ -31,7 +31,6 @@ def run_server(models: dict[str, str], settings: ServeConfig | None = None, base
     from tunelab.serve.app import create_app
     from tunelab.serve.auth import api_keys, key_notes
     from tunelab.serve.models import load_models
-    from tunelab.threads import on_passing_thread
 
     keys = api_keys(settings)  # a key setting that holds no key: one line now, before the models load
     if adapters and base is None:
@@ -39,9 +38,8 @@ def run_server(models: dict[str, str], settings: ServeConfig | None = None, base
     if not models and not adapters and not built and app_config is None:
         raise TunelabError("nothing to serve: give a run or export folder, e.g. tunelab serve runs/sentiment-demo")
     sock = bind(settings.host, settings.port)  # first: a busy port is one clear error, and no "serving" line
-    # on a passing thread: the threads that run the models have the cores' parallel workers to themselves (threads.py)
-    loaded = on_passing_thread(load_models, models, settings.precision, base, adapters,  # mistakes: one line, no server
-                               settings.threads, settings.max_queue, built, settings.prefix_cache_mb)
+    loaded = load_models(models, settings.precision, base, adapters, settings.threads,  # mistakes: one line, no server
+                         settings.max_queue, built, settings.prefix_cache_mb)
     monitored = settings.monitor.enabled and any(m.engine is None for m in loaded.values())  # causal LMs: not yet
     if monitored:  # a bad database URL: one line now, not a failed server start
         from tunelab.monitor.live import default_database
